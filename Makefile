@@ -1,0 +1,61 @@
+# Every task of the project. `make run` and `make test` need only Python 3.11+ and pip on the machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON ?= python3
+PYTHON ?= python3
+
+# uv: the machine's, or one bootstrapped into .tools/ with pip.
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(CURDIR)/.tools/bin/uv
+endif
+VENV_STAMP := .venv/.synced
+
+.PHONY: help install run serve migrate create-admin models test lint typecheck check-deploy pytest \
+        bench bench-quick fuzz clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+$(VENV_STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked
+	@touch $@
+
+install: $(VENV_STAMP) ## Install the locked dependencies into .venv
+
+run: $(VENV_STAMP) ## Serve on http://127.0.0.1:8000 (embedded SQLite, migrated at start-up)
+	$(UV) run --no-sync python -m app.cli serve
+
+serve: run ## Production entry point (same command; configure it with environment variables)
+
+migrate: $(VENV_STAMP) ## Apply database migrations (PostgreSQL deployments run this as a one-off step)
+	$(UV) run --no-sync python -m app.cli migrate
+
+create-admin: $(VENV_STAMP) ## Create or promote an admin: make create-admin EMAIL=you@example.com
+	$(UV) run --no-sync python -m app.cli create-admin --email "$(EMAIL)"
+
+models: $(VENV_STAMP) ## Re-train the bundled models and rewrite ml_models/ (reproducible)
+	$(UV) run --no-sync python scripts/train_models.py
+
+lint: $(VENV_STAMP) ## ruff lint and format check
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+
+typecheck: $(VENV_STAMP) ## mypy --strict on app/
+	$(UV) run --no-sync mypy
+
+check-deploy: $(VENV_STAMP) ## hadolint, kubernetes-validate, docker-compose config (offline)
+	bash scripts/check_deploy.sh
+
+pytest: $(VENV_STAMP) ## The test suite with coverage of app/ (TEST_DATABASE_URL picks PostgreSQL)
+	$(UV) run --no-sync pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+test: lint typecheck check-deploy pytest ## Everything CI checks
+
+clean: ## Remove caches and the local database
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov data

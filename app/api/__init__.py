@@ -1,0 +1,1 @@
+"""HTTP layer: routers per API version and the shared dependencies."""

@@ -1,0 +1,51 @@
+"""Liveness and readiness probes (unversioned: they belong to the deployment, not the API)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from app.api.deps import ResourcesDep
+from app.core.exceptions import ServiceUnavailable, is_database_outage
+from app.schemas.common import problem_responses
+
+router = APIRouter(tags=["health"])
+
+
+class HealthStatus(BaseModel):
+    status: str
+
+
+class ReadinessStatus(BaseModel):
+    status: str
+    database: str
+    migrations: str
+
+
+@router.get("/healthz", summary="Liveness: the process is serving")
+async def healthz() -> HealthStatus:
+    """Touches nothing: a failing database must not get the process restarted."""
+    return HealthStatus(status="ok")
+
+
+@router.get("/readyz", summary="Readiness: able to serve traffic", responses=problem_responses(503))
+async def readyz(request: Request, resources: ResourcesDep) -> ReadinessStatus:
+    """Database reachable and migrated to the head revision. 503 until then."""
+    if getattr(request.app.state, "shutting_down", False):
+        raise ServiceUnavailable("Shutting down.", headers={"Retry-After": "1"})
+    try:
+        async with resources.engine.connect() as conn:
+            version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    except Exception as exc:
+        if is_database_outage(exc):
+            raise ServiceUnavailable("The database is unreachable.", headers={"Retry-After": "1"}) from exc
+        # Reachable, but no alembic_version table: not migrated yet.
+        raise ServiceUnavailable("The database has not been migrated.", headers={"Retry-After": "5"}) from exc
+    if version != resources.migration_head:
+        raise ServiceUnavailable(
+            f"The database is at revision {version}, the code expects {resources.migration_head}; "
+            "run the migrations.",
+            headers={"Retry-After": "5"},
+        )
+    return ReadinessStatus(status="ready", database="ok", migrations=str(version))

@@ -1,0 +1,10 @@
+"""Assembles /api/v1."""
+
+from fastapi import APIRouter
+
+from app.api.v1.routes import auth, items, users
+
+router = APIRouter()
+router.include_router(auth.router)
+router.include_router(users.router)
+router.include_router(items.router)

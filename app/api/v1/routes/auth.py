@@ -1,0 +1,66 @@
+"""/api/v1/auth: register, log in, refresh, log out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from app.api.deps import AuthServiceDep, PrincipalDep
+from app.api.v1 import PREFIX
+from app.schemas.auth import RefreshRequest, TokenPair
+from app.schemas.common import problem_responses
+from app.schemas.user import UserCreate, UserPublic
+from app.services.auth import IssuedTokens
+
+router = APIRouter(prefix=f"{PREFIX}/auth", tags=["auth"])
+
+
+def _pair(tokens: IssuedTokens) -> TokenPair:
+    return TokenPair(
+        access_token=tokens.access_token, expires_in=tokens.expires_in, refresh_token=tokens.refresh_token
+    )
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a user",
+    responses=problem_responses(400, 409, 413, 415, 422, 429),
+)
+async def register(body: UserCreate, auth: AuthServiceDep) -> UserPublic:
+    """Create an account. The email is case-insensitive and unique."""
+    user = await auth.register(body.email, body.password)
+    return UserPublic.model_validate(user)
+
+
+@router.post(
+    "/token",
+    summary="Log in (OAuth2 password flow)",
+    responses=problem_responses(400, 401, 415, 422, 429),
+)
+async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: AuthServiceDep) -> TokenPair:
+    """Exchange email (as `username`) and password for an access token and a refresh token."""
+    return _pair(await auth.login(form.username, form.password))
+
+
+@router.post(
+    "/refresh",
+    summary="Rotate a refresh token",
+    responses=problem_responses(400, 401, 415, 422, 429),
+)
+async def refresh(body: RefreshRequest, auth: AuthServiceDep) -> TokenPair:
+    """Spend a refresh token for a new pair. A token used twice ends its whole login session."""
+    return _pair(await auth.refresh(body.refresh_token))
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Log out",
+    responses=problem_responses(401),
+)
+async def logout(principal: PrincipalDep, auth: AuthServiceDep) -> None:
+    """End this login session: its refresh tokens and access tokens stop working."""
+    await auth.logout(principal.session_id)

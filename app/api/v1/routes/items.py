@@ -1,0 +1,71 @@
+"""/api/v1/items: the caller's items, offset-paginated."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, Response, status
+
+from app.api.deps import CurrentUser, ItemServiceDep, OffsetPageDep
+from app.api.v1 import PREFIX
+from app.schemas.common import problem_responses
+from app.schemas.item import ItemCreate, ItemPublic, ItemUpdate
+
+router = APIRouter(prefix=f"{PREFIX}/items", tags=["items"])
+
+ItemId = Path(ge=1, le=2**31 - 1, description="The item's id.")
+
+
+@router.get(
+    "",
+    summary="List the caller's items",
+    responses={
+        **problem_responses(401, 422),
+        200: {
+            "headers": {
+                "X-Total-Count": {"description": "Items in all pages.", "schema": {"type": "integer"}}
+            }
+        },
+    },
+)
+async def list_items(
+    user: CurrentUser, items: ItemServiceDep, page: OffsetPageDep, response: Response
+) -> list[ItemPublic]:
+    """The caller's items in creation order (every item, for admins). Total in `X-Total-Count`."""
+    rows, total = await items.page(user, page.offset, page.limit)
+    response.headers["X-Total-Count"] = str(total)
+    return [ItemPublic.model_validate(row) for row in rows]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an item",
+    responses=problem_responses(400, 401, 413, 415, 422),
+)
+async def create_item(body: ItemCreate, user: CurrentUser, items: ItemServiceDep) -> ItemPublic:
+    """The caller owns the new item; an `owner_id` in the body is refused."""
+    return ItemPublic.model_validate(await items.create(user, body.model_dump()))
+
+
+@router.get("/{item_id}", summary="Read an item", responses=problem_responses(401, 404, 422))
+async def read_item(user: CurrentUser, items: ItemServiceDep, item_id: int = ItemId) -> ItemPublic:
+    """Another user's item is a 404, the same as a missing one."""
+    return ItemPublic.model_validate(await items.get(user, item_id))
+
+
+@router.patch(
+    "/{item_id}", summary="Update an item", responses=problem_responses(400, 401, 404, 413, 415, 422)
+)
+async def update_item(
+    body: ItemUpdate, user: CurrentUser, items: ItemServiceDep, item_id: int = ItemId
+) -> ItemPublic:
+    return ItemPublic.model_validate(await items.update(user, item_id, body.model_dump(exclude_unset=True)))
+
+
+@router.delete(
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an item",
+    responses=problem_responses(401, 404, 422),
+)
+async def delete_item(user: CurrentUser, items: ItemServiceDep, item_id: int = ItemId) -> None:
+    await items.delete(user, item_id)

@@ -1,0 +1,28 @@
+"""/api/v2/items: the same items as v1, with cursor pagination that is stable under inserts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import CurrentUser, ItemServiceDep
+from app.api.v2 import PREFIX
+from app.schemas.common import problem_responses
+from app.schemas.item import ItemPage, ItemPublic
+
+router = APIRouter(prefix=f"{PREFIX}/items", tags=["items v2"])
+
+
+@router.get("", summary="List the caller's items (cursor pages)", responses=problem_responses(401, 422))
+async def list_items(
+    user: CurrentUser,
+    items: ItemServiceDep,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Items to return (at most 100).")] = 20,
+) -> ItemPage:
+    """Pages follow item ids, so an item created while a client pages never shifts or repeats a page."""
+    page = await items.cursor_page(user, cursor, limit)
+    return ItemPage(items=[ItemPublic.model_validate(i) for i in page.items], next_cursor=page.next_cursor)

@@ -1,0 +1,137 @@
+"""Command line: `python -m app.cli serve | migrate | create-admin | settings-table`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+
+from pydantic import ValidationError
+
+from app.core.config import Settings
+
+
+def _load_settings() -> Settings:
+    """Settings, or a one-line error naming the variable and exit code 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"configuration error: {name + ': ' if name else ''}{message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _migrate(settings: Settings) -> None:
+    from app.core.db import create_engine
+    from app.core.migrations import upgrade_to_head
+
+    engine = create_engine(settings)
+    try:
+        await upgrade_to_head(engine)
+    finally:
+        await engine.dispose()
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    settings = _load_settings()
+    asyncio.run(_migrate(settings))
+    print("database migrated to head")
+    return 0
+
+
+async def _create_admin(settings: Settings, email: str, password: str) -> str:
+    from sqlalchemy import select
+
+    from app.core.db import create_engine, create_session_factory
+    from app.core.security import PasswordHasher
+    from app.models import User
+    from app.schemas.user import UserCreate
+
+    body = UserCreate(email=email, password=password)
+    engine = create_engine(settings)
+    hasher = PasswordHasher(settings)
+    try:
+        if settings.migrate_on_startup:
+            from app.core.migrations import upgrade_to_head
+
+            await upgrade_to_head(engine)
+        async with create_session_factory(engine)() as session:
+            user = await session.scalar(select(User).where(User.email == body.email))
+            if user is None:
+                user = User(email=body.email, hashed_password=await hasher.hash(body.password))
+                session.add(user)
+                outcome = "created"
+            else:
+                outcome = "promoted"
+            user.is_admin = True
+            user.is_active = True
+            await session.commit()
+            return f"admin {body.email} {outcome} (id {user.id})"
+    finally:
+        hasher.close()
+        await engine.dispose()
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    settings = _load_settings()
+    password = args.password or os.environ.get("ADMIN_PASSWORD") or getpass.getpass("Password: ")
+    try:
+        print(asyncio.run(_create_admin(settings, args.email, password)))
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"invalid {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_serve(_args: argparse.Namespace) -> int:
+    """The production entry point: uvicorn with its own worker supervisor, every value from settings."""
+    import uvicorn
+
+    settings = _load_settings()
+    if settings.migrate_on_startup:
+        # Once here, before the workers start, so they never race to migrate the same file.
+        asyncio.run(_migrate(settings))
+        os.environ["AUTO_MIGRATE"] = "false"
+    limit_max_requests = settings.limit_max_requests
+    uvicorn.run(
+        "app.main:app",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.web_concurrency,
+        limit_concurrency=settings.limit_concurrency,
+        backlog=settings.backlog,
+        timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
+        timeout_keep_alive=settings.timeout_keep_alive,
+        limit_max_requests=limit_max_requests,
+        limit_max_requests_jitter=settings.limit_max_requests_jitter if limit_max_requests else 0,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the production server").set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    admin = sub.add_parser("create-admin", help="create or promote an admin user")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", help="default: $ADMIN_PASSWORD, else asked for")
+    admin.set_defaults(func=cmd_create_admin)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Cross-cutting pieces used by every layer: settings, security, errors, database, logging."""

@@ -1,0 +1,184 @@
+"""The one settings object: every tunable of the service, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+DEV_SECRET_KEY_FILE = ROOT_DIR / "data" / ".dev-secret-key"
+
+# Keys shorter than this are refused in production: HS256 wants at least 256 bits of key.
+MIN_SECRET_KEY_LENGTH = 32
+WEAK_SECRET_KEYS = frozenset({"changeme", "secret", "change-me", "dev", "development"})
+
+
+class SettingsError(ValueError):
+    """A configuration that must not start the service; its message is one line naming the variable."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Environment-driven settings. Each field is read from the upper-case variable of its name."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    # --- general ---
+    environment: Literal["development", "test", "production"] = Field(
+        "development", description="development, test or production; production enforces safe settings."
+    )
+    app_name: str = Field("fastapi-ml-service", description="Service name shown in the docs and logs.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(True, description="JSON log lines (false: human-readable console lines).")
+    access_log: bool = Field(True, description="Write one access log line per request.")
+
+    # --- HTTP server ---
+    host: str = Field("127.0.0.1", description="Address the server binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the server binds to.")
+    web_concurrency: int = Field(1, ge=1, description="uvicorn worker processes (production entry point).")
+    limit_concurrency: int = Field(
+        256, ge=1, description="Requests in flight per worker before new ones get a fast 503."
+    )
+    backlog: int = Field(2048, ge=1, description="TCP listen backlog.")
+    timeout_graceful_shutdown: int = Field(
+        30, ge=1, description="Seconds a worker may take to finish accepted requests on SIGTERM."
+    )
+    timeout_keep_alive: int = Field(5, ge=1, description="Seconds an idle keep-alive connection is kept.")
+    limit_max_requests: int | None = Field(
+        None, ge=1, description="Restart a worker after this many requests (unset: never)."
+    )
+    limit_max_requests_jitter: int = Field(
+        0, ge=0, description="Random extra requests added to limit_max_requests per worker."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxy addresses trusted for X-Forwarded-* headers (comma-separated)."
+    )
+    max_request_body_bytes: int = Field(
+        1_048_576, ge=1, description="Largest accepted request body; larger bodies get 413."
+    )
+    docs_enabled: bool | None = Field(
+        None, description="Serve /docs, /redoc and /openapi.json (unset: on except in production)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (comma-separated); empty: none."
+    )
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="Host headers accepted (comma-separated)."
+    )
+
+    # --- database ---
+    database_url: str = Field(
+        f"sqlite+aiosqlite:///{ROOT_DIR / 'data' / 'app.db'}",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user:pw@host/db.",
+    )
+    db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections kept open per worker.")
+    db_max_overflow: int = Field(10, ge=0, description="Extra PostgreSQL connections allowed at peak.")
+    db_pool_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for a pooled connection before a 503."
+    )
+    db_pool_pre_ping: bool = Field(True, description="Check a pooled connection before using it.")
+    db_pool_recycle: int = Field(1800, ge=-1, description="Seconds after which a connection is replaced.")
+    db_statement_timeout_ms: int = Field(
+        10_000, ge=0, description="PostgreSQL statement_timeout for the service's sessions (0: none)."
+    )
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0, description="SQLite busy timeout.")
+    auto_migrate: bool | None = Field(
+        None, description="Apply migrations at start-up (unset: only for the embedded SQLite)."
+    )
+    db_echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+
+    # --- tokens ---
+    secret_key: SecretStr | None = Field(
+        None, description="HMAC key for access tokens; required (32+ chars) in production."
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field("HS256", description="JWT algorithm.")
+    jwt_issuer: str = Field("fastapi-ml-service", description="iss claim of access tokens.")
+    jwt_audience: str = Field("fastapi-ml-service", description="aud claim of access tokens.")
+    access_token_expire_seconds: int = Field(900, ge=30, description="Access token lifetime.")
+    refresh_token_expire_seconds: int = Field(14 * 24 * 3600, ge=60, description="Refresh token lifetime.")
+
+    # --- passwords (Argon2id; OWASP minimum m=19 MiB, t=2, p=1) ---
+    password_hash_memory_kib: int = Field(19_456, ge=8, description="Argon2 memory cost in KiB.")
+    password_hash_time_cost: int = Field(2, ge=1, description="Argon2 iterations.")
+    password_hash_parallelism: int = Field(1, ge=1, description="Argon2 lanes.")
+    password_hash_concurrency: int = Field(
+        4, ge=1, description="Password hashes computed at once per worker (bounds their memory)."
+    )
+
+    # --- shared state ---
+    redis_url: str | None = Field(None, description="Redis URL for limits shared by replicas.")
+
+    # --- pagination ---
+    page_size_max: int = Field(100, ge=1, description="Largest page a list endpoint returns.")
+
+    @field_validator("cors_origins", "trusted_hosts", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.environment != "production":
+            return self
+        key = self.secret_key.get_secret_value() if self.secret_key else ""
+        if len(key) < MIN_SECRET_KEY_LENGTH or key.lower() in WEAK_SECRET_KEYS:
+            raise SettingsError(
+                f"SECRET_KEY must be set to a random string of at least {MIN_SECRET_KEY_LENGTH} "
+                "characters when ENVIRONMENT=production"
+            )
+        if self.password_hash_memory_kib < 19_456 or self.password_hash_time_cost < 2:
+            raise SettingsError(
+                "PASSWORD_HASH_MEMORY_KIB and PASSWORD_HASH_TIME_COST are below OWASP's minimum "
+                "(19456 KiB, 2) with ENVIRONMENT=production"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def migrate_on_startup(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def show_docs(self) -> bool:
+        return self.environment != "production" if self.docs_enabled is None else self.docs_enabled
+
+    def signing_key(self) -> tuple[str, str | None]:
+        """The HMAC key, and where it came from when SECRET_KEY was not set (for the start-up log).
+
+        Outside production a missing key is generated once and kept in `data/.dev-secret-key`, so
+        tokens survive a restart and every worker process of one machine shares the key.
+        """
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value(), None
+        path = DEV_SECRET_KEY_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(48))
+        self.secret_key = SecretStr(path.read_text().strip())
+        return self.secret_key.get_secret_value(), str(path)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

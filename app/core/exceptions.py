@@ -1,0 +1,249 @@
+"""The one error envelope: domain errors and every framework error rendered as RFC 9457 problems."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any, cast
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://fastapi-ml-service.dev/problems/"
+
+
+class AppError(Exception):
+    """A failure the client should hear about. Services raise these; one handler renders them.
+
+    `code` becomes the problem `type` (a stable, documented identifier clients can switch on).
+    """
+
+    status: int = 500
+    code: str = "internal-error"
+    title: str = "Internal Server Error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        errors: Sequence[dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        self.errors = list(errors) if errors is not None else None
+
+
+class BadRequest(AppError):
+    status, code, title = 400, "bad-request", "Bad Request"
+
+
+class Unauthorized(AppError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str = "Not authenticated", **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(AppError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(AppError):
+    status, code, title = 404, "not-found", "Not Found"
+
+
+class Conflict(AppError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(AppError):
+    status, code, title = 413, "payload-too-large", "Content Too Large"
+
+
+class UnsupportedMediaType(AppError):
+    status, code, title = 415, "unsupported-media-type", "Unsupported Media Type"
+
+
+class ValidationFailed(AppError):
+    status, code, title = 422, "validation-error", "Unprocessable Content"
+
+
+class TooManyRequests(AppError):
+    status, code, title = 429, "rate-limited", "Too Many Requests"
+
+
+class ServiceUnavailable(AppError):
+    status, code, title = 503, "service-unavailable", "Service Unavailable"
+
+
+class GatewayTimeout(AppError):
+    status, code, title = 504, "timeout", "Gateway Timeout"
+
+
+_CODES_BY_STATUS: dict[int, type[AppError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        ValidationFailed,
+        TooManyRequests,
+        ServiceUnavailable,
+        GatewayTimeout,
+    )
+}
+
+
+def problem_body(
+    status: int,
+    *,
+    code: str | None = None,
+    title: str | None = None,
+    detail: str | None = None,
+    instance: str | None = None,
+    errors: Sequence[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    known = _CODES_BY_STATUS.get(status)
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + (code or (known.code if known else f"http-{status}")),
+        "title": title or (known.title if known else phrase),
+        "status": status,
+        "detail": detail or (known.title if known else phrase),
+    }
+    if instance is not None:
+        body["instance"] = instance
+    if errors is not None:
+        body["errors"] = list(errors)
+    return body
+
+
+def problem_response(
+    status: int,
+    *,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> Response:
+    """A problem+json response. Built by hand: it is on the error path and needs no validation."""
+    content = json.dumps(problem_body(status, **fields), separators=(",", ":")).encode()
+    return Response(content, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+def _field_name(loc: Sequence[int | str]) -> str:
+    """`("body", "rows", 0, "x")` -> `rows.0.x`: the public path a client sent, without the source."""
+    parts = list(loc)
+    if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
+        parts = parts[1:]
+    return ".".join(str(part) for part in parts) or "body"
+
+
+def validation_errors(raw: Sequence[Any]) -> list[dict[str, str]]:
+    return [{"field": _field_name(err.get("loc", ())), "message": str(err.get("msg", ""))} for err in raw]
+
+
+def _is_json_request(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+async def _app_error_handler(request: Request, exc: Exception) -> Response:
+    exc = cast(AppError, exc)
+    return problem_response(
+        exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        instance=request.url.path,
+        errors=exc.errors,
+        headers=exc.headers,
+    )
+
+
+async def _validation_handler(request: Request, exc: Exception) -> Response:
+    exc = cast(RequestValidationError, exc)
+    raw = exc.errors()
+    body_errors = [err for err in raw if err.get("loc", ("",))[0] == "body"]
+    if any(err.get("type") == "json_invalid" for err in body_errors):
+        return problem_response(
+            400,
+            code="malformed-json",
+            title="Bad Request",
+            detail="The request body is not valid JSON.",
+            instance=request.url.path,
+        )
+    if body_errors and request.headers.get("content-type") and not _is_json_request(request):
+        route = request.scope.get("route")
+        body_field = getattr(route, "body_field", None)
+        expects_form = body_field is not None and type(getattr(body_field, "field_info", None)).__name__ in {
+            "Form",
+            "File",
+        }
+        if not expects_form:
+            return problem_response(
+                415, detail="Send the request body as application/json.", instance=request.url.path
+            )
+    return problem_response(
+        422,
+        detail="The request has invalid fields; see errors.",
+        instance=request.url.path,
+        errors=validation_errors(raw),
+    )
+
+
+async def _http_exception_handler(request: Request, exc: Exception) -> Response:
+    exc = cast(StarletteHTTPException, exc)
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    if status == 404 and detail == "Not Found":
+        detail = f"No resource at {request.url.path}."
+    if status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+    headers = dict(exc.headers) if exc.headers else None  # e.g. Allow on a 405
+    return problem_response(status, detail=detail, instance=request.url.path, headers=headers)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True for errors that mean "the database cannot be reached now", not "this query is wrong"."""
+    if isinstance(exc, sa_exc.TimeoutError | OSError | ConnectionError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return False
+
+
+async def _database_error_handler(request: Request, exc: Exception) -> Response:
+    if not is_database_outage(exc):
+        raise exc
+    log.warning("database_unavailable", error=type(exc).__name__)
+    return problem_response(
+        503,
+        detail="The database is unavailable; retry shortly.",
+        instance=request.url.path,
+        headers={"Retry-After": "1"},
+    )
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    """Every error the app can raise, mapped once. Unhandled exceptions: see RequestContextMiddleware."""
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _database_error_handler)
+    app.add_exception_handler(OSError, _database_error_handler)
+    app.add_exception_handler(AppError, _app_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)

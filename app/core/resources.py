@@ -1,0 +1,20 @@
+"""Everything the lifespan opens once per process and closes at shutdown, kept on `app.state`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.security import PasswordHasher, TokenCodec
+
+
+@dataclass(slots=True)
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[AsyncSession]
+    hasher: PasswordHasher
+    codec: TokenCodec
+    migration_head: str | None = None

@@ -1,0 +1,122 @@
+"""Passwords (Argon2id, off the event loop, bounded) and tokens (JWT access, opaque refresh)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from app.core.config import Settings
+
+REFRESH_TOKEN_BYTES = 32
+
+
+class PasswordHasher:
+    """Argon2id hashing in a dedicated, bounded thread pool.
+
+    Argon2 releases the GIL, so threads run hashes in parallel without stalling the event loop.
+    The pool size bounds how many hashes hold their memory cost at once (19 MiB each by default);
+    a burst of logins waits in the pool's queue instead of allocating memory for all of them.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._hash = PasswordHash(
+            (
+                Argon2Hasher(
+                    memory_cost=settings.password_hash_memory_kib,
+                    time_cost=settings.password_hash_time_cost,
+                    parallelism=settings.password_hash_parallelism,
+                ),
+            )
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.password_hash_concurrency, thread_name_prefix="argon2"
+        )
+        # Verified when an email is unknown, so a login takes as long whether or not it exists.
+        self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._hash.hash, password)
+
+    async def verify(self, password: str, hashed: str | None) -> bool:
+        """True when `password` matches `hashed`; with `hashed=None` it burns the same time, then fails."""
+        target = hashed if hashed is not None else self._dummy_hash
+        ok = await asyncio.get_running_loop().run_in_executor(self._pool, self._hash.verify, password, target)
+        return ok and hashed is not None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: int
+    session_id: str
+    jti: str
+    expires_at: int
+
+
+class InvalidToken(Exception):
+    """The token is malformed, forged, expired or otherwise unusable."""
+
+
+class TokenCodec:
+    """Short-lived HS256 access tokens. The algorithm, issuer and audience are pinned on decode."""
+
+    def __init__(self, settings: Settings, key: str) -> None:
+        self._key = key
+        self._algorithm = settings.jwt_algorithm
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self.lifetime = settings.access_token_expire_seconds
+
+    def issue(self, user_id: int, session_id: str) -> tuple[str, AccessClaims]:
+        now = int(time.time())
+        claims = AccessClaims(user_id, session_id, uuid.uuid4().hex, now + self.lifetime)
+        payload: dict[str, Any] = {
+            "sub": str(user_id),
+            "sid": session_id,
+            "jti": claims.jti,
+            "iat": now,
+            "nbf": now,
+            "exp": claims.expires_at,
+            "iss": self._issuer,
+            "aud": self._audience,
+        }
+        return jwt.encode(payload, self._key, algorithm=self._algorithm), claims
+
+    def decode(self, token: str) -> AccessClaims:
+        try:
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iat", "sub", "jti", "sid", "iss", "aud"]},
+                leeway=5,
+            )
+            return AccessClaims(
+                int(payload["sub"]), str(payload["sid"]), str(payload["jti"]), int(payload["exp"])
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise InvalidToken(str(exc)) from exc
+
+
+def new_refresh_token() -> str:
+    """An opaque, unguessable refresh token; only its hash is stored."""
+    return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+
+def hash_refresh_token(token: str) -> str:
+    # A fast hash is right here: the token has 256 bits of entropy, so it cannot be brute-forced.
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,7 @@
+"""ORM models. Importing this package registers every table on `Base.metadata` (for Alembic)."""
+
+from app.models.base import Base
+from app.models.item import Item
+from app.models.user import AuthSession, RefreshToken, User
+
+__all__ = ["AuthSession", "Base", "Item", "RefreshToken", "User"]

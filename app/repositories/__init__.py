@@ -1,0 +1,1 @@
+"""Database queries, one repository per aggregate. No Pydantic and no HTTP here."""

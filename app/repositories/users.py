@@ -1,0 +1,124 @@
+"""Queries on users and on their login sessions and refresh tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import AuthSession, RefreshToken, User
+from app.models.base import utcnow
+
+
+class DuplicateEmail(Exception):
+    """The email is already registered."""
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, user_id: int) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def get_by_email(self, email: str) -> User | None:
+        return await self.session.scalar(select(User).where(User.email == email))
+
+    async def get_active_in_session(self, user_id: int, session_id: str, now: datetime) -> User | None:
+        """The user behind an access token: active, and the token's login session not revoked.
+
+        One round trip per authenticated request, so a logout, a deactivation or a deletion ends
+        the user's access tokens at their next request, on every replica.
+        """
+        query = (
+            select(User)
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(
+                User.id == user_id,
+                User.is_active.is_(True),
+                AuthSession.id == session_id,
+                AuthSession.revoked_at.is_(None),
+                AuthSession.expires_at > now,
+            )
+        )
+        return await self.session.scalar(query)
+
+    async def add(self, user: User) -> User:
+        self.session.add(user)
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            raise DuplicateEmail(user.email) from exc
+        return user
+
+    async def update(self, user: User, values: dict[str, Any]) -> User:
+        for key, value in values.items():
+            setattr(user, key, value)
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            raise DuplicateEmail(str(values.get("email"))) from exc
+        return user
+
+    async def delete(self, user: User) -> None:
+        await self.session.delete(user)
+        await self.session.flush()
+
+    async def page(self, offset: int, limit: int) -> tuple[Sequence[User], int]:
+        total = await self.session.scalar(select(func.count()).select_from(User)) or 0
+        rows = await self.session.scalars(select(User).order_by(User.id).offset(offset).limit(limit))
+        return rows.all(), total
+
+
+class SessionRepository:
+    """Login sessions and the rotation of their refresh tokens."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def create(self, auth_session: AuthSession, first_token_hash: str) -> None:
+        self.session.add(auth_session)
+        self.session.add(RefreshToken(session_id=auth_session.id, token_hash=first_token_hash))
+        await self.session.flush()
+
+    async def find_token(self, token_hash: str) -> tuple[RefreshToken, AuthSession, User] | None:
+        row = (
+            await self.session.execute(
+                select(RefreshToken, AuthSession, User)
+                .join(AuthSession, AuthSession.id == RefreshToken.session_id)
+                .join(User, User.id == AuthSession.user_id)
+                .where(RefreshToken.token_hash == token_hash)
+            )
+        ).first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def spend(self, token_id: int) -> bool:
+        """Mark a refresh token used. False when another request spent it first (a race or a replay)."""
+        result = await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == token_id, RefreshToken.used_at.is_(None))
+            .values(used_at=utcnow())
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def add_token(self, session_id: str, token_hash: str) -> None:
+        self.session.add(RefreshToken(session_id=session_id, token_hash=token_hash))
+        await self.session.flush()
+
+    async def revoke(self, session_id: str) -> None:
+        await self.session.execute(
+            update(AuthSession)
+            .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+
+    async def revoke_all_for_user(self, user_id: int) -> None:
+        await self.session.execute(
+            update(AuthSession)
+            .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )

@@ -1,0 +1,1 @@
+"""Pydantic request and response schemas: the wire format, separate from the ORM models."""

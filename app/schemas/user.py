@@ -1,0 +1,57 @@
+"""User schemas. None of them has a password-hash field: the hash never leaves the data layer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, EmailStr, Field
+
+from app.schemas.common import RequestModel, ResponseModel, reject_null
+
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 128
+
+
+def _normalise_email(value: str) -> str:
+    return value.strip().lower()
+
+
+Email = Annotated[EmailStr, AfterValidator(_normalise_email), Field(max_length=320)]
+Password = Annotated[
+    str,
+    Field(
+        min_length=PASSWORD_MIN_LENGTH,
+        max_length=PASSWORD_MAX_LENGTH,
+        description=f"{PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters.",
+    ),
+]
+
+
+class UserCreate(RequestModel):
+    email: Email
+    password: Password
+
+
+# Fields left out stay as they are; none of them may be set to null.
+class UserUpdateMe(RequestModel):
+    email: Annotated[Email | None, AfterValidator(reject_null)] = None
+
+
+class UserUpdateAdmin(RequestModel):
+    email: Annotated[Email | None, AfterValidator(reject_null)] = None
+    is_active: Annotated[bool | None, AfterValidator(reject_null)] = None
+    is_admin: Annotated[bool | None, AfterValidator(reject_null)] = None
+
+
+class PasswordChange(RequestModel):
+    current_password: Annotated[str, Field(max_length=PASSWORD_MAX_LENGTH)]
+    new_password: Password
+
+
+class UserPublic(ResponseModel):
+    id: int
+    email: str
+    is_active: bool
+    is_admin: bool
+    created_at: datetime

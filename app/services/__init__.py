@@ -1,0 +1,1 @@
+"""Business logic, testable without HTTP: services raise domain errors, never HTTPException."""

@@ -1,0 +1,125 @@
+"""Registration, login, refresh-token rotation with reuse detection, logout, and token checks."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.exceptions import Conflict, Unauthorized
+from app.core.security import (
+    InvalidToken,
+    PasswordHasher,
+    TokenCodec,
+    hash_refresh_token,
+    new_refresh_token,
+)
+from app.models import AuthSession, User
+from app.models.base import utcnow
+from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository
+
+
+class EmailTaken(Conflict):
+    def __init__(self) -> None:
+        super().__init__("A user with this email already exists.")
+
+
+class BadCredentials(Unauthorized):
+    def __init__(self) -> None:
+        super().__init__("Incorrect email or password.")
+
+
+class InvalidRefreshToken(Unauthorized):
+    def __init__(self) -> None:
+        super().__init__("The refresh token is invalid, expired or already used.")
+
+
+class InvalidAccessToken(Unauthorized):
+    def __init__(self) -> None:
+        super().__init__("The access token is invalid, expired or revoked.")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedTokens:
+    access_token: str
+    expires_in: int
+    refresh_token: str
+
+
+class AuthService:
+    def __init__(
+        self,
+        session: AsyncSession,
+        hasher: PasswordHasher,
+        codec: TokenCodec,
+        refresh_lifetime: timedelta,
+    ) -> None:
+        self.session = session
+        self.users = UserRepository(session)
+        self.sessions = SessionRepository(session)
+        self.hasher = hasher
+        self.codec = codec
+        self.refresh_lifetime = refresh_lifetime
+
+    async def register(self, email: str, password: str, *, is_admin: bool = False) -> User:
+        hashed = await self.hasher.hash(password)
+        try:
+            user = await self.users.add(User(email=email, hashed_password=hashed, is_admin=is_admin))
+        except DuplicateEmail as exc:
+            await self.session.rollback()
+            raise EmailTaken from exc
+        await self.session.commit()
+        return user
+
+    async def login(self, email: str, password: str) -> IssuedTokens:
+        user = await self.users.get_by_email(email.strip().lower())
+        # Verify even when the email is unknown (against a dummy hash): equal timing either way.
+        valid = await self.hasher.verify(password, user.hashed_password if user else None)
+        if user is None or not valid or not user.is_active:
+            raise BadCredentials
+        auth_session = AuthSession(
+            id=uuid.uuid4().hex, user_id=user.id, expires_at=utcnow() + self.refresh_lifetime
+        )
+        refresh = new_refresh_token()
+        await self.sessions.create(auth_session, hash_refresh_token(refresh))
+        await self.session.commit()
+        return self._issue(user.id, auth_session.id, refresh)
+
+    async def refresh(self, refresh_token: str) -> IssuedTokens:
+        found = await self.sessions.find_token(hash_refresh_token(refresh_token))
+        if found is None:
+            raise InvalidRefreshToken
+        token, auth_session, user = found
+        if auth_session.revoked_at is not None or auth_session.expires_at <= utcnow() or not user.is_active:
+            raise InvalidRefreshToken
+        if token.used_at is not None or not await self.sessions.spend(token.id):
+            # A spent token came back: it was stolen or replayed. End the whole login session, so
+            # whoever holds the newest token of the family (possibly the thief) is logged out too.
+            await self.sessions.revoke(auth_session.id)
+            await self.session.commit()
+            raise InvalidRefreshToken
+        refresh = new_refresh_token()
+        await self.sessions.add_token(auth_session.id, hash_refresh_token(refresh))
+        await self.session.commit()
+        return self._issue(user.id, auth_session.id, refresh)
+
+    async def logout(self, session_id: str) -> None:
+        await self.sessions.revoke(session_id)
+        await self.session.commit()
+
+    async def authenticate(self, access_token: str) -> tuple[User, str]:
+        """The active user behind a valid, unrevoked access token, and its login session id."""
+        try:
+            claims = self.codec.decode(access_token)
+        except InvalidToken as exc:
+            raise InvalidAccessToken from exc
+        user = await self.users.get_active_in_session(claims.user_id, claims.session_id, utcnow())
+        if user is None:
+            raise InvalidAccessToken
+        return user, claims.session_id
+
+    def _issue(self, user_id: int, session_id: str, refresh: str) -> IssuedTokens:
+        access, _ = self.codec.issue(user_id, session_id)
+        return IssuedTokens(access, self.codec.lifetime, refresh)

@@ -1,0 +1,153 @@
+"""Shared fixtures: a migrated test database, an app per test with its lifespan, users and tokens.
+
+The suite runs on SQLite by default and on PostgreSQL when TEST_DATABASE_URL is set. The schema is
+built once per session by the real migrations; each test gets empty tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from app.core.config import Settings
+from app.core.db import create_engine
+from app.core.migrations import upgrade_to_head
+from app.main import create_app
+from app.models import Base
+
+TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
+PASSWORD = "correct horse battery"
+
+
+def _database_url(tmp_root: Path) -> str:
+    return os.environ.get("TEST_DATABASE_URL") or f"sqlite+aiosqlite:///{tmp_root / 'test.db'}"
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "database_url": database_url,
+        "secret_key": TEST_SECRET_KEY,
+        "auto_migrate": False,
+        # Cheap hashes keep the suite fast; production parameters are checked in test_config.
+        "password_hash_memory_kib": 1024,
+        "password_hash_time_cost": 1,
+        "log_json": True,
+        "db_pool_size": 5,
+        "db_max_overflow": 5,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def _reset_schema(settings: Settings) -> None:
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        await upgrade_to_head(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = _database_url(tmp_path_factory.mktemp("db"))
+    asyncio.run(_reset_schema(make_settings(url)))
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+async def _empty_tables(app: FastAPI) -> None:
+    engine = app.state.resources.engine
+    tables = list(reversed(Base.metadata.sorted_tables))
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(table.name for table in tables)
+            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                await conn.execute(table.delete())
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application) as manager:
+        try:
+            yield manager.app  # type: ignore[misc]
+        finally:
+            await _empty_tables(application)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+Headers = dict[str, str]
+MakeUser = Callable[..., Awaitable[Headers]]
+
+
+@pytest.fixture
+def make_user(client: httpx.AsyncClient, app: FastAPI) -> MakeUser:
+    """Register a user (optionally an admin), log in, and return their Authorization header."""
+
+    async def _make(email: str | None = None, *, admin: bool = False, password: str = PASSWORD) -> Headers:
+        email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+        response = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+        assert response.status_code == 201, response.text
+        if admin:
+            async with app.state.resources.engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE users SET is_admin = :yes WHERE email = :email"),
+                    {"yes": True, "email": email.lower()},
+                )
+        token = await client.post("/api/v1/auth/token", data={"username": email, "password": password})
+        assert token.status_code == 200, token.text
+        return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+    return _make
+
+
+@pytest.fixture
+async def user_headers(make_user: MakeUser) -> Headers:
+    return await make_user("alice@example.com")
+
+
+@pytest.fixture
+async def other_headers(make_user: MakeUser) -> Headers:
+    return await make_user("bob@example.com")
+
+
+@pytest.fixture
+async def admin_headers(make_user: MakeUser) -> Headers:
+    return await make_user("admin@example.com", admin=True)
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response is RFC 9457 problem details with this status; returns the body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+    assert "Traceback" not in response.text
+    return body
