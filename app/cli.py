@@ -90,33 +90,18 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
 
 def cmd_serve(_args: argparse.Namespace) -> int:
     """The production entry point: uvicorn with its own worker supervisor, every value from settings."""
-    import uvicorn
+    from app.core.logging import configure_logging
+    from app.core.server import serve
 
     settings = _load_settings()
+    # The supervisor's own lines (workers started, died, restarted) as JSON too; each worker
+    # configures the same logging when it imports the app.
+    configure_logging(settings.log_level, json=settings.log_json)
     if settings.migrate_on_startup:
         # Once here, before the workers start, so they never race to migrate the same file.
         asyncio.run(_migrate(settings))
         os.environ["AUTO_MIGRATE"] = "false"
-    limit_max_requests = settings.limit_max_requests
-    uvicorn.run(
-        "app.main:app",
-        host=settings.host,
-        port=settings.port,
-        workers=settings.web_concurrency,
-        limit_concurrency=settings.limit_concurrency,
-        backlog=settings.backlog,
-        timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
-        timeout_keep_alive=settings.timeout_keep_alive,
-        limit_max_requests=limit_max_requests,
-        limit_max_requests_jitter=settings.limit_max_requests_jitter if limit_max_requests else 0,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        server_header=False,
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-    )
-    return 0
+    return serve(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,20 +10,24 @@ import fastapi_offline
 import structlog
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app.api import health
+from app.api import health, oip
 from app.api.v1.router import router as v1_router
 from app.api.v2.router import router as v2_router
+from app.core import operations, tracing
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_session_factory
 from app.core.exceptions import install_exception_handlers
 from app.core.logging import configure_logging
-from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.core.metrics import observe_model_batch
+from app.core.middleware import BodySizeLimitMiddleware
 from app.core.migrations import head_revision, upgrade_to_head
 from app.core.resources import Resources
 from app.core.security import PasswordHasher, TokenCodec
+from app.ml.registry import ModelRegistry, RegistrySettings
+from app.services.prediction_log import PredictionLog
 
 log = structlog.get_logger("app")
 
@@ -43,33 +47,70 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     engine = create_engine(settings)
     hasher = PasswordHasher(settings)
+    session_factory = create_session_factory(engine)
+    registry = ModelRegistry(registry_settings(settings), on_batch=observe_model_batch)
+    prediction_log = PredictionLog(
+        session_factory,
+        queue_size=settings.prediction_log_queue_size,
+        batch_size=settings.prediction_log_batch_size,
+        flush_interval_s=settings.prediction_log_flush_ms / 1000,
+    )
     try:
         if settings.migrate_on_startup:
             await upgrade_to_head(engine)
-        resources = Resources(
+        if settings.ml_enabled:
+            # Every model verified (sha256) and loaded before the first request is accepted; a
+            # missing or corrupt file ends the start-up here with one line naming it.
+            await registry.start()
+        prediction_log.start()
+        app.state.resources = Resources(
             settings=settings,
             engine=engine,
-            session_factory=create_session_factory(engine),
+            session_factory=session_factory,
             hasher=hasher,
             codec=TokenCodec(settings, key),
+            registry=registry,
+            prediction_log=prediction_log,
             migration_head=head_revision(),
         )
-        app.state.resources = resources
         app.state.shutting_down = False
         log.info("started", environment=settings.environment, database=engine.url.get_backend_name())
-        yield
+        # Rate-limit storage, metrics sampler, tracing, SIGTERM flag; closed before the pools below.
+        async with operations.running(app, engine, queue_depths=lambda: _queue_depths(registry)):
+            yield
         app.state.shutting_down = True
     finally:
+        # Reverse order of need: in-flight predictions finish, their records are written, then
+        # the database goes away.
+        await registry.close()
+        await prediction_log.close()
         hasher.close()
         await engine.dispose()
         log.info("stopped")
+
+
+def registry_settings(settings: Settings) -> RegistrySettings:
+    return RegistrySettings(
+        model_dir=settings.ml_model_dir,
+        onnx_threads=settings.ml_onnx_threads,
+        process_workers=settings.ml_process_workers,
+        start_method=settings.ml_start_method,
+        batching_enabled=settings.ml_batching_enabled,
+        close_timeout_s=float(settings.timeout_graceful_shutdown),
+    )
+
+
+def _queue_depths(registry: ModelRegistry) -> dict[str, int]:
+    return {name: m.queue_depth for name, m in registry.metrics().items()}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     docs = settings.show_docs
+    tracer = tracing.setup(settings)
     app = FastAPI(
+        telemetry=tracing.fastapi_config(tracer),
         title=settings.app_name,
         version="1.0.0",
         summary="Serves machine-learning models to authenticated users.",
@@ -79,42 +120,71 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.tracing = tracer
     install_exception_handlers(app)
-    # Added last = outermost: the request id and the last-resort 500 wrap everything else.
+    pages = _docs_pages(app.title) if docs else None
+    # Added last = outermost. Body size innermost; operations.install adds CORS, trusted hosts, the
+    # request context (id, security headers, metrics, access log, last-resort 500) and, outermost,
+    # load shedding; also /metrics and the per-user rate limit (before the routers are included).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
-    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    operations.install(app, settings, docs_pages=pages or ())
     app.include_router(health.router)
     app.include_router(v1_router)
     app.include_router(v2_router)
-    if docs:
-        _mount_docs(app)
+    app.include_router(oip.router)
+    if pages:
+        _mount_docs(app, *pages)
     return app
 
 
-def _mount_docs(app: FastAPI) -> None:
+def _docs_pages(title: str) -> tuple[str, str]:
+    """Swagger UI and ReDoc pages, rendered once: their inline script is hashed into the CSP."""
+    swagger = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{title} - Swagger UI",
+        swagger_js_url="/static/docs/swagger-ui-bundle.js",
+        swagger_css_url="/static/docs/swagger-ui.css",
+        swagger_favicon_url="/static/docs/favicon.png",
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    redoc = get_redoc_html(
+        openapi_url="/openapi.json",
+        title=f"{title} - ReDoc",
+        redoc_js_url="/static/docs/redoc.standalone.js",
+        redoc_favicon_url="/static/docs/favicon.png",
+        with_google_fonts=False,
+    )
+    return bytes(swagger.body).decode(), bytes(redoc.body).decode()
+
+
+# The ReDoc bundle shows a "Redocly" logo fetched from a CDN; the copy served here points it at the
+# service's own favicon, so the docs page makes no request beyond the service.
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def _mount_docs(app: FastAPI, swagger: str, redoc: str) -> None:
+    redoc_js = (
+        (DOCS_ASSETS / "redoc.standalone.js")
+        .read_bytes()
+        .replace(REDOC_CDN_LOGO, b"/static/docs/favicon.png")
+    )
+
+    # Declared before the mount below, so it answers for this one file.
+    @app.get("/static/docs/redoc.standalone.js", include_in_schema=False)
+    async def redoc_bundle() -> Response:
+        return Response(
+            redoc_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+        )
+
     app.mount("/static/docs", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
-    title = app.title
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title=f"{title} - Swagger UI",
-            swagger_js_url="/static/docs/swagger-ui-bundle.js",
-            swagger_css_url="/static/docs/swagger-ui.css",
-            swagger_favicon_url="/static/docs/favicon.png",
-            swagger_ui_parameters={"persistAuthorization": True},
-        )
+        return HTMLResponse(swagger)
 
     @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="/openapi.json",
-            title=f"{title} - ReDoc",
-            redoc_js_url="/static/docs/redoc.standalone.js",
-            redoc_favicon_url="/static/docs/favicon.png",
-            with_google_fonts=False,
-        )
+    async def redoc_ui() -> HTMLResponse:
+        return HTMLResponse(redoc)
 
 
 app = create_app()

@@ -45,6 +45,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "log_json": True,
         "db_pool_size": 5,
         "db_max_overflow": 5,
+        # Model tests switch this on; the rest of the suite does not pay for starting the models.
+        "ml_enabled": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -88,9 +90,11 @@ async def _empty_tables(app: FastAPI) -> None:
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with LifespanManager(application) as manager:
+    # The app itself, not `manager.app` (a wrapper function without `.state`): the lifespan keeps
+    # its resources on `app.state`, which tests and `make_user` reach into.
+    async with LifespanManager(application):
         try:
-            yield manager.app  # type: ignore[misc]
+            yield application
         finally:
             await _empty_tables(application)
 

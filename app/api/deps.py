@@ -15,13 +15,19 @@ from app.core.exceptions import Forbidden, Unauthorized
 from app.core.resources import Resources
 from app.models import User
 from app.services.auth import AuthService
+from app.services.inference import InferenceService
 from app.services.items import ItemService
+from app.services.prediction_log import PredictionHistory
 from app.services.users import UserService
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
+# Every dependency here is `async def`, even those that never await: FastAPI runs a plain `def`
+# dependency in the thread pool, a thread hand-off per dependency per request (measured in
+# docs/performance.md). None of them blocks, so they run on the event loop.
 
-def get_resources(request: Request) -> Resources:
+
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
@@ -29,24 +35,37 @@ def get_resources(request: Request) -> Resources:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-def get_settings(resources: ResourcesDep) -> Settings:
+async def get_settings(resources: ResourcesDep) -> Settings:
     return resources.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
+# Requests that change nothing (RFC 9110 safe methods).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+async def get_session(request: Request, resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
     """One session per request. Services commit what they change before the response is built;
-    whatever was not committed is rolled back when the session closes."""
+    whatever was not committed is rolled back when the session closes.
+
+    On PostgreSQL a safe request's session runs in autocommit: each of its statements sees what was
+    committed before it started, exactly as under the READ COMMITTED transaction it would otherwise
+    open, without the BEGIN and ROLLBACK round trips around it (two of the four a GET used to cost;
+    docs/performance.md).
+    """
     async with resources.session_factory() as session:
+        if request.method in SAFE_METHODS and resources.engine.dialect.name == "postgresql":
+            await session.connection(execution_options=_AUTOCOMMIT)
         yield session
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_auth_service(session: SessionDep, resources: ResourcesDep) -> AuthService:
+async def get_auth_service(session: SessionDep, resources: ResourcesDep) -> AuthService:
     return AuthService(
         session,
         resources.hasher,
@@ -58,14 +77,14 @@ def get_auth_service(session: SessionDep, resources: ResourcesDep) -> AuthServic
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
 
 
-def get_user_service(session: SessionDep, resources: ResourcesDep) -> UserService:
+async def get_user_service(session: SessionDep, resources: ResourcesDep) -> UserService:
     return UserService(session, resources.hasher)
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]
 
 
-def get_item_service(session: SessionDep) -> ItemService:
+async def get_item_service(session: SessionDep) -> ItemService:
     return ItemService(session)
 
 
@@ -114,13 +133,32 @@ AdminUser = Annotated[User, Depends(get_admin)]
 
 
 class OffsetPage:
-    def __init__(
-        self,
-        offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
-        limit: Annotated[int, Query(ge=1, le=100, description="Items to return (at most 100).")] = 20,
-    ) -> None:
+    __slots__ = ("limit", "offset")
+
+    def __init__(self, offset: int = 0, limit: int = 20) -> None:
         self.offset = offset
         self.limit = limit
 
 
-OffsetPageDep = Annotated[OffsetPage, Depends()]
+async def get_offset_page(
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100, description="Items to return (at most 100).")] = 20,
+) -> OffsetPage:
+    return OffsetPage(offset, limit)
+
+
+OffsetPageDep = Annotated[OffsetPage, Depends(get_offset_page)]
+
+
+async def get_inference(resources: ResourcesDep) -> InferenceService:
+    return InferenceService(resources.registry, resources.prediction_log)
+
+
+InferenceDep = Annotated[InferenceService, Depends(get_inference)]
+
+
+async def get_prediction_history(session: SessionDep) -> PredictionHistory:
+    return PredictionHistory(session)
+
+
+PredictionHistoryDep = Annotated[PredictionHistory, Depends(get_prediction_history)]

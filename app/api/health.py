@@ -21,6 +21,7 @@ class ReadinessStatus(BaseModel):
     status: str
     database: str
     migrations: str
+    models: str
 
 
 @router.get("/healthz", summary="Liveness: the process is serving")
@@ -31,9 +32,12 @@ async def healthz() -> HealthStatus:
 
 @router.get("/readyz", summary="Readiness: able to serve traffic", responses=problem_responses(503))
 async def readyz(request: Request, resources: ResourcesDep) -> ReadinessStatus:
-    """Database reachable and migrated to the head revision. 503 until then."""
+    """Database reachable and migrated to the head revision, every model loaded. 503 until then."""
     if getattr(request.app.state, "shutting_down", False):
         raise ServiceUnavailable("Shutting down.", headers={"Retry-After": "1"})
+    models_enabled = resources.settings.ml_enabled
+    if models_enabled and not resources.registry.ready:
+        raise ServiceUnavailable("The models are not loaded.", headers={"Retry-After": "1"})
     try:
         async with resources.engine.connect() as conn:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
@@ -48,4 +52,5 @@ async def readyz(request: Request, resources: ResourcesDep) -> ReadinessStatus:
             "run the migrations.",
             headers={"Retry-After": "5"},
         )
-    return ReadinessStatus(status="ready", database="ok", migrations=str(version))
+    models = f"{len(resources.registry.list())} loaded" if models_enabled else "disabled"
+    return ReadinessStatus(status="ready", database="ok", migrations=str(version), models=models)

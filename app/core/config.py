@@ -18,6 +18,9 @@ DEV_SECRET_KEY_FILE = ROOT_DIR / "data" / ".dev-secret-key"
 # Keys shorter than this are refused in production: HS256 wants at least 256 bits of key.
 MIN_SECRET_KEY_LENGTH = 32
 WEAK_SECRET_KEYS = frozenset({"changeme", "secret", "change-me", "dev", "development"})
+# A long key can still be a placeholder ("change-me-...") or a repeated character ("xxxx...").
+WEAK_SECRET_KEY_PARTS = ("changeme", "change-me", "change_me", "replace-me", "your-secret")
+MIN_SECRET_KEY_DISTINCT_CHARACTERS = 10
 
 
 class SettingsError(ValueError):
@@ -34,7 +37,12 @@ class Settings(BaseSettings):
     """Environment-driven settings. Each field is read from the upper-case variable of its name."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        # A validation error would otherwise quote its input, SECRET_KEY included, in a traceback.
+        hide_input_in_errors=True,
     )
 
     # --- general ---
@@ -51,7 +59,16 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port the server binds to.")
     web_concurrency: int = Field(1, ge=1, description="uvicorn worker processes (production entry point).")
     limit_concurrency: int = Field(
-        256, ge=1, description="Requests in flight per worker before new ones get a fast 503."
+        2048,
+        ge=2,
+        description="uvicorn's --limit-concurrency per worker: open connections (idle keep-alive ones "
+        "included) past which uvicorn itself answers a plain-text 503; the outer backstop.",
+    )
+    max_requests_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Requests in flight per worker past which new ones get a 503 problem with "
+        "Retry-After at once (load shedding); below limit_concurrency.",
     )
     backlog: int = Field(2048, ge=1, description="TCP listen backlog.")
     timeout_graceful_shutdown: int = Field(
@@ -105,6 +122,10 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None, description="HMAC key for access tokens; required (32+ chars) in production."
     )
+    dev_secret_key_file: Path = Field(
+        DEV_SECRET_KEY_FILE,
+        description="Outside production, where the generated key is kept when SECRET_KEY is unset.",
+    )
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field("HS256", description="JWT algorithm.")
     jwt_issuer: str = Field("fastapi-ml-service", description="iss claim of access tokens.")
     jwt_audience: str = Field("fastapi-ml-service", description="aud claim of access tokens.")
@@ -121,6 +142,59 @@ class Settings(BaseSettings):
 
     # --- shared state ---
     redis_url: str | None = Field(None, description="Redis URL for limits shared by replicas.")
+    redis_timeout: float = Field(
+        0.25, gt=0, description="Seconds a Redis connect or command may take before limits fail open."
+    )
+    redis_retry_interval: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds limits stay per-process after a Redis failure before Redis is retried.",
+    )
+
+    # --- rate limits ("N/second|minute|hour|day"; empty: off) ---
+    rate_limit_enabled: bool = Field(True, description="Apply the rate limits below.")
+    rate_limit_auth_per_address: str | None = Field(
+        "20/minute", description="Log-ins and registrations per client address (each endpoint)."
+    )
+    rate_limit_auth_per_account: str | None = Field(
+        "5/minute", description="Log-ins and registrations per account email (each endpoint)."
+    )
+    rate_limit_per_user: str | None = Field(
+        "1200/minute", description="Authenticated requests per user, all endpoints together."
+    )
+
+    # --- observability and security headers ---
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        description="Folder for prometheus_client's multiprocess files (unset: a fresh folder under "
+        "/tmp when several workers run). Emptied by the serve command at start.",
+    )
+    otel_enabled: bool = Field(
+        False, description="Export OpenTelemetry traces (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT)."
+    )
+    hsts_max_age: int = Field(
+        31_536_000, ge=0, description="Strict-Transport-Security max-age on https requests (0: no header)."
+    )
+
+    # --- models ---
+    ml_enabled: bool = Field(True, description="Load and serve the models of the manifest.")
+    ml_model_dir: Path = Field(ROOT_DIR / "ml_models", description="Folder of manifest.json and model files.")
+    ml_onnx_threads: int = Field(2, ge=1, description="Threads running ONNX models (shared by all).")
+    ml_process_workers: int = Field(
+        1, ge=1, description="Worker processes per process-pool model (each holds the model)."
+    )
+    ml_batching_enabled: bool = Field(True, description="Coalesce concurrent requests into batches.")
+    ml_start_method: Literal["forkserver", "spawn"] = Field(
+        "forkserver", description="How model worker processes start."
+    )
+    prediction_log_queue_size: int = Field(
+        10_000, ge=1, description="Prediction records waiting to be written; beyond it they are dropped."
+    )
+    prediction_log_batch_size: int = Field(500, ge=1, description="Records written per insert.")
+    prediction_log_flush_ms: int = Field(
+        200, ge=1, description="Longest wait before a partial batch is written."
+    )
 
     # --- pagination ---
     page_size_max: int = Field(100, ge=1, description="Largest page a list endpoint returns.")
@@ -130,12 +204,39 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
+    @field_validator("rate_limit_auth_per_address", "rate_limit_auth_per_account", "rate_limit_per_user")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from limits import parse  # noqa: PLC0415 - only validated here, used by app.core.ratelimit
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit such as '5/minute'") from None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _shedding_below_backstop(self) -> Settings:
+        if self.max_requests_in_flight >= self.limit_concurrency:
+            raise SettingsError(
+                "MAX_REQUESTS_IN_FLIGHT must be below LIMIT_CONCURRENCY, so the service sheds load with a "
+                "503 problem before uvicorn's plain-text 503 takes over"
+            )
+        return self
+
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:
         if self.environment != "production":
             return self
         key = self.secret_key.get_secret_value() if self.secret_key else ""
-        if len(key) < MIN_SECRET_KEY_LENGTH or key.lower() in WEAK_SECRET_KEYS:
+        if (
+            len(key) < MIN_SECRET_KEY_LENGTH
+            or key.lower() in WEAK_SECRET_KEYS
+            or any(part in key.lower() for part in WEAK_SECRET_KEY_PARTS)
+            or len(set(key)) < MIN_SECRET_KEY_DISTINCT_CHARACTERS
+        ):
             raise SettingsError(
                 f"SECRET_KEY must be set to a random string of at least {MIN_SECRET_KEY_LENGTH} "
                 "characters when ENVIRONMENT=production"
@@ -162,12 +263,13 @@ class Settings(BaseSettings):
     def signing_key(self) -> tuple[str, str | None]:
         """The HMAC key, and where it came from when SECRET_KEY was not set (for the start-up log).
 
-        Outside production a missing key is generated once and kept in `data/.dev-secret-key`, so
-        tokens survive a restart and every worker process of one machine shares the key.
+        Outside production a missing key is generated once and kept in `dev_secret_key_file`
+        (`data/.dev-secret-key`), so tokens survive a restart and every worker process of one
+        machine shares the key.
         """
         if self.secret_key is not None:
             return self.secret_key.get_secret_value(), None
-        path = DEV_SECRET_KEY_FILE
+        path = self.dev_secret_key_file
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):

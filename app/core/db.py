@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -31,16 +32,37 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     }
     if settings.db_statement_timeout_ms:
         connect_args["server_settings"]["statement_timeout"] = str(settings.db_statement_timeout_ms)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
-        pool_pre_ping=settings.db_pool_pre_ping,
         pool_recycle=settings.db_pool_recycle,
         connect_args=connect_args,
         echo=settings.db_echo,
     )
+    if settings.db_pool_pre_ping:
+        _check_on_checkout(engine)
+    return engine
+
+
+def _check_on_checkout(engine: AsyncEngine) -> None:
+    """The pre-ping, without the round trips: a pooled connection the server or the network closed
+    is replaced before a request gets it.
+
+    SQLAlchemy's own `pool_pre_ping` costs three round trips per checkout on asyncpg (BEGIN, `;`,
+    ROLLBACK): more than the queries of a typical request (docs/performance.md). asyncpg notices a
+    closed socket by itself (a restarted server, a killed backend, an idle timeout all close it),
+    so asking it is enough here; a connection that dies silently fails its first query instead,
+    which SQLAlchemy reports as a disconnect (a 503 for that request) and answers by invalidating
+    the whole pool, so the service recovers by itself either way.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _closed_is_invalid(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            # The pool discards this connection and checks out (or opens) another one.
+            raise exc.DisconnectionError("connection closed by the server")
 
 
 def _sqlite_engine(settings: Settings, url: str) -> AsyncEngine:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 log = structlog.get_logger(__name__)
 
@@ -144,6 +145,25 @@ def problem_response(
     return Response(content, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
+# The Open Inference Protocol (KServe V2) has its own error shape, `{"error": "..."}`: requests
+# under this prefix get it; everything else gets RFC 9457 problem details.
+OIP_PREFIX = "/v2"
+
+
+def _error_response(
+    request: Request, status: int, *, headers: dict[str, str] | None = None, **fields: Any
+) -> Response:
+    path = request.url.path
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        message = fields.get("detail") or fields.get("title") or HTTPStatus(status).phrase
+        errors = fields.get("errors")
+        if errors:
+            message += " " + "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        content = json.dumps({"error": message}, separators=(",", ":")).encode()
+        return Response(content, status_code=status, headers=headers, media_type="application/json")
+    return problem_response(status, headers=headers, **fields)
+
+
 def _field_name(loc: Sequence[int | str]) -> str:
     """`("body", "rows", 0, "x")` -> `rows.0.x`: the public path a client sent, without the source."""
     parts = list(loc)
@@ -152,8 +172,16 @@ def _field_name(loc: Sequence[int | str]) -> str:
     return ".".join(str(part) for part in parts) or "body"
 
 
+# A body can hold thousands of bad fields; listing every one would let a 1 MiB request buy a
+# response several times larger. The first few tell a client what to fix.
+MAX_REPORTED_ERRORS = 20
+
+
 def validation_errors(raw: Sequence[Any]) -> list[dict[str, str]]:
-    return [{"field": _field_name(err.get("loc", ())), "message": str(err.get("msg", ""))} for err in raw]
+    return [
+        {"field": _field_name(err.get("loc", ())), "message": str(err.get("msg", ""))}
+        for err in raw[:MAX_REPORTED_ERRORS]
+    ]
 
 
 def _is_json_request(request: Request) -> bool:
@@ -165,7 +193,8 @@ def _is_json_request(request: Request) -> bool:
 
 async def _app_error_handler(request: Request, exc: Exception) -> Response:
     exc = cast(AppError, exc)
-    return problem_response(
+    return _error_response(
+        request,
         exc.status,
         code=exc.code,
         title=exc.title,
@@ -181,7 +210,8 @@ async def _validation_handler(request: Request, exc: Exception) -> Response:
     raw = exc.errors()
     body_errors = [err for err in raw if err.get("loc", ("",))[0] == "body"]
     if any(err.get("type") == "json_invalid" for err in body_errors):
-        return problem_response(
+        return _error_response(
+            request,
             400,
             code="malformed-json",
             title="Bad Request",
@@ -196,12 +226,14 @@ async def _validation_handler(request: Request, exc: Exception) -> Response:
             "File",
         }
         if not expects_form:
-            return problem_response(
-                415, detail="Send the request body as application/json.", instance=request.url.path
+            return _error_response(
+                request, 415, detail="Send the request body as application/json.", instance=request.url.path
             )
-    return problem_response(
+    shown = "" if len(raw) <= MAX_REPORTED_ERRORS else f" (the first {MAX_REPORTED_ERRORS} of {len(raw)})"
+    return _error_response(
+        request,
         422,
-        detail="The request has invalid fields; see errors.",
+        detail=f"The request has invalid fields; see errors{shown}.",
         instance=request.url.path,
         errors=validation_errors(raw),
     )
@@ -213,10 +245,28 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else None
     if status == 404 and detail == "Not Found":
         detail = f"No resource at {request.url.path}."
+    headers = dict(exc.headers) if exc.headers else None  # e.g. Allow on a 405
     if status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}."
-    headers = dict(exc.headers) if exc.headers else None  # e.g. Allow on a 405
-    return problem_response(status, detail=detail, instance=request.url.path, headers=headers)
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return _error_response(request, status, detail=detail, instance=request.url.path, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path accepts. Starlette's 405 names only the first route matching the path,
+    but GET and POST on one URL are two routes here, and `Allow` must list them all."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
+_SQLITE_SCHEMA_ERRORS = ("no such table", "no such column")
 
 
 def is_database_outage(exc: BaseException) -> bool:
@@ -224,7 +274,13 @@ def is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.TimeoutError | OSError | ConnectionError):
         return True
     if isinstance(exc, sa_exc.DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+        if exc.connection_invalidated:
+            return True
+        # SQLite reports a missing table as an OperationalError too; PostgreSQL as a ProgrammingError.
+        # Both mean "not migrated", not "unreachable".
+        if str(exc.orig).startswith(_SQLITE_SCHEMA_ERRORS):
+            return False
+        return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
     return False
 
 
@@ -232,7 +288,8 @@ async def _database_error_handler(request: Request, exc: Exception) -> Response:
     if not is_database_outage(exc):
         raise exc
     log.warning("database_unavailable", error=type(exc).__name__)
-    return problem_response(
+    return _error_response(
+        request,
         503,
         detail="The database is unavailable; retry shortly.",
         instance=request.url.path,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -31,6 +31,31 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class WholeLines:
+    """A text stream handing each complete line to the current `sys.stdout` in one write.
+
+    structlog's PrintLogger prints the line and then "\\n": with PYTHONUNBUFFERED=1 (as in the
+    image) those are two write(2) calls, and workers sharing one stdout could merge their lines.
+    PrintLogger holds one lock per file object, so lines from threads never mix in here.
+
+    `sys.stdout` is looked up at each write, not kept: loggers are cached on first use, and one
+    holding a replaced stdout (a test capturing output) would later write to a closed stream.
+    """
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if self._pending.endswith("\n"):
+            sys.stdout.write(self._pending)
+            self._pending = ""
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -48,7 +73,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, WholeLines())),
         cache_logger_on_first_use=True,
     )
     # Route the standard library's records (uvicorn, sqlalchemy, alembic) through the same renderer.

@@ -2,6 +2,7 @@
 
 from app.models.base import Base
 from app.models.item import Item
+from app.models.prediction import PredictionRecord
 from app.models.user import AuthSession, RefreshToken, User
 
-__all__ = ["AuthSession", "Base", "Item", "RefreshToken", "User"]
+__all__ = ["AuthSession", "Base", "Item", "PredictionRecord", "RefreshToken", "User"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 
 class RequestModel(BaseModel):
@@ -16,6 +17,23 @@ def reject_null(value: object) -> object:
     if value is None:
         raise ValueError("may be left out, but not null")
     return value
+
+
+def _offer_no_null(schema: JsonDict) -> None:
+    branches = schema.pop("anyOf", None)
+    if isinstance(branches, list):
+        kept = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
+        if len(kept) == 1 and isinstance(kept[0], dict):
+            schema.update(kept[0])
+        else:
+            schema["anyOf"] = kept
+    schema.pop("default", None)
+
+
+# With `reject_null`: the OpenAPI document does not offer null either. (`X | None` keeps validation
+# errors named by the field, `title`; a `SkipJsonSchema[None]` branch would make pydantic name
+# them by union member, `title.function-after[...]`.)
+NO_NULL_IN_SCHEMA = Field(json_schema_extra=_offer_no_null)
 
 
 class ResponseModel(BaseModel):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from app.schemas.common import RequestModel, ResponseModel, reject_null
+from app.schemas.common import NO_NULL_IN_SCHEMA, RequestModel, ResponseModel, reject_null
 
 Title = Annotated[str, Field(min_length=1, max_length=200)]
 Description = Annotated[str, Field(max_length=5000)]
@@ -21,7 +21,7 @@ class ItemCreate(RequestModel):
 class ItemUpdate(RequestModel):
     """Fields left out stay as they are. `title` may be left out but not set to null."""
 
-    title: Annotated[Title | None, AfterValidator(reject_null)] = None
+    title: Annotated[Title | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
     description: Description | None = None
 
 

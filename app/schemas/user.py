@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, EmailStr, Field
 
-from app.schemas.common import RequestModel, ResponseModel, reject_null
+from app.schemas.common import NO_NULL_IN_SCHEMA, RequestModel, ResponseModel, reject_null
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
@@ -35,13 +35,13 @@ class UserCreate(RequestModel):
 
 # Fields left out stay as they are; none of them may be set to null.
 class UserUpdateMe(RequestModel):
-    email: Annotated[Email | None, AfterValidator(reject_null)] = None
+    email: Annotated[Email | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
 
 
 class UserUpdateAdmin(RequestModel):
-    email: Annotated[Email | None, AfterValidator(reject_null)] = None
-    is_active: Annotated[bool | None, AfterValidator(reject_null)] = None
-    is_admin: Annotated[bool | None, AfterValidator(reject_null)] = None
+    email: Annotated[Email | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
+    is_active: Annotated[bool | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
+    is_admin: Annotated[bool | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
 
 
 class PasswordChange(RequestModel):

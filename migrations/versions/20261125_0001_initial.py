@@ -1,6 +1,6 @@
 """users, sessions, refresh tokens, items
 
-Revision ID: 5d51a5ddb877
+Revision ID: 0001
 Revises:
 Create Date: 2026-11-25 03:26:20.345376
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '5d51a5ddb877'
+revision: str = '0001'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

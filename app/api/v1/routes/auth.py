@@ -9,6 +9,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from app.api.deps import AuthServiceDep, PrincipalDep
 from app.api.v1 import PREFIX
+from app.core.ratelimit import auth_rate_limit
 from app.schemas.auth import RefreshRequest, TokenPair
 from app.schemas.common import problem_responses
 from app.schemas.user import UserCreate, UserPublic
@@ -27,7 +28,23 @@ def _pair(tokens: IssuedTokens) -> TokenPair:
     "/register",
     status_code=status.HTTP_201_CREATED,
     summary="Register a user",
-    responses=problem_responses(400, 409, 413, 415, 422, 429),
+    operation_id="register",
+    responses={
+        **problem_responses(400, 409, 413, 415, 422, 429),
+        # OpenAPI links: how a client (or a stateful fuzzer) goes on from a response.
+        201: {
+            "links": {
+                "LogIn": {
+                    "operationId": "login",
+                    "requestBody": {
+                        "username": "$request.body#/email",
+                        "password": "$request.body#/password",
+                    },
+                }
+            }
+        },
+    },
+    dependencies=[Depends(auth_rate_limit("register"))],
 )
 async def register(body: UserCreate, auth: AuthServiceDep) -> UserPublic:
     """Create an account. The email is case-insensitive and unique."""
@@ -38,7 +55,19 @@ async def register(body: UserCreate, auth: AuthServiceDep) -> UserPublic:
 @router.post(
     "/token",
     summary="Log in (OAuth2 password flow)",
-    responses=problem_responses(400, 401, 415, 422, 429),
+    operation_id="login",
+    responses={
+        **problem_responses(400, 401, 415, 422, 429),
+        200: {
+            "links": {
+                "Refresh": {
+                    "operationId": "refresh",
+                    "requestBody": {"refresh_token": "$response.body#/refresh_token"},
+                }
+            }
+        },
+    },
+    dependencies=[Depends(auth_rate_limit("login"))],
 )
 async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: AuthServiceDep) -> TokenPair:
     """Exchange email (as `username`) and password for an access token and a refresh token."""
@@ -48,6 +77,7 @@ async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: Aut
 @router.post(
     "/refresh",
     summary="Rotate a refresh token",
+    operation_id="refresh",
     responses=problem_responses(400, 401, 415, 422, 429),
 )
 async def refresh(body: RefreshRequest, auth: AuthServiceDep) -> TokenPair:

@@ -19,7 +19,8 @@ async def list_items(
     user: CurrentUser,
     items: ItemServiceDep,
     cursor: Annotated[
-        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+        str | None,
+        Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$", description="`next_cursor` of the previous page."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Items to return (at most 100).")] = 20,
 ) -> ItemPage:

@@ -1,0 +1,72 @@
+"""/api/v1/models: the model registry clients read, and batch predictions by model name."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path
+
+from app.api.deps import CurrentUser, InferenceDep
+from app.api.v1 import PREFIX
+from app.ml.manifest import ModelSpec
+from app.ml.predictions import ClassPrediction
+from app.schemas.common import problem_responses
+from app.schemas.prediction import (
+    BatchPredictRequest,
+    BatchPredictResponse,
+    FeatureInfo,
+    ModelInfo,
+    RowPrediction,
+)
+
+router = APIRouter(prefix=f"{PREFIX}/models", tags=["models"])
+
+ModelName = Path(min_length=1, max_length=64, description="The model's name.")
+
+
+def model_info(spec: ModelSpec) -> ModelInfo:
+    return ModelInfo(
+        name=spec.name,
+        version=spec.version,
+        task=spec.task,
+        description=spec.description,
+        executor=spec.executor,
+        features=[FeatureInfo(name=f.name, type=f.type) for f in spec.features],
+        labels=list(spec.labels),
+        max_batch_size=spec.batching.max_batch_size,
+        timeout_ms=spec.timeout_ms,
+        example_request={"rows": [{f.name: 0.0 for f in spec.features}]},
+    )
+
+
+@router.get("", summary="List the served models", responses=problem_responses(401))
+async def list_models(_user: CurrentUser, inference: InferenceDep) -> list[ModelInfo]:
+    return [model_info(spec) for spec in inference.models()]
+
+
+@router.get(
+    "/{name}", summary="A model's metadata and input schema", responses=problem_responses(401, 404, 422)
+)
+async def read_model(_user: CurrentUser, inference: InferenceDep, name: str = ModelName) -> ModelInfo:
+    return model_info(inference.model(name))
+
+
+@router.post(
+    "/{name}/predict",
+    summary="Predict one row or a batch",
+    responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503, 504),
+)
+async def predict_rows(
+    body: BatchPredictRequest, user: CurrentUser, inference: InferenceDep, name: str = ModelName
+) -> BatchPredictResponse:
+    """Rows as arrays in feature order or objects keyed by feature name; at most the model's
+    `max_batch_size` rows (413 beyond). Concurrent requests are batched together by the server."""
+    result = await inference.predict_rows(user.id, name, body.rows)
+    return BatchPredictResponse(
+        predictions=[
+            RowPrediction(prediction=p.label, class_index=p.class_index, probabilities=p.probabilities)
+            if isinstance(p, ClassPrediction)
+            else RowPrediction(prediction=p.value)
+            for p in result.predictions
+        ],
+        model=result.model,
+        version=result.version,
+    )

@@ -1,0 +1,43 @@
+"""/api/v1/predict and /api/v1/predict-heavy: the guide's two endpoints, one row each."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import CurrentUser, InferenceDep
+from app.api.v1 import PREFIX
+from app.ml.predictions import ClassPrediction, PredictionResult
+from app.schemas.common import problem_responses
+from app.schemas.prediction import PredictRequest, PredictResponse
+
+router = APIRouter(prefix=PREFIX, tags=["predictions"])
+
+ERRORS = problem_responses(400, 401, 413, 415, 422, 429, 503, 504)
+
+
+def one_row(result: PredictionResult) -> PredictResponse:
+    (row,) = result.predictions
+    if isinstance(row, ClassPrediction):
+        return PredictResponse(
+            prediction=row.label,
+            class_index=row.class_index,
+            probabilities=row.probabilities,
+            model=result.model,
+            version=result.version,
+        )
+    return PredictResponse(prediction=row.value, model=result.model, version=result.version)
+
+
+@router.post("/predict", summary="Predict with the default model (thread pool)", responses=ERRORS)
+async def predict(body: PredictRequest, user: CurrentUser, inference: InferenceDep) -> PredictResponse:
+    """One row of features, in the default model's feature order (see `GET /api/v1/models`).
+    The model runs on ONNX Runtime in a thread pool: it releases the GIL, so the event loop
+    keeps serving other requests."""
+    return one_row(await inference.predict_one(user.id, inference.default_model(), body.features))
+
+
+@router.post("/predict-heavy", summary="Predict with the heavy model (process pool)", responses=ERRORS)
+async def predict_heavy(body: PredictRequest, user: CurrentUser, inference: InferenceDep) -> PredictResponse:
+    """One row for the heavy model, which holds the GIL while it computes, so it runs in worker
+    processes that loaded it once at start-up."""
+    return one_row(await inference.predict_one(user.id, inference.heavy_model(), body.features))

@@ -1,0 +1,38 @@
+"""/api/v1/predictions: the prediction log, read back by its users (and admins)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import CurrentUser, PredictionHistoryDep
+from app.api.v1 import PREFIX
+from app.schemas.common import problem_responses
+from app.schemas.prediction import PredictionRecordPage, PredictionRecordPublic
+
+router = APIRouter(prefix=f"{PREFIX}/predictions", tags=["predictions"])
+
+
+@router.get(
+    "", summary="The caller's prediction records, newest first", responses=problem_responses(401, 403, 422)
+)
+async def list_predictions(
+    user: CurrentUser,
+    history: PredictionHistoryDep,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$", description="`next_cursor` of the previous page."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Records to return (at most 100).")] = 20,
+    user_id: Annotated[
+        int | None,
+        Query(ge=1, le=2**31 - 1, description="Admins: another user's records (default: the caller's)."),
+    ] = None,
+) -> PredictionRecordPage:
+    """Records are written in batches shortly after each prediction, so the newest may take a
+    moment to appear."""
+    rows, next_cursor = await history.page(user, user_filter=user_id, cursor=cursor, limit=limit)
+    return PredictionRecordPage(
+        items=[PredictionRecordPublic.model_validate(r) for r in rows], next_cursor=next_cursor
+    )

@@ -1,0 +1,272 @@
+"""Prometheus metrics: the metric objects, the /metrics exposition and the per-worker samplers.
+
+With several uvicorn workers each process keeps its own values, so prometheus_client runs in
+multiprocess mode: `PROMETHEUS_MULTIPROC_DIR` (set by `python -m app.cli serve` before the workers
+start) holds one memory-mapped file per process and metric type, and a scrape that lands on any
+worker adds up every worker's files. Gauges use the `livesum` mode: a worker that exits has its
+gauge files removed (`mark_process_dead`), at its own shutdown or, if it was killed, at the next
+scrape that finds its pid gone. Counters and histograms of dead workers are kept, so totals never
+go backwards.
+
+Gauges that describe a process's state (requests in flight, database pool, model queues) are not
+updated per request: each worker samples them once a second and the scraping worker once more at
+scrape time, so a request pays only for the counter and the histogram it records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Request latency buckets (seconds): fine below 100 ms where the API lives, coarse above.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests answered, by method, route template and status class.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time from the request reaching the app to the end of its response.",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "http_requests_in_flight",
+    "Requests being handled now (sampled each second per worker).",
+    multiprocess_mode="livesum",
+)
+HTTP_SHED = Counter(
+    "http_requests_shed_total",
+    "Requests answered 503 at once because the worker already had max_requests_in_flight.",
+)
+RATE_LIMITED = Counter(
+    "rate_limited_requests_total",
+    "Requests refused with 429, by limit.",
+    ["limit"],
+)
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "rate_limit_storage_errors_total",
+    "Rate-limit checks that could not reach Redis (served with per-process limits instead).",
+)
+DB_POOL_CHECKED_OUT = Gauge(
+    "db_pool_checked_out",
+    "Database connections in use, all workers together.",
+    multiprocess_mode="livesum",
+)
+DB_POOL_OVERFLOW = Gauge(
+    "db_pool_overflow",
+    "Database connections open beyond pool_size (max_overflow bounds it), all workers together.",
+    multiprocess_mode="livesum",
+)
+DB_POOL_SIZE = Gauge(
+    "db_pool_size",
+    "Configured pool_size, all workers together.",
+    multiprocess_mode="livesum",
+)
+
+# --- the model layer's API -------------------------------------------------------------------------
+MODEL_PREDICTIONS = Counter(
+    "model_predictions_total",
+    "Rows predicted, by model.",
+    ["model"],
+)
+MODEL_BATCHES = Counter(
+    "model_batches_total",
+    "Runtime calls (batches) made, by model.",
+    ["model"],
+)
+MODEL_LATENCY = Histogram(
+    "model_batch_duration_seconds",
+    "Time of one runtime call (one batch), by model.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+MODEL_BATCH_SIZE = Histogram(
+    "model_batch_size",
+    "Rows per runtime call, by model.",
+    ["model"],
+    buckets=BATCH_SIZE_BUCKETS,
+)
+MODEL_QUEUE_DEPTH = Gauge(
+    "model_queue_depth",
+    "Requests waiting in a model's batching queue, all workers together.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+MODEL_REJECTED = Counter(
+    "model_requests_rejected_total",
+    "Prediction requests refused, by model and reason (queue full, timeout, failure).",
+    ["model", "reason"],
+)
+
+
+def observe_model_batch(model: str, rows: int, requests: int, seconds: float) -> None:
+    """Record one runtime call. Matches app.ml's `BatchObserver(name, rows, requests, seconds)`."""
+    del requests  # rows are what the model computed; requests per batch show in the HTTP metrics
+    MODEL_PREDICTIONS.labels(model).inc(rows)
+    MODEL_BATCHES.labels(model).inc()
+    MODEL_LATENCY.labels(model).observe(seconds)
+    MODEL_BATCH_SIZE.labels(model).observe(rows)
+
+
+def observe_model_rejected(model: str, reason: str) -> None:
+    """Count a refused prediction request (`reason`: "overloaded", "timeout", "failed", ...)."""
+    MODEL_REJECTED.labels(model, reason).inc()
+
+
+# A callable returning {model name: queue depth}, registered by whoever owns the model pools.
+QueueDepthSource = Callable[[], Mapping[str, int]]
+
+
+class InFlight:
+    """The worker's count of requests being handled; LoadSheddingMiddleware keeps it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class RequestRecorder:
+    """Per-request counter and histogram, with the labelled children cached: `labels()` costs a
+    lock and a tuple build per call, the cache a dict lookup."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, _STATUS_CLASSES[status // 100] if 1 <= status // 100 <= 5 else "other")
+        children = self._children.get(key)
+        if children is None:
+            children = (HTTP_REQUESTS.labels(*key), HTTP_LATENCY.labels(*key))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+# One per process: the label cache is shared by every app instance (tests build many).
+REQUESTS = RequestRecorder()
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess folder this process writes to, or None in single-process mode."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def prepare_multiprocess_dir(path: Path) -> Path:
+    """Create the folder, or empty it of a previous run's files (stale pids would add up)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return path
+
+
+_LIVE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
+
+
+def mark_dead_workers(directory: str) -> list[int]:
+    """Drop the live-gauge files of processes that no longer exist (a killed worker never ran its
+    own shutdown). Returns the pids that were marked."""
+    dead: list[int] = []
+    for name in os.listdir(directory):
+        match = _LIVE_FILE.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid in dead or _alive(pid):
+            continue
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        dead.append(pid)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - exists, owned by someone else
+        return True
+    return True
+
+
+class Sampler:
+    """Reads this worker's state gauges: requests in flight, database pool, model queues."""
+
+    def __init__(self, in_flight: InFlight, pool: Any, pool_size: int) -> None:
+        self.in_flight = in_flight
+        self.pool = pool
+        self.pool_size = pool_size
+        self.queue_depth_sources: list[QueueDepthSource] = []
+
+    def sample(self) -> None:
+        HTTP_IN_FLIGHT.set(self.in_flight.value)
+        checked_out = getattr(self.pool, "checkedout", None)
+        overflow = getattr(self.pool, "overflow", None)
+        if callable(checked_out) and callable(overflow):
+            DB_POOL_CHECKED_OUT.set(checked_out())
+            # QueuePool counts overflow from -pool_size up: negative means "not all opened yet".
+            DB_POOL_OVERFLOW.set(max(0, overflow()))
+            DB_POOL_SIZE.set(self.pool_size)
+        for source in self.queue_depth_sources:
+            for model, depth in source().items():
+                MODEL_QUEUE_DEPTH.labels(model).set(depth)
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Sample until cancelled (multiprocess mode: other workers' scrapes read these files)."""
+        while True:
+            self.sample()
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        """At worker shutdown: this process's live gauges stop counting."""
+        directory = multiprocess_dir()
+        if directory is not None:
+            with contextlib.suppress(OSError):
+                multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+def exposition() -> bytes:
+    """The text exposition of every metric (all workers' in multiprocess mode)."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY)
+    mark_dead_workers(directory)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics. Keep it off the public ingress: it names routes and load, not users."""
+    sampler: Sampler | None = getattr(request.app.state, "metrics_sampler", None)
+    if sampler is not None:
+        sampler.sample()
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

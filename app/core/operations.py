@@ -1,0 +1,153 @@
+"""The operations layer of the app, wired by app.main: load shedding, security headers, trusted
+hosts, CORS, metrics, rate limits, tracing, and the shutdown flag /readyz reads."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager, suppress
+from types import FrameType
+from typing import Any
+
+import structlog
+from fastapi import Depends, FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core import metrics, tracing
+from app.core.config import Settings
+from app.core.middleware import (
+    ProblemCORSMiddleware,
+    RequestContextMiddleware,
+    SecurityHeaders,
+    TrustedHostMiddleware,
+)
+from app.core.ratelimit import Limits, user_rate_limit
+from app.core.shedding import LoadSheddingMiddleware
+
+log = structlog.get_logger("app")
+
+DOCS_PATHS = frozenset({"/docs", "/redoc"})
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def script_hashes(pages: Iterable[str]) -> tuple[str, ...]:
+    """CSP sha256 sources of the inline scripts of these HTML pages."""
+    return tuple(
+        base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        for page in pages
+        for script in _INLINE_SCRIPT.findall(page)
+    )
+
+
+def install(app: FastAPI, settings: Settings, *, docs_pages: Iterable[str] = ()) -> None:
+    """Middleware, /metrics and the per-user limit. Call before the routers are included (the
+    app-wide dependency is copied into each route as it is included)."""
+    security = SecurityHeaders(
+        hsts_max_age=settings.hsts_max_age,
+        docs_paths=DOCS_PATHS if settings.show_docs else frozenset(),
+        docs_script_hashes=script_hashes(docs_pages),
+    )
+    # Inner to outer: CORS answers preflights, trusted hosts refuse foreign Host headers, the
+    # request context adds ids, headers, metrics and the access line to all of that, and shedding
+    # answers before anything at all is spent.
+    if settings.cors_origins:
+        app.add_middleware(
+            ProblemCORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "X-Total-Count", "Retry-After"],
+            max_age=600,
+        )
+    if "*" not in settings.trusted_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed=settings.trusted_hosts)
+    app.add_middleware(
+        RequestContextMiddleware,
+        access_log=settings.access_log,
+        metrics=settings.metrics_enabled,
+        security_headers=security,
+    )
+    in_flight = metrics.InFlight()
+    app.state.in_flight = in_flight
+    app.add_middleware(
+        LoadSheddingMiddleware,
+        max_in_flight=settings.max_requests_in_flight,
+        in_flight=in_flight,
+        headers=security.api,
+    )
+    if settings.metrics_enabled:
+        app.add_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    if settings.rate_limit_enabled and settings.rate_limit_per_user:
+        app.router.dependencies.append(Depends(user_rate_limit))
+
+
+@asynccontextmanager
+async def running(
+    app: FastAPI,
+    engine: AsyncEngine,
+    *,
+    queue_depths: Callable[[], Mapping[str, int]] | None = None,
+) -> AsyncIterator[None]:
+    """What runs beside the app from start-up to shutdown: rate-limit storage, the metrics
+    sampler, tracing, and the SIGTERM flag that turns /readyz 503 while requests drain."""
+    settings: Settings = app.state.settings
+    limits = Limits(settings)
+    app.state.rate_limits = limits
+    sampler = metrics.Sampler(app.state.in_flight, engine.pool, settings.db_pool_size)
+    if queue_depths is not None:
+        sampler.queue_depth_sources.append(queue_depths)
+    app.state.metrics_sampler = sampler
+    tracer: tracing.Tracing | None = getattr(app.state, "tracing", None)
+    if tracer is not None:
+        tracer.instrument(engine)
+    restore = _flag_shutdown_on_signal(app)
+    task = None
+    if metrics.multiprocess_dir() is not None:
+        # Other workers' scrapes read this worker's gauges from its files: keep them fresh.
+        task = asyncio.get_running_loop().create_task(sampler.run(), name="metrics-sampler")
+    try:
+        yield
+    finally:
+        app.state.shutting_down = True
+        restore()
+        if task is not None:
+            task.cancel()
+            with suppress(BaseException):
+                await task
+        sampler.close()
+        await limits.close()
+        if tracer is not None:
+            tracer.shutdown()
+
+
+def _flag_shutdown_on_signal(app: FastAPI) -> Callable[[], None]:
+    """Chain onto uvicorn's SIGTERM/SIGINT handlers: /readyz answers 503 from the signal on, while
+    uvicorn drains, not only once the lifespan ends. A no-op outside the main thread (tests)."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not getattr(app.state, "shutting_down", False):
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        app.state.shutting_down = True
+        chained = previous.get(signum)
+        if callable(chained):
+            chained(signum, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handler)
+        except ValueError:  # not the main thread
+            previous.pop(signum, None)
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            with suppress(ValueError, TypeError):
+                if signal.getsignal(signum) is handler:
+                    signal.signal(signum, old)
+
+    return restore

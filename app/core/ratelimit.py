@@ -1,0 +1,201 @@
+"""Rate limits (the `limits` library): shared through Redis when REDIS_URL is set, in-process otherwise.
+
+- Log-in and registration: per client address and per account email, each endpoint counted
+  on its own (`rate_limit_auth_per_address`, `rate_limit_auth_per_account`).
+- Every authenticated request: per user (`rate_limit_per_user`).
+
+A refused request gets 429 problem details with `Retry-After`. If Redis cannot be reached the
+request is still served: the check falls back to this process's own counters (limits hold per
+process instead of per fleet), a warning is logged once per outage and
+`rate_limit_storage_errors_total` counts every failed check. Redis is tried again after
+`redis_retry_interval` seconds, so the service recovers by itself when Redis returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from fastapi import Request
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
+
+from app.core.config import Settings
+from app.core.exceptions import TooManyRequests
+from app.core.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
+from app.core.security import InvalidToken
+
+log = structlog.get_logger("app.ratelimit")
+
+KEY_PREFIX = "fastapi-ml-service:limits"
+
+
+class Limits:
+    """The process's limiter: Redis-backed when configured, with per-process counters as the
+    fallback while Redis is unreachable. Made in the lifespan, on `app.state.rate_limits`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.rate_limit_enabled
+        self.auth_per_address = _item(settings.rate_limit_auth_per_address)
+        self.auth_per_account = _item(settings.rate_limit_auth_per_account)
+        self.per_user = _item(settings.rate_limit_per_user)
+        self.retry_interval = settings.redis_retry_interval
+        memory = MemoryStorage()
+        # Moving window for the auth limits (no burst of 2N across a window edge); the cheaper fixed
+        # window, one INCR, for the per-user limit every authenticated request pays for.
+        self._local = (MovingWindowRateLimiter(memory), FixedWindowRateLimiter(memory))
+        self._shared: tuple[RateLimiter, RateLimiter] | None = None
+        self._redis: RedisStorage | None = None
+        self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+        if settings.redis_url:
+            # Imported only with Redis configured: redis-py adds a third of a second to start-up.
+            from redis.asyncio.retry import Retry  # noqa: PLC0415
+            from redis.backoff import NoBackoff  # noqa: PLC0415
+            from redis.exceptions import RedisError  # noqa: PLC0415
+
+            self._errors = (RedisError, OSError, TimeoutError)
+            client_options: dict[str, Any] = {
+                "socket_connect_timeout": settings.redis_timeout,
+                "socket_timeout": settings.redis_timeout,
+                # One immediate retry: enough for a connection Redis closed while idle; more (or a
+                # backoff, redis-py's default) would make every request wait while Redis is down.
+                "retry": Retry(NoBackoff(), 1),
+            }
+            self._redis = RedisStorage(
+                "async+" + settings.redis_url,
+                implementation="redispy",
+                key_prefix=KEY_PREFIX,
+                **client_options,
+            )
+            self._shared = (MovingWindowRateLimiter(self._redis), FixedWindowRateLimiter(self._redis))
+        self._redis_down_until = 0.0
+        self.redis_healthy = True
+
+    @property
+    def shared(self) -> bool:
+        return self._redis is not None
+
+    async def hit(self, name: str, item: RateLimitItem, *identifiers: str, moving: bool = True) -> int | None:
+        """Count one request against `item` for `identifiers`; the seconds to wait when over it."""
+        index = 0 if moving else 1
+        if self._shared is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                wait = await _hit(self._shared[index], name, item, identifiers)
+            except self._errors as exc:
+                self._redis_failed(exc)
+            else:
+                if not self.redis_healthy:
+                    self.redis_healthy = True
+                    log.warning("rate_limit_redis_recovered")
+                return wait
+        return await _hit(self._local[index], name, item, identifiers)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        RATE_LIMIT_STORAGE_ERRORS.inc()
+        self._redis_down_until = time.monotonic() + self.retry_interval
+        if self.redis_healthy:
+            self.redis_healthy = False
+            log.warning(
+                "rate_limit_redis_unavailable",
+                error=type(exc).__name__,
+                fallback="per-process limits",
+                retry_in_s=self.retry_interval,
+            )
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            client: Any = getattr(self._redis.bridge, "storage", None)
+            if client is not None:
+                await client.aclose()
+
+
+async def _hit(
+    limiter: RateLimiter, name: str, item: RateLimitItem, identifiers: tuple[str, ...]
+) -> int | None:
+    if await limiter.hit(item, name, *identifiers):
+        return None
+    stats = await limiter.get_window_stats(item, name, *identifiers)
+    return max(1, math.ceil(stats.reset_time - time.time()))
+
+
+def _item(value: str | None) -> RateLimitItem | None:
+    return parse(value) if value else None
+
+
+def _refuse(limit: str, wait: int, what: str) -> TooManyRequests:
+    RATE_LIMITED.labels(limit).inc()
+    return TooManyRequests(f"Too many {what}; retry in {wait} s.", headers={"Retry-After": str(wait)})
+
+
+def client_address(request: Request) -> str:
+    # uvicorn has already replaced it with X-Forwarded-For's client when the peer is a trusted proxy.
+    return request.client.host if request.client else "unknown"
+
+
+def account_key(email: str) -> str:
+    # Redis holds a digest, not the address itself.
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+
+
+def auth_rate_limit(endpoint: str) -> Callable[[Request], Awaitable[None]]:
+    """A route dependency limiting `endpoint` ("login", "register") per address and per account.
+
+    It runs after FastAPI has parsed the body (form or JSON), so reading it here costs nothing.
+    """
+
+    async def limit(request: Request) -> None:
+        limits: Limits | None = getattr(request.app.state, "rate_limits", None)
+        if limits is None or not limits.enabled:
+            return
+        if limits.auth_per_address is not None:
+            wait = await limits.hit(endpoint + ":address", limits.auth_per_address, client_address(request))
+            if wait is not None:
+                raise _refuse(f"{endpoint}_address", wait, f"{endpoint} attempts from this address")
+        email = await _account(request)
+        if email and limits.auth_per_account is not None:
+            wait = await limits.hit(endpoint + ":account", limits.auth_per_account, account_key(email))
+            if wait is not None:
+                raise _refuse(f"{endpoint}_account", wait, f"{endpoint} attempts for this account")
+
+    limit.__name__ = f"{endpoint}_rate_limit"
+    return limit
+
+
+async def _account(request: Request) -> str | None:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        value = (await request.form()).get("username")
+    else:
+        try:
+            body = await request.json()
+        except ValueError:
+            return None
+        value = body.get("email") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+async def user_rate_limit(request: Request) -> None:
+    """An app-wide dependency: the per-user limit, for requests carrying a valid access token.
+
+    The token is verified here (signature, expiry, audience) so nobody can spend another user's
+    allowance with a forged `sub`; whether it is revoked is checked by the route's own
+    authentication, which also answers 401 for any token this skips.
+    """
+    limits: Limits | None = getattr(request.app.state, "rate_limits", None)
+    if limits is None or not limits.enabled or limits.per_user is None:
+        return
+    authorization = request.headers.get("authorization")
+    if not authorization or authorization[:7].lower() != "bearer ":
+        return
+    try:
+        claims = request.app.state.resources.codec.decode(authorization[7:].strip())
+    except InvalidToken:  # the route's to refuse, with a 401
+        return
+    wait = await limits.hit("user", limits.per_user, str(claims.user_id), moving=False)
+    if wait is not None:
+        raise _refuse("user", wait, "requests for this user")

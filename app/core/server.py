@@ -1,0 +1,99 @@
+"""The production server: uvicorn, under its own worker supervisor, every value from settings.
+
+One worker and no `limit_max_requests`: uvicorn serves in this process (fastest start, fewest
+processes). Otherwise uvicorn's `Multiprocess` supervisor binds the socket once, starts the
+workers (spawned, each importing `app.main:app`), pings them, replaces any that dies or retires
+after `limit_max_requests` (+ jitter), and on SIGTERM/SIGINT asks each to drain for
+`timeout_graceful_shutdown` seconds before it exits itself with status 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from app.core.config import Settings
+from app.core.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+log = structlog.get_logger("app.server")
+
+APP = "app.main:app"
+# uvicorn's exit status for "the app failed before it started serving".
+STARTUP_FAILURE = 3
+
+
+def supervised(settings: Settings) -> bool:
+    """Whether a supervisor process runs the workers (it must, to restart retired workers)."""
+    return settings.web_concurrency > 1 or settings.limit_max_requests is not None
+
+
+def metrics_dir(settings: Settings) -> Path | None:
+    """The prometheus multiprocess folder to use: the configured one, or a fresh one in the temp
+    dir when several processes serve; None for one in-process worker with none configured."""
+    if settings.prometheus_multiproc_dir is not None:
+        return settings.prometheus_multiproc_dir
+    if supervised(settings):
+        return Path(tempfile.mkdtemp(prefix="prometheus-multiproc-"))
+    return None
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    limit_max_requests = settings.limit_max_requests
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.web_concurrency,
+        # Counted by uvicorn over open connections and running tasks: the backstop above the
+        # app's own, lower, in-flight limit (app.core.shedding), which answers a 503 problem.
+        "limit_concurrency": settings.limit_concurrency,
+        "backlog": settings.backlog,
+        "timeout_graceful_shutdown": settings.timeout_graceful_shutdown,
+        "timeout_keep_alive": settings.timeout_keep_alive,
+        "limit_max_requests": limit_max_requests,
+        "limit_max_requests_jitter": settings.limit_max_requests_jitter if limit_max_requests else 0,
+        # X-Forwarded-For/-Proto are believed only from these peers; then scope["client"] and
+        # scope["scheme"] (used by rate limits, logs and HSTS) are the real client's.
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "server_header": False,
+        "access_log": False,  # RequestContextMiddleware writes the one access line
+        "log_config": None,  # keep the structlog handlers app.core.logging installed
+        "lifespan": "on",
+    }
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean drain, 3 if the app failed to start."""
+    directory = metrics_dir(settings)
+    if directory is not None:
+        # Before any worker imports prometheus_client: it reads the variable at import time.
+        os.environ[MULTIPROC_ENV] = str(prepare_multiprocess_dir(directory))
+    config = uvicorn.Config(APP, **uvicorn_options(settings))
+    log.info(
+        "serving",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.web_concurrency,
+        supervised=supervised(settings),
+        metrics_dir=str(directory) if directory else None,
+    )
+    if supervised(settings):
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+        return STARTUP_FAILURE if failed else 0
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it stopped for once its handlers are removed; with Python's
+    # default SIGTERM action that would end a clean drain with status 143 instead of 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE

@@ -1,0 +1,97 @@
+"""Load shedding: past `max_requests_in_flight` a worker answers 503 problem details at once.
+
+uvicorn's own `--limit-concurrency` counts open connections (idle keep-alive ones included) and
+answers a plain-text 503 with no Retry-After; it stays configured, higher, as the outer backstop
+against connection floods. This middleware counts requests actually being handled, so a client
+over the limit hears "retry in a second" in the API's error format instead of queueing until
+its own timeout while the worker's memory and database pool queue grow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.exceptions import PROBLEM_CONTENT_TYPE, problem_body
+from app.core.metrics import HTTP_SHED, InFlight
+from app.core.middleware import REQUEST_ID_HEADER, incoming_request_id
+
+log = structlog.get_logger("app.shedding")
+
+# Probes and the scrape stay answerable under overload: a liveness probe shed with 503 would get
+# an overloaded, healthy pod restarted, which makes the overload worse.
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class LoadSheddingMiddleware:
+    """The outermost middleware: it must answer before anything else is spent on the request."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_in_flight: int,
+        in_flight: InFlight,
+        retry_after: int = 1,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = in_flight
+        self.retry_after = str(retry_after).encode()
+        self.headers = headers or []
+        self._shed_since_log = 0
+        self._last_log = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        counter = self.in_flight
+        if counter.value >= self.max_in_flight and scope["path"] not in EXEMPT_PATHS:
+            await self._shed(scope, send)
+            return
+        counter.value += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            counter.value -= 1
+
+    async def _shed(self, scope: Scope, send: Send) -> None:
+        HTTP_SHED.inc()
+        # One log line per second at most: under overload a line per request would cost more CPU
+        # than the 503 itself. The counter above carries the exact number.
+        self._shed_since_log += 1
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            log.warning("load_shed", shed=self._shed_since_log, max_in_flight=self.max_in_flight)
+            self._shed_since_log = 0
+            self._last_log = now
+        body = json.dumps(
+            problem_body(
+                503,
+                detail="The server is at capacity; retry shortly.",
+                instance=scope.get("path"),
+                code="overloaded",
+            ),
+            separators=(",", ":"),
+        ).encode()
+        request_id = incoming_request_id(scope) or uuid.uuid4().hex
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", self.retry_after),
+                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                    *self.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,185 @@
+"""Input validation: JSON rows (arrays in feature order or objects keyed by name) to a float32 matrix.
+
+Validation is done here, not by a lax Pydantic schema, because lax mode turns `true` into 1.0 and
+`"3"` into 3.0; a model must never see a value the client did not mean as a number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from app.ml.errors import BatchTooLarge, FieldError, InvalidInput
+from app.ml.manifest import ModelSpec
+
+# Every model takes float32 (ONNX FloatTensorType; scikit-learn trees cast to float32 anyway), so a
+# finite float64 beyond this range would silently become infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Stop collecting after this many problems: a 4096-row garbage batch must not build a huge error.
+MAX_ERRORS = 20
+
+
+class _Errors:
+    """Collects field errors up to MAX_ERRORS."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+        self.truncated = False
+
+    def add(self, field: str, message: str) -> None:
+        if len(self.items) < MAX_ERRORS:
+            self.items.append((field, message))
+        else:
+            self.truncated = True
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= MAX_ERRORS
+
+    def raise_if_any(self, spec: ModelSpec) -> None:
+        if not self.items:
+            return
+        items = list(self.items)
+        if self.truncated:
+            items.append(("", f"checking stopped after the first {MAX_ERRORS} problems"))
+        raise InvalidInput(spec.name, items, spec.feature_names)
+
+
+def _number(value: object) -> float | str:
+    """The value as a float, or a message saying why it is not acceptable."""
+    # `type(...) is` rather than isinstance: bool is a subclass of int and must be refused.
+    kind = type(value)
+    if kind is float or kind is int or isinstance(value, np.floating | np.integer):
+        try:
+            number = float(value)  # type: ignore[arg-type]  # int/float/numpy scalar, checked above
+        except OverflowError:
+            return "is out of range for a 32-bit float"
+        if not math.isfinite(number):
+            return "must be a finite number (NaN and infinity are refused)"
+        if abs(number) > FLOAT32_MAX:
+            return "is out of range for a 32-bit float"
+        return number
+    if kind is bool or isinstance(value, np.bool_):
+        return "must be a number, got a boolean"
+    if value is None:
+        return "must be a number, got null"
+    if isinstance(value, str):
+        return "must be a number, got a string"
+    return f"must be a number, got {_json_type(value)}"
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, Sequence):
+        return "an array"
+    return type(value).__name__
+
+
+def _expected(spec: ModelSpec) -> str:
+    return ", ".join(spec.feature_names)
+
+
+def _fill_row(spec: ModelSpec, row: object, path: str, out: np.ndarray, errors: _Errors) -> None:
+    names = spec.feature_names
+    if isinstance(row, Mapping):
+        unknown = [key for key in row if key not in names]
+        for key in unknown:
+            errors.add(f"{path}.{key}", f"unknown feature; expected: {_expected(spec)}")
+        for j, name in enumerate(names):
+            if name not in row:
+                errors.add(f"{path}.{name}", f"missing feature; expected: {_expected(spec)}")
+                continue
+            number = _number(row[name])
+            if isinstance(number, str):
+                errors.add(f"{path}.{name}", number)
+            else:
+                out[j] = number
+        return
+    if isinstance(row, Sequence) and not isinstance(row, str | bytes):
+        if len(row) != len(names):
+            errors.add(
+                path,
+                f"expected {len(names)} values in this order: {_expected(spec)}; got {len(row)}",
+            )
+            return
+        for j, value in enumerate(row):
+            number = _number(value)
+            if isinstance(number, str):
+                errors.add(f"{path}.{j}", f"{number} ({names[j]})")
+            else:
+                out[j] = number
+        return
+    errors.add(
+        path,
+        f"must be an array of {len(names)} numbers in feature order or an object keyed by feature "
+        f"name, got {_json_type(row)}; expected: {_expected(spec)}",
+    )
+
+
+def _from_array(spec: ModelSpec, rows: np.ndarray, field: str) -> np.ndarray:
+    """Fast path for in-process callers (benchmarks, tests) that already hold a numeric matrix."""
+    n = len(spec.features)
+    if rows.ndim != 2 or rows.shape[1] != n or rows.dtype.kind not in "iuf":
+        raise InvalidInput(
+            spec.name,
+            [(field, f"expected a numeric matrix of shape (rows, {n}); got {rows.dtype} {rows.shape}")],
+            spec.feature_names,
+        )
+    matrix = rows.astype(np.float64, copy=False)
+    bad = ~np.isfinite(matrix) | (np.abs(matrix) > FLOAT32_MAX)
+    if bad.any():
+        errors = _Errors()
+        for i, j in zip(*np.nonzero(bad), strict=True):
+            errors.add(f"{field}.{i}.{j}", f"must be a finite 32-bit float ({spec.feature_names[j]})")
+        errors.raise_if_any(spec)
+    return matrix.astype(np.float32)
+
+
+def validate_rows(spec: ModelSpec, rows: object, *, field: str = "rows") -> np.ndarray:
+    """A (rows, features) float32 matrix, or InvalidInput / BatchTooLarge naming every bad field."""
+    if isinstance(rows, np.ndarray):
+        if rows.ndim >= 1 and len(rows) > spec.max_batch_size:
+            raise BatchTooLarge(spec.name, len(rows), spec.max_batch_size, field)
+        if rows.ndim >= 1 and len(rows) == 0:
+            raise InvalidInput(spec.name, [(field, "at least one row is required")], spec.feature_names)
+        return _from_array(spec, rows, field)
+    if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Sequence):
+        raise InvalidInput(
+            spec.name,
+            [(field, f"must be an array of rows, got {_json_type(rows)}")],
+            spec.feature_names,
+        )
+    if not rows:
+        raise InvalidInput(spec.name, [(field, "at least one row is required")], spec.feature_names)
+    if len(rows) > spec.max_batch_size:
+        raise BatchTooLarge(spec.name, len(rows), spec.max_batch_size, field)
+    out = np.empty((len(rows), len(spec.features)), dtype=np.float32)
+    errors = _Errors()
+    for i, row in enumerate(rows):
+        _fill_row(spec, row, f"{field}.{i}", out[i], errors)
+        if errors.full and i + 1 < len(rows):
+            errors.truncated = True
+            break
+    errors.raise_if_any(spec)
+    return out
+
+
+def validate_features(spec: ModelSpec, features: object, *, field: str = "features") -> np.ndarray:
+    """One row (array in feature order or object keyed by name) as a (1, features) float32 matrix."""
+    out = np.empty((1, len(spec.features)), dtype=np.float32)
+    errors = _Errors()
+    _fill_row(spec, features, field, out[0], errors)
+    errors.raise_if_any(spec)
+    return out

@@ -1,0 +1,66 @@
+"""Code that runs inside a process-pool worker: load a skops model once, then answer batches.
+
+The web process imports this module only to name its functions for the pool; scikit-learn and
+skops are imported inside `init`, so they are loaded in the workers and never in the web process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class _Loaded:
+    """The worker's one model, set by `init` (the pool initializer) and never replaced."""
+
+    model: Any = None
+    error: str | None = None
+
+
+def init(path: str, sha256: str, trusted_types: list[str]) -> None:
+    """Pool initializer: load the model once per worker, so no request ever ships the model."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides when workers stop,
+    # so in-flight batches finish during a graceful shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        data = Path(path).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise ValueError(f"sha256 mismatch (manifest {sha256[:12]}..., file {digest[:12]}...)")
+        # Imported here, not at the top: the web process imports this module too and must not
+        # load scikit-learn (memory, start-up time).
+        import skops.io  # noqa: PLC0415 - see the comment above
+
+        _Loaded.model = skops.io.loads(data, trusted=trusted_types)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported to the parent by `describe`
+        _Loaded.error = f"{type(exc).__name__}: {exc}"
+
+
+def describe() -> dict[str, Any]:
+    """What the parent checks at start-up: the model loaded, with the expected shape."""
+    model = _Loaded.model
+    if model is None:
+        return {"pid": os.getpid(), "error": _Loaded.error or "model not loaded"}
+    classes = getattr(model, "classes_", None)
+    return {
+        "pid": os.getpid(),
+        "error": None,
+        "n_features": int(getattr(model, "n_features_in_", -1)),
+        "n_classes": None if classes is None else len(classes),
+        "has_predict_proba": hasattr(model, "predict_proba"),
+    }
+
+
+def predict(x: np.ndarray, task: str) -> np.ndarray:
+    """A (rows, k) float64 matrix: class probabilities for a classifier, one column for a regressor."""
+    model = _Loaded.model
+    if model is None:
+        raise RuntimeError(_Loaded.error or "model not loaded")
+    if task == "classification":
+        return np.asarray(model.predict_proba(x), dtype=np.float64)
+    return np.asarray(model.predict(x), dtype=np.float64).reshape(-1, 1)

@@ -1,0 +1,98 @@
+"""Prediction, model-registry and prediction-log schemas for /api/v1."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, WithJsonSchema
+
+from app.schemas.common import RequestModel, ResponseModel
+
+# Inputs are checked by the model layer against the model's own features (count, names, finite
+# numbers), which names each bad value by its path (`rows.0.petal_width`); the schemas here only
+# document the shape for clients and the OpenAPI document.
+_NUMBER = {"type": "number"}
+FeatureVector = Annotated[
+    list[Any],
+    WithJsonSchema(
+        {"type": "array", "items": _NUMBER, "minItems": 1, "description": "Values in feature order."}
+    ),
+]
+Rows = Annotated[
+    list[Any],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "description": "One row or a batch. Each row: an array in feature order, or an object "
+            "keyed by feature name.",
+            "items": {
+                "anyOf": [
+                    {"type": "array", "items": _NUMBER},
+                    {"type": "object", "additionalProperties": _NUMBER},
+                ]
+            },
+        }
+    ),
+]
+
+
+class PredictRequest(RequestModel):
+    features: FeatureVector
+
+
+class BatchPredictRequest(RequestModel):
+    rows: Rows
+
+
+class RowPrediction(BaseModel):
+    prediction: str | float = Field(description="The class label, or the regression value.")
+    class_index: int | None = Field(None, description="Index of the label (classifiers).")
+    probabilities: dict[str, float] | None = Field(None, description="Per class (classifiers).")
+
+
+class PredictResponse(RowPrediction):
+    model: str
+    version: str
+
+
+class BatchPredictResponse(BaseModel):
+    predictions: list[RowPrediction]
+    model: str
+    version: str
+
+
+class FeatureInfo(BaseModel):
+    name: str
+    type: Literal["float"]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    task: Literal["classification", "regression"]
+    description: str
+    executor: Literal["thread", "process"]
+    features: list[FeatureInfo] = Field(description="Input features, in the order rows must use.")
+    labels: list[str] = Field(description="Class labels (classifiers), in probability order.")
+    max_batch_size: int = Field(description="Most rows one request may send.")
+    timeout_ms: int = Field(description="Time limit per request.")
+    example_request: dict[str, Any] = Field(description="A valid body for /models/{name}/predict.")
+
+
+class PredictionRecordPublic(ResponseModel):
+    id: int
+    user_id: int
+    model: str
+    version: str
+    rows: int
+    latency_ms: float
+    outcome: str = Field(description="`ok`, or the problem code of the failure.")
+    inputs: Any | None = Field(description="The input rows, where the model's manifest allows it.")
+    created_at: datetime
+
+
+class PredictionRecordPage(BaseModel):
+    items: list[PredictionRecordPublic]
+    next_cursor: str | None

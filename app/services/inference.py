@@ -1,0 +1,136 @@
+"""Predictions for the API: the model registry's answers, its errors as domain errors, and the log.
+
+Every model-layer failure is translated here, once, into the service's error types, so both the
+/api/v1 routes and the Open Inference Protocol routes report it the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from app.core.exceptions import (
+    AppError,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from app.ml import errors as ml
+from app.ml.manifest import ModelSpec
+from app.ml.predictions import PredictionResult
+from app.ml.registry import ModelRegistry
+from app.services.prediction_log import PredictionEvent, PredictionLog
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class PredictionError(AppError):
+    status, code, title = 500, "prediction-failed", "Prediction Failed"
+
+
+def translate(exc: ml.ModelError) -> AppError:
+    """The service error for a model-layer error: its HTTP status, code and client-facing detail."""
+    match exc:
+        case ml.ModelNotFound():
+            return ModelNotFound(f"No model named {exc.name!r}. Available: {', '.join(exc.available)}.")
+        case ml.InvalidInput():
+            return ValidationFailed(
+                f"Invalid input for model {exc.model!r}; expected features in this order: "
+                f"{', '.join(exc.expected)}.",
+                errors=[{"field": field, "message": message} for field, message in exc.errors],
+            )
+        case ml.BatchTooLarge():
+            return PayloadTooLarge(
+                f"{exc.rows} rows sent; model {exc.model!r} takes at most {exc.max_rows} per request.",
+                errors=[{"field": exc.field, "message": f"at most {exc.max_rows} rows"}],
+            )
+        case ml.ModelOverloaded():
+            return ServiceUnavailable(
+                f"Model {exc.model!r} is overloaded; retry shortly.",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        case ml.PredictionTimeout():
+            return GatewayTimeout(f"Model {exc.model!r} did not answer within {exc.timeout_ms} ms.")
+        case ml.ModelWorkerCrashed():
+            return ServiceUnavailable(
+                f"The worker running model {exc.model!r} stopped; it is being replaced. Retry.",
+                headers={"Retry-After": "1"},
+            )
+        case ml.ModelsNotReady():
+            return ServiceUnavailable("Models are not ready yet.", headers={"Retry-After": "1"})
+        case _:
+            return PredictionError("The model failed to compute a prediction.")
+
+
+class InferenceService:
+    def __init__(self, registry: ModelRegistry, prediction_log: PredictionLog) -> None:
+        self.registry = registry
+        self.log = prediction_log
+
+    def models(self) -> list[ModelSpec]:
+        return self.registry.list()
+
+    def model(self, name: str) -> ModelSpec:
+        try:
+            return self.registry.get(name)
+        except ml.ModelError as exc:
+            raise translate(exc) from None
+
+    def default_model(self) -> str:
+        try:
+            return self.registry.default_model
+        except ml.ModelError as exc:
+            raise translate(exc) from None
+
+    def heavy_model(self) -> str:
+        try:
+            return self.registry.heavy_model or self.registry.default_model
+        except ml.ModelError as exc:
+            raise translate(exc) from None
+
+    async def predict_rows(self, user_id: int, name: str, rows: Any, field: str = "rows") -> PredictionResult:
+        return await self._run(
+            user_id, name, rows, lambda: self.registry.predict(name, rows, field=field), batch=True
+        )
+
+    async def predict_one(self, user_id: int, name: str, features: Any) -> PredictionResult:
+        return await self._run(
+            user_id, name, features, lambda: self.registry.predict_one(name, features), batch=False
+        )
+
+    async def _run(
+        self,
+        user_id: int,
+        name: str,
+        inputs: Any,
+        call: Callable[[], Awaitable[PredictionResult]],
+        *,
+        batch: bool,
+    ) -> PredictionResult:
+        try:
+            result = await call()
+        except ml.ModelError as exc:
+            error = translate(exc)
+            # Bad input and unknown models are the client's mistake, not a prediction: not logged.
+            if not isinstance(exc, ml.InvalidInput | ml.BatchTooLarge | ml.ModelNotFound | ml.ModelsNotReady):
+                spec = self.registry.get(name)
+                rows = len(inputs) if batch and isinstance(inputs, list) else 1
+                self.log.record(PredictionEvent(user_id, spec.name, spec.version, rows, 0.0, error.code))
+            raise error from None
+        spec = self.registry.get(name)
+        self.log.record(
+            PredictionEvent(
+                user_id=user_id,
+                model=result.model,
+                version=result.version,
+                rows=len(result.predictions),
+                latency_ms=round(result.elapsed_ms, 3),
+                outcome="ok",
+                inputs=(inputs if batch else [inputs]) if spec.log_inputs else None,
+            )
+        )
+        return result

@@ -1,0 +1,142 @@
+"""The prediction log writer: records queued by requests, written in batches by one background task.
+
+Requests hand over plain data (a `PredictionEvent`), never their database session: the writer
+opens its own sessions. A full queue drops the record, counts it and warns, so logging can never
+slow predictions down or hold memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.exceptions import Forbidden
+from app.models import PredictionRecord, User
+from app.models.base import utcnow
+from app.repositories.predictions import PredictionRepository
+from app.services.items import decode_cursor, encode_cursor
+
+log = structlog.get_logger(__name__)
+
+_STOP: dict[str, Any] = {}  # queued by close(); identity marks the end of the records
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionEvent:
+    user_id: int
+    model: str
+    version: str
+    rows: int
+    latency_ms: float
+    outcome: str
+    inputs: Any | None = None
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        *,
+        queue_size: int,
+        batch_size: int,
+        flush_interval_s: float,
+    ) -> None:
+        self._session_factory = session_factory
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.written = 0
+        self.failed = 0
+        self._last_drop_warning = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="prediction-log-writer")
+
+    def record(self, event: PredictionEvent) -> None:
+        """Queue a record without waiting; drop it (counted) when the queue is full."""
+        row = asdict(event)
+        row["created_at"] = utcnow()
+        try:
+            self._queue.put_nowait(row)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_warning > 5:  # one warning per 5 s, not one per record
+                self._last_drop_warning = now
+                log.warning("prediction_log_full", dropped_total=self.dropped)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            deadline = time.monotonic() + self._flush_interval_s
+            while len(batch) < self._batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    row = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+                if row is _STOP:
+                    stopping = True
+                    break
+                batch.append(row)
+            await self._write(batch)
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            async with self._session_factory() as session:
+                await PredictionRepository(session).add_many(batch)
+                await session.commit()
+            self.written += len(batch)
+        except Exception as exc:  # noqa: BLE001 - a lost log batch must never stop the writer
+            self.failed += len(batch)
+            log.warning("prediction_log_write_failed", records=len(batch), error=type(exc).__name__)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Write everything queued so far, then stop the writer (cancelled after `timeout_s`)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            # Queued behind every record, so all of them are written before the writer stops.
+            await asyncio.wait_for(self._queue.put(_STOP), timeout_s)
+            await asyncio.wait_for(task, timeout_s)
+        except TimeoutError:
+            task.cancel()
+            log.warning("prediction_log_close_timeout", pending=self._queue.qsize())
+
+
+class PredictionHistory:
+    """Reading the log: a user's own records, or (admins) anyone's, newest first, by cursor."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.records = PredictionRepository(session)
+
+    async def page(
+        self, user: User, *, user_filter: int | None, cursor: str | None, limit: int
+    ) -> tuple[Sequence[PredictionRecord], str | None]:
+        if user_filter is not None and user_filter != user.id and not user.is_admin:
+            raise Forbidden("Only admins may read other users' predictions.")
+        owner = user.id if user_filter is None else user_filter
+        before = decode_cursor(cursor) if cursor else None
+        rows = await self.records.before(owner, before, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (encode_cursor(rows[-1].id) if more and rows else None)

@@ -1,0 +1,124 @@
+"""Rule 1 of the guide: no password hash in any response, and no secret in any log line."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from app.core.config import Settings
+from app.main import create_app
+from tests.api.conftest import LogLines, bearer, login, serve, user_id
+from tests.conftest import PASSWORD, MakeUser
+
+FORBIDDEN_IN_RESPONSES = ("hashed_password", "$argon2")
+
+
+async def _exercise_every_route(client: httpx.AsyncClient, make_user: MakeUser) -> list[str]:
+    """Drive every route of the service core, successes and failures; returns the secrets used."""
+    admin = await make_user("root@example.com", admin=True)
+    alice = await make_user("alice@example.com")
+    alice_id = await user_id(client, alice)
+    pair = await login(client, "alice@example.com")
+    secrets = [PASSWORD, pair["access_token"], pair["refresh_token"], alice["Authorization"].split()[1]]
+
+    calls: list[tuple[str, str, dict[str, object]]] = [
+        ("POST", "/api/v1/auth/register", {"json": {"email": "alice@example.com", "password": PASSWORD}}),
+        ("POST", "/api/v1/auth/register", {"json": {"email": "x@example.com", "password": "short"}}),
+        ("POST", "/api/v1/auth/token", {"data": {"username": "alice@example.com", "password": "wrong pass"}}),
+        ("GET", "/api/v1/users/me", {"headers": alice}),
+        ("PATCH", "/api/v1/users/me", {"headers": alice, "json": {"email": "root@example.com"}}),
+        ("PATCH", "/api/v1/users/me", {"headers": alice, "json": {"is_admin": True}}),
+        ("GET", "/api/v1/users", {"headers": admin}),
+        ("GET", f"/api/v1/users/{alice_id}", {"headers": admin}),
+        ("GET", f"/api/v1/users/{alice_id}", {"headers": alice}),
+        ("PATCH", f"/api/v1/users/{alice_id}", {"headers": admin, "json": {"is_admin": False}}),
+        ("POST", "/api/v1/items", {"headers": alice, "json": {"title": "t", "description": PASSWORD}}),
+        ("GET", "/api/v1/items", {"headers": alice}),
+        ("GET", "/api/v1/items", {"headers": admin}),
+        ("GET", "/api/v2/items", {"headers": admin}),
+        ("GET", "/api/v1/items/1", {"headers": alice}),
+        ("PATCH", "/api/v1/items/1", {"headers": alice, "json": {"title": "u"}}),
+        ("DELETE", "/api/v1/items/1", {"headers": alice}),
+        ("POST", "/api/v1/auth/refresh", {"json": {"refresh_token": pair["refresh_token"]}}),
+        ("POST", "/api/v1/auth/refresh", {"json": {"refresh_token": pair["refresh_token"]}}),
+        ("GET", "/api/v1/users/me", {"headers": {"Authorization": "Bearer garbage"}}),
+        (
+            "POST",
+            "/api/v1/users/me/password",
+            {"headers": alice, "json": {"current_password": "wrong pass", "new_password": PASSWORD + "2"}},
+        ),
+        (
+            "POST",
+            "/api/v1/users/me/password",
+            {"headers": alice, "json": {"current_password": PASSWORD, "new_password": PASSWORD + "2"}},
+        ),
+        ("POST", "/api/v1/auth/logout", {"headers": admin}),
+        (
+            "DELETE",
+            f"/api/v1/users/{alice_id}",
+            {"headers": await make_user("root2@example.com", admin=True)},
+        ),
+        ("GET", "/readyz", {}),
+        ("GET", "/healthz", {}),
+        ("GET", "/openapi.json", {}),
+    ]
+    for method, path, kwargs in calls:
+        await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+    return secrets
+
+
+async def test_no_response_contains_a_password_hash(client: httpx.AsyncClient, make_user: MakeUser) -> None:
+    bodies: list[tuple[str, str]] = []
+
+    async def collect(response: httpx.Response) -> None:
+        await response.aread()
+        bodies.append((str(response.request.url), response.text))
+
+    client.event_hooks["response"].append(collect)
+    await _exercise_every_route(client, make_user)
+    assert len(bodies) > 30
+    for url, body in bodies:
+        for forbidden in FORBIDDEN_IN_RESPONSES:
+            assert forbidden not in body, f"{url} returned {forbidden}"
+
+
+async def test_the_sweep_would_see_a_hash(make_user: MakeUser, app: FastAPI) -> None:
+    """Control: the hashes are in the database and look like the strings the sweep looks for."""
+    await make_user("carl@example.com")
+    async with app.state.resources.engine.connect() as conn:
+        stored = await conn.scalar(text("SELECT hashed_password FROM users"))
+    assert stored.startswith("$argon2")
+
+
+async def test_no_log_line_contains_a_secret(
+    client: httpx.AsyncClient, make_user: MakeUser, log_lines: LogLines
+) -> None:
+    secrets = await _exercise_every_route(client, make_user)
+    lines = log_lines()
+    access = [line for line in lines if line.get("event") == "request"]
+    assert len(access) > 25, "the access log was not captured"
+    for line in lines:
+        rendered = json.dumps(line)
+        for secret in (*secrets, "$argon2", "hashed_password"):
+            assert secret not in rendered, f"a log line carries a secret: {line.get('event')}"
+
+
+async def test_an_unexpected_error_shows_no_secret(settings: Settings, log_lines: LogLines) -> None:
+    """An exception whose message carries a secret: not in the response; the token not in the log."""
+    failing = create_app(settings)
+
+    @failing.post("/leak")
+    async def leak(body: dict[str, str]) -> None:
+        raise RuntimeError(f"failed for password={body['password']}")
+
+    async with serve(settings, failing) as leaky:
+        response = await leaky.post(
+            "/leak", json={"password": "hunter2-secret"}, headers=bearer("tok-secret")
+        )
+    assert response.status_code == 500
+    assert "hunter2-secret" not in response.text
+    logged = json.dumps(log_lines())
+    assert "tok-secret" not in logged

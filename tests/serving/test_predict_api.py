@@ -1,0 +1,224 @@
+"""/api/v1 prediction endpoints, the model registry and the prediction log, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sklearn.datasets import load_iris
+
+from tests.conftest import assert_problem
+from tests.serving.conftest import login
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+
+
+async def test_predict_default_model_returns_label_probabilities_and_version(
+    ml_client: httpx.AsyncClient,
+) -> None:
+    headers = await login(ml_client, "predict-default@example.com")
+    response = await ml_client.post("/api/v1/predict", json={"features": SETOSA}, headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "iris"
+    assert body["version"] == "1.0.0"
+    assert body["prediction"] == "setosa"
+    assert body["class_index"] == 0
+    assert set(body["probabilities"]) == {"setosa", "versicolor", "virginica"}
+    assert math.isclose(sum(body["probabilities"].values()), 1.0, rel_tol=1e-5)
+
+
+async def test_predict_heavy_runs_the_process_pool_model(ml_client: httpx.AsyncClient) -> None:
+    headers = await login(ml_client, "predict-heavy@example.com")
+    models = (await ml_client.get("/api/v1/models", headers=headers)).json()
+    heavy = next(m for m in models if m["executor"] == "process")
+    response = await ml_client.post(
+        "/api/v1/predict-heavy", json={"features": [1.0] * len(heavy["features"])}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == heavy["name"]
+    assert response.json()["prediction"] in heavy["labels"]
+
+
+async def test_model_registry_lists_input_schema_and_its_example_works(ml_client: httpx.AsyncClient) -> None:
+    headers = await login(ml_client, "registry@example.com")
+    models = (await ml_client.get("/api/v1/models", headers=headers)).json()
+    assert {m["name"] for m in models} >= {"iris", "breast_cancer", "diabetes"}
+    iris = (await ml_client.get("/api/v1/models/iris", headers=headers)).json()
+    assert [f["name"] for f in iris["features"]] == list(VIRGINICA)
+    assert iris["labels"] == ["setosa", "versicolor", "virginica"]
+    for model in models:
+        done = await ml_client.post(
+            f"/api/v1/models/{model['name']}/predict", json=model["example_request"], headers=headers
+        )
+        assert done.status_code == 200, (model["name"], done.text)
+    assert_problem(await ml_client.get("/api/v1/models/no-such-model", headers=headers), 404)
+
+
+async def test_batch_rows_as_arrays_or_objects_give_the_same_answers(ml_client: httpx.AsyncClient) -> None:
+    headers = await login(ml_client, "batch@example.com")
+    as_objects = await ml_client.post(
+        "/api/v1/models/iris/predict",
+        json={"rows": [dict(zip(VIRGINICA, SETOSA, strict=True)), VIRGINICA]},
+        headers=headers,
+    )
+    as_arrays = await ml_client.post(
+        "/api/v1/models/iris/predict", json={"rows": [SETOSA, list(VIRGINICA.values())]}, headers=headers
+    )
+    assert as_objects.status_code == as_arrays.status_code == 200
+    assert as_objects.json() == as_arrays.json()
+    assert [p["prediction"] for p in as_arrays.json()["predictions"]] == ["setosa", "virginica"]
+
+
+async def test_whole_iris_dataset_through_http_matches_the_bundled_model(
+    ml_client: httpx.AsyncClient,
+) -> None:
+    """Labels over HTTP equal the labels the registry computes (the registry itself is checked
+    against scikit-learn in tests/ml/test_parity.py): nothing is lost or reordered on the way."""
+    headers = await login(ml_client, "dataset@example.com")
+    data = load_iris()
+    rows = data.data.tolist()
+    labels: list[str] = []
+    for start in range(0, len(rows), 64):
+        response = await ml_client.post(
+            "/api/v1/models/iris/predict", json={"rows": rows[start : start + 64]}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        labels += [p["prediction"] for p in response.json()["predictions"]]
+    accuracy = sum(label == data.target_names[t] for label, t in zip(labels, data.target, strict=True)) / len(
+        rows
+    )
+    assert len(labels) == 150
+    assert accuracy > 0.9
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        ("/api/v1/predict", {"features": [1.0, 2.0, 3.0]}, 422, "features"),
+        ("/api/v1/predict", {"features": [1.0, "x", 3.0, 4.0]}, 422, "features.1"),
+        ("/api/v1/predict", {"features": [1.0, True, 3.0, 4.0]}, 422, "features.1"),
+        ("/api/v1/predict", {"features": []}, 422, "features"),
+        ("/api/v1/predict", {}, 422, "features"),
+        ("/api/v1/models/iris/predict", {"rows": []}, 422, "rows"),
+        ("/api/v1/models/iris/predict", {"rows": [{"sepal_length": 1.0}]}, 422, "rows.0"),
+        ("/api/v1/models/iris/predict", {"rows": [{**VIRGINICA, "colour": 1.0}]}, 422, "rows.0.colour"),
+        ("/api/v1/models/iris/predict", {"rows": [SETOSA] * 65}, 413, "rows"),
+    ],
+)
+async def test_bad_input_gets_a_clear_error_naming_the_field(
+    ml_client: httpx.AsyncClient, path: str, body: dict[str, object], status: int, field: str
+) -> None:
+    headers = await login(ml_client, "bad-input@example.com")
+    problem = assert_problem(await ml_client.post(path, json=body, headers=headers), status)
+    fields = [e["field"] for e in problem["errors"]]
+    assert any(f == field or f.startswith(field + ".") for f in fields), fields
+
+
+async def test_nan_and_infinity_are_refused(ml_client: httpx.AsyncClient) -> None:
+    headers = {**(await login(ml_client, "nan@example.com")), "Content-Type": "application/json"}
+    for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+        body = b'{"features": [' + literal + b", 1, 2, 3]}"
+        problem = assert_problem(await ml_client.post("/api/v1/predict", content=body, headers=headers), 422)
+        assert [e["field"] for e in problem["errors"]] == ["features.0"]
+
+
+async def test_prediction_endpoints_need_a_token(ml_client: httpx.AsyncClient) -> None:
+    for method, path in [
+        ("POST", "/api/v1/predict"),
+        ("POST", "/api/v1/predict-heavy"),
+        ("GET", "/api/v1/models"),
+        ("GET", "/api/v1/models/iris"),
+        ("POST", "/api/v1/models/iris/predict"),
+        ("GET", "/api/v1/predictions"),
+    ]:
+        assert_problem(await ml_client.request(method, path, json={}), 401)
+
+
+async def _records(
+    client: httpx.AsyncClient, headers: dict[str, str], query: str = ""
+) -> list[dict[str, object]]:
+    """The prediction log as the API shows it, waiting (bounded) for the batched writer."""
+    for _ in range(100):
+        response = await client.get(f"/api/v1/predictions{query}", headers=headers)
+        assert response.status_code == 200, response.text
+        items: list[dict[str, object]] = response.json()["items"]
+        if items:
+            return items
+        await asyncio.sleep(0.02)
+    return []
+
+
+async def test_every_prediction_is_logged_for_its_user_only(ml_client: httpx.AsyncClient) -> None:
+    alice = await login(ml_client, "log-alice@example.com")
+    bob = await login(ml_client, "log-bob@example.com")
+    await ml_client.post("/api/v1/predict", json={"features": SETOSA}, headers=alice)
+    await ml_client.post("/api/v1/models/iris/predict", json={"rows": [SETOSA, SETOSA]}, headers=alice)
+    records = await _records(ml_client, alice)
+    while len(records) < 2:
+        records = await _records(ml_client, alice)
+    assert [r["rows"] for r in records[:2]] == [2, 1]  # newest first
+    assert all(r["model"] == "iris" and r["outcome"] == "ok" for r in records)
+    assert records[0]["inputs"] == [SETOSA, SETOSA]  # iris allows storing inputs (log_inputs)
+    assert (await ml_client.get("/api/v1/predictions", headers=bob)).json()["items"] == []
+    assert_problem(
+        await ml_client.get(f"/api/v1/predictions?user_id={records[0]['user_id']}", headers=bob), 403
+    )
+
+
+async def test_prediction_log_pages_by_cursor(ml_client: httpx.AsyncClient) -> None:
+    headers = await login(ml_client, "log-pages@example.com")
+    for _ in range(5):
+        assert (
+            await ml_client.post("/api/v1/predict", json={"features": SETOSA}, headers=headers)
+        ).status_code == 200
+    seen: list[object] = []
+    for _ in range(100):
+        seen = [r["id"] for r in await _records(ml_client, headers, "?limit=10")]
+        if len(seen) == 5:
+            break
+        await asyncio.sleep(0.02)
+    walked: list[object] = []
+    cursor = ""
+    while True:
+        page = (await ml_client.get(f"/api/v1/predictions?limit=2{cursor}", headers=headers)).json()
+        walked += [r["id"] for r in page["items"]]
+        if not page["next_cursor"]:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert walked == seen
+    assert_problem(await ml_client.get("/api/v1/predictions?cursor=%%%", headers=headers), 422)
+
+
+async def test_a_killed_model_worker_is_replaced_and_later_requests_succeed(
+    ml_client: httpx.AsyncClient, ml_app: FastAPI
+) -> None:
+    headers = await login(ml_client, "worker-kill@example.com")
+    registry = ml_app.state.resources.registry
+    heavy = registry.heavy_model
+    width = len(registry.get(heavy).features)
+    before = registry.worker_pids(heavy)
+    assert before
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    statuses: list[int] = []
+    for _ in range(200):
+        response = await ml_client.post(
+            "/api/v1/predict-heavy", json={"features": [1.0] * width}, headers=headers
+        )
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            break
+        assert_problem(response, 503)
+        assert response.headers["retry-after"]
+        await asyncio.sleep(0.05)
+    assert statuses[-1] == 200, statuses
+    assert set(registry.worker_pids(heavy)).isdisjoint(before)
