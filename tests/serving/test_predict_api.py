@@ -222,3 +222,51 @@ async def test_a_killed_model_worker_is_replaced_and_later_requests_succeed(
         await asyncio.sleep(0.05)
     assert statuses[-1] == 200, statuses
     assert set(registry.worker_pids(heavy)).isdisjoint(before)
+
+
+async def test_open_inference_protocol_in_process(ml_client: httpx.AsyncClient) -> None:
+    """The /v2 routes' answers and errors (the tritonclient test drives them over the network)."""
+    headers = await login(ml_client, "oip-inprocess@example.com")
+    assert (await ml_client.get("/v2/health/live", headers=headers)).json() == {"live": True}
+    assert (await ml_client.get("/v2/health/ready", headers=headers)).json() == {"ready": True}
+    assert (await ml_client.get("/v2/models/iris/ready", headers=headers)).json() == {
+        "name": "iris",
+        "ready": True,
+    }
+    heavy = (await ml_client.get("/v2/models/breast_cancer", headers=headers)).json()
+    assert heavy["platform"] == "sklearn_skops"
+    tensor = {
+        "name": "input",
+        "shape": [2, 4],
+        "datatype": "FP64",
+        "data": [SETOSA, list(VIRGINICA.values())],
+    }
+    done = await ml_client.post(
+        "/v2/models/iris/infer", json={"id": "r1", "inputs": [tensor]}, headers=headers
+    )
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["id"] == "r1"
+    assert {o["name"]: o["data"] for o in body["outputs"]}["label"] == ["setosa", "virginica"]
+    flat = {**tensor, "shape": [4], "data": SETOSA}  # one row, flat: shape [features]
+    one = await ml_client.post(
+        "/v2/models/iris/infer", json={"inputs": [flat], "outputs": [{"name": "label"}]}, headers=headers
+    )
+    assert one.json()["outputs"] == [{"name": "label", "shape": [1], "datatype": "BYTES", "data": ["setosa"]}]
+    cases = [
+        ({"inputs": [tensor, tensor]}, 400, "one input tensor"),
+        ({"inputs": [{**tensor, "datatype": "BYTES"}]}, 400, "numeric"),
+        ({"inputs": [{**tensor, "shape": [3, 4]}]}, 400, "values"),
+        ({"inputs": [tensor], "outputs": [{"name": "colour"}]}, 400, "Unknown output"),
+        ({"inputs": [tensor], "parameters": {"binary_data_output": True}}, 400, "binary"),
+        ({"inputs": [{**tensor, "data": [[1, 2, 3, "x"], SETOSA]}]}, 422, "inputs.0.data"),
+        ({"inputs": "nope"}, 422, "inputs"),
+    ]
+    for request, status, fragment in cases:
+        failed = await ml_client.post("/v2/models/iris/infer", json=request, headers=headers)
+        assert failed.status_code == status, (request, failed.text)
+        assert set(failed.json()) == {"error"}
+        assert fragment in failed.json()["error"], failed.json()
+    malformed = await ml_client.post("/v2/models/iris/infer", content=b"{nope", headers=headers)
+    assert malformed.status_code == 400
+    assert set(malformed.json()) == {"error"}
