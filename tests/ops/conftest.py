@@ -1,0 +1,86 @@
+"""Helpers for the operations tests: an app of its own settings with its lifespan run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from app.main import create_app
+from tests.conftest import PASSWORD, Headers, _empty_tables, make_settings
+
+
+@asynccontextmanager
+async def running_app(
+    database_url: str, *, base_url: str = "http://testserver", **overrides: Any
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """An app built from the test settings plus `overrides`, and a client for it."""
+    app = create_app(make_settings(database_url, **overrides))
+    async with LifespanManager(app):
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+                yield app, client
+        finally:
+            await _empty_tables(app)  # the next test starts from empty tables, as with `app`
+
+
+def new_email() -> str:
+    return f"ops-{uuid.uuid4().hex[:12]}@example.com"
+
+
+async def register(client: httpx.AsyncClient, email: str) -> httpx.Response:
+    return await client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> httpx.Response:
+    return await client.post("/api/v1/auth/token", data={"username": email, "password": password})
+
+
+async def user(client: httpx.AsyncClient, email: str | None = None) -> Headers:
+    email = email or new_email()
+    assert (await register(client, email)).status_code == 201
+    response = await login(client, email)
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+LogLines = Callable[[], list[dict[str, Any]]]
+
+_PRINT_LOGGER_METHODS = (
+    *("msg", "log", "debug", "info", "warn", "warning"),
+    *("fatal", "failure", "err", "error", "critical", "exception"),
+)
+
+
+@pytest.fixture
+def log_lines(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> LogLines:
+    """The JSON log lines written so far in this test, parsed (the same fixture as tests/api's).
+
+    structlog loggers are cached on first use with the `sys.stdout` of that moment; capturing
+    into capsys directly would leave a logger first used here writing to a closed stream in later
+    tests. Every structlog line is printed to the current stdout instead, for this test only.
+    """
+    factory = structlog.PrintLoggerFactory
+    monkeypatch.setattr(structlog, "PrintLoggerFactory", lambda *_args, **_kwargs: factory())
+
+    def _print(_self: object, message: str) -> None:
+        print(message, file=sys.stdout, flush=True)
+
+    for name in _PRINT_LOGGER_METHODS:
+        monkeypatch.setattr(structlog.PrintLogger, name, _print)
+
+    def _read() -> list[dict[str, Any]]:
+        lines = capsys.readouterr().out.splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    return _read
