@@ -10,10 +10,11 @@ from typing import Any, cast
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 log = structlog.get_logger(__name__)
 
@@ -252,18 +253,15 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     return _error_response(request, status, detail=detail, instance=request.url.path, headers=headers)
 
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method the path accepts. Starlette's 405 names only the first route matching the path,
-    but GET and POST on one URL are two routes here, and `Allow` must list them all."""
-    routes = request.app.router.routes
-    return [
-        method
-        for method in _METHODS
-        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
-    ]
+    """The methods of the resource at this path. Starlette's 405 names only the first route that
+    matches, but GET and PATCH on one URL are two routes here. The resource is the first route
+    template that matches (the one a request would be routed to: `/users/me`, not
+    `/users/{user_id}`), and `Allow` lists the methods of every route with that template."""
+    path = request.url.path
+    routes = [(c.path, c.methods) for c in iter_route_contexts(request.app.routes) if c.path and c.methods]
+    template = next((t for t, _ in routes if compile_path(t)[0].match(path)), None)
+    return sorted({method for t, methods in routes if t == template for method in methods})
 
 
 _SQLITE_SCHEMA_ERRORS = ("no such table", "no such column")
