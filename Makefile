@@ -57,5 +57,14 @@ pytest: $(VENV_STAMP) ## The test suite with coverage of app/ (TEST_DATABASE_URL
 
 test: lint typecheck check-deploy pytest ## Everything CI checks
 
+fuzz: $(VENV_STAMP) ## Schema fuzzing: 500 examples per operation, stateless and stateful (schemathesis)
+	FUZZ_EXAMPLES=500 $(UV) run --no-sync pytest tests/fuzz -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(VENV_STAMP) ## The benchmark (~10 min): bench/results/latest.json, docs/performance.md and its plots
+	$(UV) run --no-sync python -m bench.run
+
+bench-quick: $(VENV_STAMP) ## A shorter benchmark
+	$(UV) run --no-sync python -m bench.run --quick
+
 clean: ## Remove caches and the local database
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov data
