@@ -132,6 +132,12 @@ def observe_model_batch(model: str, rows: int, requests: int, seconds: float) ->
     MODEL_BATCH_SIZE.labels(model).observe(rows)
 
 
+PREDICTION_LOG_DROPPED = Counter(
+    "prediction_log_dropped_total",
+    "Prediction records dropped because the log's queue was full.",
+)
+
+
 def observe_model_rejected(model: str, reason: str) -> None:
     """Count a refused prediction request (`reason`: "overloaded", "timeout", "failed", ...)."""
     MODEL_REJECTED.labels(model, reason).inc()

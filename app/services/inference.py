@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.core import metrics
 from app.core.exceptions import (
     AppError,
     GatewayTimeout,
@@ -117,6 +118,7 @@ class InferenceService:
             error = translate(exc)
             # Bad input and unknown models are the client's mistake, not a prediction: not logged.
             if not isinstance(exc, ml.InvalidInput | ml.BatchTooLarge | ml.ModelNotFound | ml.ModelsNotReady):
+                metrics.observe_model_rejected(name, error.code)
                 spec = self.registry.get(name)
                 rows = len(inputs) if batch and isinstance(inputs, list) else 1
                 self.log.record(PredictionEvent(user_id, spec.name, spec.version, rows, 0.0, error.code))

@@ -16,10 +16,12 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import metrics
 from app.core.exceptions import Forbidden
-from app.models import PredictionRecord, User
+from app.models import PredictionRecord
 from app.models.base import utcnow
 from app.repositories.predictions import PredictionRepository
+from app.services.auth import Caller
 from app.services.items import decode_cursor, encode_cursor
 
 log = structlog.get_logger(__name__)
@@ -68,6 +70,7 @@ class PredictionLog:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
             self.dropped += 1
+            metrics.PREDICTION_LOG_DROPPED.inc()
             now = time.monotonic()
             if now - self._last_drop_warning > 5:  # one warning per 5 s, not one per record
                 self._last_drop_warning = now
@@ -130,7 +133,7 @@ class PredictionHistory:
         self.records = PredictionRepository(session)
 
     async def page(
-        self, user: User, *, user_filter: int | None, cursor: str | None, limit: int
+        self, user: Caller, *, user_filter: int | None, cursor: str | None, limit: int
     ) -> tuple[Sequence[PredictionRecord], str | None]:
         if user_filter is not None and user_filter != user.id and not user.is_admin:
             raise Forbidden("Only admins may read other users' predictions.")
