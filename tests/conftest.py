@@ -7,6 +7,7 @@ built once per session by the real migrations; each test gets empty tables.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.core.db import create_engine
@@ -75,8 +77,8 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
-async def _empty_tables(app: FastAPI) -> None:
-    engine = app.state.resources.engine
+async def empty_tables(engine: AsyncEngine) -> None:
+    """Delete every row (PostgreSQL: TRUNCATE, ids restarting at 1), children first."""
     tables = list(reversed(Base.metadata.sorted_tables))
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
@@ -96,7 +98,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         try:
             yield application
         finally:
-            await _empty_tables(application)
+            await empty_tables(application.state.resources.engine)
 
 
 @pytest.fixture
@@ -155,3 +157,18 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert {"type", "title", "detail"} <= body.keys()
     assert "Traceback" not in response.text
     return body
+
+
+LogLines = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def log_lines(capsys: pytest.CaptureFixture[str]) -> LogLines:
+    """The JSON log lines written so far in this test, parsed. (The service's log stream writes
+    to whatever `sys.stdout` is at the time, so capsys sees every line.)"""
+
+    def _read() -> list[dict[str, Any]]:
+        lines = capsys.readouterr().out.splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    return _read

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
-import structlog
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
@@ -45,37 +41,3 @@ async def serve(settings: Settings, app: FastAPI | None = None) -> AsyncIterator
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
-
-
-LogLines = Callable[[], list[dict[str, Any]]]
-
-_PRINT_LOGGER_METHODS = (
-    *("msg", "log", "debug", "info", "warn", "warning"),
-    *("fatal", "failure", "err", "error", "critical", "exception"),
-)
-
-
-@pytest.fixture
-def log_lines(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> LogLines:
-    """The JSON log lines written so far in this test (capsys), parsed.
-
-    app/core/logging.py hands structlog `sys.stdout` as it is when the app is built, and loggers
-    are cached on first use: a logger first used in another test keeps writing to that test's
-    (possibly closed) stream. For this test every structlog line goes to the current stdout, and
-    loggers first used here are made with structlog's default (follows `sys.stdout`) so they do
-    not keep capsys's stream after the test.
-    """
-    factory = structlog.PrintLoggerFactory
-    monkeypatch.setattr(structlog, "PrintLoggerFactory", lambda *_args, **_kwargs: factory())
-
-    def _print(_self: object, message: str) -> None:
-        print(message, file=sys.stdout, flush=True)
-
-    for name in _PRINT_LOGGER_METHODS:
-        monkeypatch.setattr(structlog.PrintLogger, name, _print)
-
-    def _read() -> list[dict[str, Any]]:
-        lines = capsys.readouterr().out.splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    return _read

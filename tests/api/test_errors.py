@@ -14,8 +14,8 @@ from sqlalchemy import exc as sa_exc
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.api.conftest import LogLines, serve
-from tests.conftest import PASSWORD, Headers, assert_problem, make_settings
+from tests.api.conftest import serve
+from tests.conftest import PASSWORD, Headers, LogLines, assert_problem, make_settings
 
 ITEMS = "/api/v1/items"
 REGISTER = "/api/v1/auth/register"

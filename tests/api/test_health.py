@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 
 from app.core.config import Settings
-from tests.api.conftest import LogLines, serve
-from tests.conftest import PASSWORD, assert_problem, make_settings
+from tests.api.conftest import serve
+from tests.conftest import PASSWORD, LogLines, assert_problem, make_settings
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:

@@ -10,8 +10,8 @@ from sqlalchemy import text
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.api.conftest import LogLines, bearer, login, serve, user_id
-from tests.conftest import PASSWORD, MakeUser
+from tests.api.conftest import bearer, login, serve, user_id
+from tests.conftest import PASSWORD, LogLines, MakeUser
 
 FORBIDDEN_IN_RESPONSES = ("hashed_password", "$argon2")
 

@@ -16,12 +16,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from schemathesis.python import asgi
-from sqlalchemy import text
 
 from app.core.db import create_engine
 from app.main import create_app
-from app.models import Base
-from tests.conftest import PASSWORD, make_settings
+from tests.conftest import PASSWORD, empty_tables, make_settings
 
 # Checks switched off while a finding they report is open, for one operation (or all: None). Each
 # finding is pinned by a strict-xfail test in test_fuzz_findings.py; the entry is removed together
@@ -87,15 +85,8 @@ class FuzzTarget:
 
 async def _empty_tables(database_url: str) -> None:
     engine = create_engine(make_settings(database_url))
-    tables = list(reversed(Base.metadata.sorted_tables))
     try:
-        async with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                names = ", ".join(table.name for table in tables)
-                await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-            else:
-                for table in tables:
-                    await conn.execute(table.delete())
+        await empty_tables(engine)
     finally:
         await engine.dispose()
 

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
-import structlog
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.main import create_app
-from tests.conftest import PASSWORD, Headers, _empty_tables, make_settings
+from tests.conftest import PASSWORD, Headers, empty_tables, make_settings
 
 
 @asynccontextmanager
@@ -31,7 +27,9 @@ async def running_app(
             async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
                 yield app, client
         finally:
-            await _empty_tables(app)  # the next test starts from empty tables, as with `app`
+            await empty_tables(
+                app.state.resources.engine
+            )  # the next test starts from empty tables, as with `app`
 
 
 def new_email() -> str:
@@ -52,35 +50,3 @@ async def user(client: httpx.AsyncClient, email: str | None = None) -> Headers:
     response = await login(client, email)
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
-
-
-LogLines = Callable[[], list[dict[str, Any]]]
-
-_PRINT_LOGGER_METHODS = (
-    *("msg", "log", "debug", "info", "warn", "warning"),
-    *("fatal", "failure", "err", "error", "critical", "exception"),
-)
-
-
-@pytest.fixture
-def log_lines(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> LogLines:
-    """The JSON log lines written so far in this test, parsed (the same fixture as tests/api's).
-
-    structlog loggers are cached on first use with the `sys.stdout` of that moment; capturing
-    into capsys directly would leave a logger first used here writing to a closed stream in later
-    tests. Every structlog line is printed to the current stdout instead, for this test only.
-    """
-    factory = structlog.PrintLoggerFactory
-    monkeypatch.setattr(structlog, "PrintLoggerFactory", lambda *_args, **_kwargs: factory())
-
-    def _print(_self: object, message: str) -> None:
-        print(message, file=sys.stdout, flush=True)
-
-    for name in _PRINT_LOGGER_METHODS:
-        monkeypatch.setattr(structlog.PrintLogger, name, _print)
-
-    def _read() -> list[dict[str, Any]]:
-        lines = capsys.readouterr().out.splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    return _read

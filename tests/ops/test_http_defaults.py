@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from app.core import metrics
-from tests.conftest import assert_problem
-from tests.ops.conftest import LogLines, new_email, register, running_app, user
+from tests.conftest import LogLines, assert_problem
+from tests.ops.conftest import new_email, register, running_app, user
 
 
 async def test_every_response_carries_security_headers_and_no_hsts_over_http(database_url: str) -> None:

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from app.core import metrics
-from tests.conftest import assert_problem
+from tests.conftest import LogLines, assert_problem
 from tests.faults.server import free_port
-from tests.ops.conftest import LogLines, login, new_email, register, running_app, user
+from tests.ops.conftest import login, new_email, register, running_app, user
 
 LIMITS: dict[str, Any] = {
     "rate_limit_enabled": True,

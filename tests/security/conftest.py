@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from app.api.deps import get_admin, get_principal
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import _empty_tables
+from tests.conftest import empty_tables
 
 # Path/query parameters that name an object belonging to one user (checked for BOLA).
 OWNED_ID_PARAMS = frozenset({"item_id", "user_id"})
@@ -113,4 +113,4 @@ async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                 yield client
         finally:
-            await _empty_tables(application)
+            await empty_tables(application.state.resources.engine)

@@ -11,7 +11,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.main import create_app
-from tests.conftest import PASSWORD, _empty_tables, make_settings
+from tests.conftest import PASSWORD, empty_tables, make_settings
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -23,7 +23,7 @@ async def ml_app(database_url: str) -> AsyncIterator[FastAPI]:
         try:
             yield application
         finally:
-            await _empty_tables(application)
+            await empty_tables(application.state.resources.engine)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
