@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     pages = _docs_pages(app.title) if docs else None
     # Added last = outermost. Body size innermost; operations.install adds CORS, trusted hosts, the
     # request context (id, security headers, metrics, access log, last-resort 500) and, outermost,
-    # load shedding; also /metrics and the per-user rate limit (before the routers are included).
+    # load shedding; also /metrics (before the routers are included).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     operations.install(app, settings, docs_pages=pages or ())
     app.include_router(health.router)

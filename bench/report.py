@@ -51,7 +51,7 @@ def targets(results: dict[str, Any], db: str = "postgresql") -> list[tuple[str, 
     svc = results["service"].get(db)
     ceiling = results["fastapi"]["rps"]["median"]
     if svc is None:
-        return rows
+        return model_targets(results)
     eps = svc["endpoints"]
     for kind, share in (("get_item", 0.40), ("list", 0.25), ("post", 0.25)):
         if kind in eps:
@@ -112,9 +112,14 @@ def targets(results: dict[str, Any], db: str = "postgresql") -> list[tuple[str, 
             share >= 0.8 and not not_503 and c1024["socket_errors"] == 0,
         )
     )
+    return rows + model_targets(results)
+
+
+def model_targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """The model-serving rows (bench/bench_serving.py, measured on the embedded database)."""
     models = results.get("models") or {}
-    rows.extend((r["metric"], r["target"], r["measured"], r.get("met")) for r in models.get("targets", []))
-    if not models.get("targets"):
+    rows = [(r["metric"], r["target"], r["measured"], r.get("met")) for r in models.get("targets", [])]
+    if not rows:
         rows.append(
             ("light endpoint p99 while heavy predictions run", "<= 2x idle p99", "not in this run", None)
         )
@@ -347,7 +352,12 @@ def render(results: dict[str, Any]) -> str:
     ]
     models = results.get("models")
     if models and models.get("markdown"):
-        out += ["## Model serving (bench/bench_models.py)", "", models["markdown"], ""]
+        out += [
+            "## Model serving (bench/bench_serving.py, bench/bench_models.py)",
+            "",
+            models["markdown"],
+            "",
+        ]
     if ANALYSIS.exists():
         out += [ANALYSIS.read_text().strip(), ""]
     out += [

@@ -718,17 +718,44 @@ def service(db: str, load: Load, profile: Profile, server_pin: list[str], bare_r
 
 
 def run_models_bench(quick: bool) -> dict[str, Any] | None:
-    """bench/bench_models.py (the model-serving figures, written by its own owner), when present:
-    it is run as `python -m bench.bench_models [--quick]` and is expected to write
-    bench/results/models.json, which is folded into latest.json and the report."""
-    if not (ROOT / "bench" / "bench_models.py").exists():
+    """The model-serving figures, kept together in bench/results/models.json:
+
+    - `python -m bench.bench_serving` over HTTP against the real service (event-loop isolation at a
+      fixed 50 req/s with and without heavy predictions, against the same model run inline;
+      predictions per second per model at concurrency 1 and 64 with batching on and off; memory of
+      the web and model worker processes): bench/results/serving.json, whose `targets` and
+      `markdown` go into the report;
+    - `python -m bench.bench_models --json ...` in process (per-call latency, GIL and event-loop lag,
+      the registry's batching without HTTP): bench/results/models-inprocess.json.
+    """
+    if not (ROOT / "bench" / "bench_serving.py").exists():
         return None
-    argv = [PYTHON, "-m", "bench.bench_models", *(["--quick"] if quick else [])]
-    done = subprocess.run(argv, cwd=ROOT, check=False)
-    path = RESULTS / "models.json"
-    if done.returncode != 0 or not path.exists():
-        return {"error": f"bench.bench_models exited with {done.returncode}"}
-    data: dict[str, Any] = json.loads(path.read_text())
+    from bench.bench_serving import in_process_markdown
+
+    flags = ["--quick"] if quick else []
+    runs = {
+        "serving": ("bench.bench_serving", RESULTS / "serving.json", "--out"),
+        "in_process": ("bench.bench_models", RESULTS / "models-inprocess.json", "--json"),
+    }
+    data: dict[str, Any] = {}
+    for key, (module, path, option) in runs.items():
+        path.unlink(missing_ok=True)
+        print(f"models: python -m {module} {' '.join(flags)}", flush=True)
+        done = subprocess.run([PYTHON, "-m", module, *flags, option, str(path)], cwd=ROOT, check=False)
+        if done.returncode != 0 or not path.exists():
+            data[key] = {"error": f"{module} exited with {done.returncode}"}
+        else:
+            data[key] = json.loads(path.read_text())
+    serving, in_process = data["serving"], data["in_process"]
+    data["targets"] = serving.get("targets", [])
+    parts = [serving.get("markdown") or f"*bench_serving failed: {serving.get('error')}*"]
+    parts.append(
+        in_process_markdown(in_process)
+        if "error" not in in_process
+        else f"*bench_models failed: {in_process['error']}*"
+    )
+    data["markdown"] = "\n\n".join(parts)
+    (RESULTS / "models.json").write_text(json.dumps(data, indent=1) + "\n")
     return data
 
 
@@ -737,7 +764,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one short repeat of each (under 2 minutes)")
     parser.add_argument("--db", default="postgresql,sqlite", help="comma-separated: postgresql, sqlite")
     parser.add_argument("--no-docs", action="store_true", help="write only bench/results/*.json")
-    parser.add_argument("--no-models", action="store_true", help="skip bench/bench_models.py")
+    parser.add_argument(
+        "--no-models", action="store_true", help="skip bench/bench_serving.py and bench/bench_models.py"
+    )
     parser.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     profile = Profile.make(args.quick)

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.exceptions import Forbidden, Unauthorized
+from app.core.ratelimit import limit_user
 from app.core.resources import Resources
-from app.models import User
-from app.services.auth import AuthService
+from app.services.auth import AuthService, Caller, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService
 from app.services.prediction_log import PredictionHistory
@@ -35,7 +35,8 @@ async def get_resources(request: Request) -> Resources:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-async def get_settings(resources: ResourcesDep) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    resources: Resources = request.app.state.resources
     return resources.settings
 
 
@@ -47,15 +48,16 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
-async def get_session(request: Request, resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
-    """One session per request. Services commit what they change before the response is built;
-    whatever was not committed is rolled back when the session closes.
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One ORM session per request, for the routes that need one (accounts, log-in, the prediction
+    history). Services commit what they change before the response is built; whatever was not
+    committed is rolled back when the session closes.
 
     On PostgreSQL a safe request's session runs in autocommit: each of its statements sees what was
     committed before it started, exactly as under the READ COMMITTED transaction it would otherwise
-    open, without the BEGIN and ROLLBACK round trips around it (two of the four a GET used to cost;
-    docs/performance.md).
+    open, without the BEGIN and ROLLBACK round trips around it (docs/performance.md).
     """
+    resources: Resources = request.app.state.resources
     async with resources.session_factory() as session:
         if request.method in SAFE_METHODS and resources.engine.dialect.name == "postgresql":
             await session.connection(execution_options=_AUTOCOMMIT)
@@ -65,7 +67,8 @@ async def get_session(request: Request, resources: ResourcesDep) -> AsyncIterato
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-async def get_auth_service(session: SessionDep, resources: ResourcesDep) -> AuthService:
+async def get_auth_service(session: SessionDep, request: Request) -> AuthService:
+    resources: Resources = request.app.state.resources
     return AuthService(
         session,
         resources.hasher,
@@ -77,59 +80,49 @@ async def get_auth_service(session: SessionDep, resources: ResourcesDep) -> Auth
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
 
 
-async def get_user_service(session: SessionDep, resources: ResourcesDep) -> UserService:
-    return UserService(session, resources.hasher)
+async def get_user_service(session: SessionDep, request: Request) -> UserService:
+    return UserService(session, request.app.state.resources.hasher)
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]
 
 
-async def get_item_service(session: SessionDep) -> ItemService:
-    return ItemService(session)
+async def get_item_service(request: Request) -> ItemService:
+    # No session: the item operations take a pooled connection each, for their statements only.
+    return ItemService(request.app.state.resources.engine)
 
 
 ItemServiceDep = Annotated[ItemService, Depends(get_item_service)]
 
 
-class Principal:
-    """The authenticated caller: the user and the login session their access token belongs to."""
-
-    __slots__ = ("session_id", "user")
-
-    def __init__(self, user: User, session_id: str) -> None:
-        self.user = user
-        self.session_id = session_id
-
-
-async def get_principal(
-    request: Request,
-    auth: AuthServiceDep,
-    token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> Principal:
+async def get_principal(request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]) -> Caller:
+    """Every authenticated route's one dependency for the caller, kept flat (each dependency
+    FastAPI solves costs CPU on every request): no token is a 401 before anything else is spent;
+    the token is decoded once, counted against the user's rate limit, then checked against the
+    database (active user, live login session) on a connection of its own.
+    """
     if not token:
         raise Unauthorized("Not authenticated: send an access token as `Authorization: Bearer`.")
-    user, session_id = await auth.authenticate(token)
-    request.state.user_id = user.id
-    return Principal(user, session_id)
+    resources: Resources = request.app.state.resources
+    claims = read_access_token(resources.codec, token)
+    await limit_user(request, claims.user_id)
+    caller = await authenticate(resources.engine, claims)
+    request.state.user_id = caller.id
+    return caller
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+# The caller and their login session (`session_id`); one name for each use.
+PrincipalDep = Annotated[Caller, Depends(get_principal)]
+CurrentUser = Annotated[Caller, Depends(get_principal)]
 
 
-async def get_current_user(principal: PrincipalDep) -> User:
-    return principal.user
-
-
-CurrentUser = Annotated[User, Depends(get_current_user)]
-
-
-async def get_admin(user: CurrentUser) -> User:
+async def get_admin(user: CurrentUser) -> Caller:
     if not user.is_admin:
         raise Forbidden("This operation needs an admin account.")
     return user
 
 
-AdminUser = Annotated[User, Depends(get_admin)]
+AdminUser = Annotated[Caller, Depends(get_admin)]
 
 
 class OffsetPage:
@@ -150,7 +143,8 @@ async def get_offset_page(
 OffsetPageDep = Annotated[OffsetPage, Depends(get_offset_page)]
 
 
-async def get_inference(resources: ResourcesDep) -> InferenceService:
+async def get_inference(request: Request) -> InferenceService:
+    resources: Resources = request.app.state.resources
     return InferenceService(resources.registry, resources.prediction_log)
 
 

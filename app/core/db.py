@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -96,3 +99,25 @@ def _sqlite_engine(settings: Settings, url: str) -> AsyncEngine:
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@asynccontextmanager
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection on which each statement is its own transaction, for the hot paths whose
+    work is one statement at a time (the access-token check, item reads, an item insert or delete).
+
+    On PostgreSQL it runs in autocommit: a statement sees what was committed before it started,
+    exactly as under the READ COMMITTED transaction it would otherwise open, and a write is
+    committed when its statement returns, without the BEGIN and COMMIT/ROLLBACK round trips around
+    it (docs/performance.md). SQLite's driver opens no transaction for a read anyway; there the
+    block is one transaction, committed at its end (rolled back on an error).
+    Work that needs several statements to be atomic uses a transaction (`engine.begin()`, or a
+    session) instead.
+    """
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+    else:
+        async with engine.begin() as conn:
+            yield conn

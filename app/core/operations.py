@@ -14,7 +14,7 @@ from types import FrameType
 from typing import Any
 
 import structlog
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core import metrics, tracing
@@ -25,7 +25,7 @@ from app.core.middleware import (
     SecurityHeaders,
     TrustedHostMiddleware,
 )
-from app.core.ratelimit import Limits, user_rate_limit
+from app.core.ratelimit import Limits
 from app.core.shedding import LoadSheddingMiddleware
 
 log = structlog.get_logger("app")
@@ -44,8 +44,8 @@ def script_hashes(pages: Iterable[str]) -> tuple[str, ...]:
 
 
 def install(app: FastAPI, settings: Settings, *, docs_pages: Iterable[str] = ()) -> None:
-    """Middleware, /metrics and the per-user limit. Call before the routers are included (the
-    app-wide dependency is copied into each route as it is included)."""
+    """Middleware and /metrics. (The per-user limit is counted by the authentication dependency,
+    `app.api.deps.get_principal`, once it has decoded the access token.)"""
     security = SecurityHeaders(
         hsts_max_age=settings.hsts_max_age,
         docs_paths=DOCS_PATHS if settings.show_docs else frozenset(),
@@ -81,8 +81,6 @@ def install(app: FastAPI, settings: Settings, *, docs_pages: Iterable[str] = ())
     )
     if settings.metrics_enabled:
         app.add_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
-    if settings.rate_limit_enabled and settings.rate_limit_per_user:
-        app.router.dependencies.append(Depends(user_rate_limit))
 
 
 @asynccontextmanager

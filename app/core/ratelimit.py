@@ -28,7 +28,6 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 from app.core.config import Settings
 from app.core.exceptions import TooManyRequests
 from app.core.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
-from app.core.security import InvalidToken
 
 log = structlog.get_logger("app.ratelimit")
 
@@ -179,23 +178,18 @@ async def _account(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def user_rate_limit(request: Request) -> None:
-    """An app-wide dependency: the per-user limit, for requests carrying a valid access token.
+async def limit_user(request: Request, user_id: int) -> None:
+    """The per-user limit, counted for every request whose access token is well-formed, correctly
+    signed and unexpired (so nobody can spend another user's allowance with a forged `sub`), before
+    the token is checked against the database: an over-limit caller costs no query.
 
-    The token is verified here (signature, expiry, audience) so nobody can spend another user's
-    allowance with a forged `sub`; whether it is revoked is checked by the route's own
-    authentication, which also answers 401 for any token this skips.
+    Called by the authentication dependency (`app.api.deps.get_principal`) right after it has
+    decoded the token, so the token is decoded once per request; a request without a valid token is
+    answered 401 there and counts against no one.
     """
     limits: Limits | None = getattr(request.app.state, "rate_limits", None)
     if limits is None or not limits.enabled or limits.per_user is None:
         return
-    authorization = request.headers.get("authorization")
-    if not authorization or authorization[:7].lower() != "bearer ":
-        return
-    try:
-        claims = request.app.state.resources.codec.decode(authorization[7:].strip())
-    except InvalidToken:  # the route's to refuse, with a 401
-        return
-    wait = await limits.hit("user", limits.per_user, str(claims.user_id), moving=False)
+    wait = await limits.hit("user", limits.per_user, str(user_id), moving=False)
     if wait is not None:
         raise _refuse("user", wait, "requests for this user")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, Table, bindparam, func, select, true, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.models import AuthSession, RefreshToken, User
 from app.models.base import utcnow
@@ -16,6 +16,33 @@ from app.models.base import utcnow
 
 class DuplicateEmail(Exception):
     """The email is already registered."""
+
+
+_users = cast(Table, User.__table__)
+_sessions = cast(Table, AuthSession.__table__)
+# The user behind an access token: active, and the token's login session neither revoked nor
+# expired. A Core statement built once (no statement building or cache-key work per request) that
+# returns the user's public columns, never the password hash.
+_ACTIVE_IN_SESSION = (
+    select(_users.c.id, _users.c.email, _users.c.is_active, _users.c.is_admin, _users.c.created_at)
+    .join_from(_users, _sessions, _sessions.c.user_id == _users.c.id)
+    .where(
+        _users.c.id == bindparam("b_user"),
+        _users.c.is_active.is_(true()),
+        _sessions.c.id == bindparam("b_session"),
+        _sessions.c.revoked_at.is_(None),
+        _sessions.c.expires_at > bindparam("b_now", type_=_sessions.c.expires_at.type),
+    )
+)
+
+
+async def active_in_session(
+    conn: AsyncConnection, user_id: int, session_id: str, now: datetime
+) -> Row[int, str, bool, bool, datetime] | None:
+    """One round trip per authenticated request, so a logout, a deactivation or a deletion ends
+    the user's access tokens at their next request, on every replica."""
+    params = {"b_user": user_id, "b_session": session_id, "b_now": now}
+    return (await conn.execute(_ACTIVE_IN_SESSION, params)).first()
 
 
 class UserRepository:
@@ -27,25 +54,6 @@ class UserRepository:
 
     async def get_by_email(self, email: str) -> User | None:
         return await self.session.scalar(select(User).where(User.email == email))
-
-    async def get_active_in_session(self, user_id: int, session_id: str, now: datetime) -> User | None:
-        """The user behind an access token: active, and the token's login session not revoked.
-
-        One round trip per authenticated request, so a logout, a deactivation or a deletion ends
-        the user's access tokens at their next request, on every replica.
-        """
-        query = (
-            select(User)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(
-                User.id == user_id,
-                User.is_active.is_(True),
-                AuthSession.id == session_id,
-                AuthSession.revoked_at.is_(None),
-                AuthSession.expires_at > now,
-            )
-        )
-        return await self.session.scalar(query)
 
     async def add(self, user: User) -> User:
         self.session.add(user)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.core.db import autocommit
 from app.core.exceptions import Conflict, Unauthorized
 from app.core.security import (
+    AccessClaims,
     InvalidToken,
     PasswordHasher,
     TokenCodec,
@@ -18,7 +20,7 @@ from app.core.security import (
 )
 from app.models import AuthSession, User
 from app.models.base import utcnow
-from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository
+from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository, active_in_session
 
 
 class EmailTaken(Conflict):
@@ -39,6 +41,40 @@ class InvalidRefreshToken(Unauthorized):
 class InvalidAccessToken(Unauthorized):
     def __init__(self) -> None:
         super().__init__("The access token is invalid, expired or revoked.")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated caller of one request: the user's public fields as the access-token check
+    read them, and the login session the token belongs to. Plain data, not an ORM entity: a route
+    that changes the user loads it (`UserService.me`)."""
+
+    id: int
+    email: str
+    is_active: bool
+    is_admin: bool
+    created_at: datetime
+    session_id: str
+
+
+def read_access_token(codec: TokenCodec, access_token: str) -> AccessClaims:
+    """The claims of a well-formed, correctly signed, unexpired access token (not yet checked
+    against the database: see `authenticate`)."""
+    try:
+        return codec.decode(access_token)
+    except InvalidToken as exc:
+        raise InvalidAccessToken from exc
+
+
+async def authenticate(engine: AsyncEngine, claims: AccessClaims) -> Caller:
+    """The active user behind these claims, if their login session is neither revoked nor expired:
+    one statement on a connection of its own, at every request (no cache), so a logout, a
+    deactivation or a deletion refuses the very next request on every replica."""
+    async with autocommit(engine) as conn:
+        row = await active_in_session(conn, claims.user_id, claims.session_id, utcnow())
+    if row is None:
+        raise InvalidAccessToken
+    return Caller(row.id, row.email, row.is_active, row.is_admin, row.created_at, claims.session_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +144,6 @@ class AuthService:
     async def logout(self, session_id: str) -> None:
         await self.sessions.revoke(session_id)
         await self.session.commit()
-
-    async def authenticate(self, access_token: str) -> tuple[User, str]:
-        """The active user behind a valid, unrevoked access token, and its login session id."""
-        try:
-            claims = self.codec.decode(access_token)
-        except InvalidToken as exc:
-            raise InvalidAccessToken from exc
-        user = await self.users.get_active_in_session(claims.user_id, claims.session_id, utcnow())
-        if user is None:
-            raise InvalidAccessToken
-        return user, claims.session_id
 
     def _issue(self, user_id: int, session_id: str, refresh: str) -> IssuedTokens:
         access, _ = self.codec.issue(user_id, session_id)

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.db import autocommit
 from app.core.exceptions import NotFound, ValidationFailed
-from app.models import Item, User
-from app.repositories.items import ItemRepository
+from app.repositories.items import ItemRepository, ItemRow
+from app.services.auth import Caller
 
 
 class ItemNotFound(NotFound):
@@ -35,7 +36,7 @@ _CURSOR_RE = re.compile(r"i:(0|[1-9][0-9]{0,9})")
 
 @dataclass(frozen=True, slots=True)
 class CursorPage:
-    items: Sequence[Item]
+    items: Sequence[ItemRow]
     next_cursor: str | None
 
 
@@ -57,51 +58,62 @@ def decode_cursor(cursor: str) -> int:
 
 
 class ItemService:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-        self.items = ItemRepository(session)
+    """Each operation takes a pooled connection for itself (`autocommit`: one round trip per
+    statement, no session); an update's read and write share one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
 
     @staticmethod
-    def _scope(user: User) -> int | None:
+    def _scope(user: Caller) -> int | None:
         """Admins read every item; everyone else only their own."""
         return None if user.is_admin else user.id
 
-    async def get(self, user: User, item_id: int) -> Item:
-        item = await self.items.get(item_id, self._scope(user))
+    async def get(self, user: Caller, item_id: int) -> ItemRow:
+        async with autocommit(self.engine) as conn:
+            item = await ItemRepository(conn).get(item_id, self._scope(user))
         if item is None:
             raise ItemNotFound
         return item
 
-    async def get_owned(self, user: User, item_id: int) -> Item:
-        """For writes: only the owner may change or delete an item, admins included."""
-        item = await self.items.get(item_id, user.id)
-        if item is None:
-            raise ItemNotFound
-        return item
+    async def page(self, user: Caller, offset: int, limit: int) -> tuple[Sequence[ItemRow], int]:
+        async with autocommit(self.engine) as conn:
+            return await ItemRepository(conn).page(self._scope(user), offset, limit)
 
-    async def page(self, user: User, offset: int, limit: int) -> tuple[Sequence[Item], int]:
-        return await self.items.page(self._scope(user), offset, limit)
-
-    async def cursor_page(self, user: User, cursor: str | None, limit: int) -> CursorPage:
+    async def cursor_page(self, user: Caller, cursor: str | None, limit: int) -> CursorPage:
         after = decode_cursor(cursor) if cursor else 0
         # One extra row tells whether another page exists without a count query.
-        rows = await self.items.after(self._scope(user), after, limit + 1)
+        async with autocommit(self.engine) as conn:
+            rows = await ItemRepository(conn).after(self._scope(user), after, limit + 1)
         has_more = len(rows) > limit
         rows = rows[:limit]
         return CursorPage(rows, encode_cursor(rows[-1].id) if has_more and rows else None)
 
-    async def create(self, user: User, values: dict[str, Any]) -> Item:
-        item = await self.items.add(Item(owner_id=user.id, **values))
-        await self.session.commit()
-        return item
+    async def create(self, user: Caller, values: dict[str, Any]) -> ItemRow:
+        # One INSERT: committed (on its own) before the response is built.
+        async with autocommit(self.engine) as conn:
+            return await ItemRepository(conn).add(user.id, values)
 
-    async def update(self, user: User, item_id: int, values: dict[str, Any]) -> Item:
-        item = await self.get_owned(user, item_id)
-        await self.items.update(item, values)
-        await self.session.commit()
-        return item
+    async def update(self, user: Caller, item_id: int, values: dict[str, Any]) -> ItemRow:
+        """Only the owner may change an item, admins included. Fields sent with the value they
+        already have change nothing, and an update that changes nothing leaves `updated_at` alone."""
+        async with self.engine.begin() as conn:  # committed at the end of the block
+            items = ItemRepository(conn)
+            item = await items.get(item_id, user.id)
+            if item is None:
+                raise ItemNotFound
+            current = item._mapping
+            changed = {key: value for key, value in values.items() if current[key] != value}
+            if not changed:
+                return item
+            updated = await items.update(item_id, user.id, changed)
+        if updated is None:  # deleted in between
+            raise ItemNotFound
+        return updated
 
-    async def delete(self, user: User, item_id: int) -> None:
-        item = await self.get_owned(user, item_id)
-        await self.items.delete(item)
-        await self.session.commit()
+    async def delete(self, user: Caller, item_id: int) -> None:
+        """Only the owner may delete an item, admins included."""
+        async with autocommit(self.engine) as conn:
+            deleted = await ItemRepository(conn).delete(item_id, user.id)
+        if not deleted:
+            raise ItemNotFound

@@ -11,7 +11,7 @@ from app.core.exceptions import Conflict, NotFound, Unauthorized
 from app.core.security import PasswordHasher
 from app.models import User
 from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository
-from app.services.auth import EmailTaken
+from app.services.auth import Caller, EmailTaken, InvalidAccessToken
 
 
 class UserNotFound(NotFound):
@@ -42,10 +42,18 @@ class UserService:
             raise UserNotFound
         return user
 
+    async def me(self, caller: Caller) -> User:
+        """The caller's own account, to change it. Gone since the request was authenticated (deleted
+        by an admin in between): the token no longer stands for anyone, a 401 as at the next request."""
+        user = await self.users.get(caller.id)
+        if user is None:
+            raise InvalidAccessToken
+        return user
+
     async def page(self, offset: int, limit: int) -> tuple[Sequence[User], int]:
         return await self.users.page(offset, limit)
 
-    async def update(self, user: User, values: dict[str, Any], *, actor: User | None = None) -> User:
+    async def update(self, user: User, values: dict[str, Any], *, actor: Caller | None = None) -> User:
         if (
             actor is not None
             and actor.id == user.id
@@ -70,7 +78,7 @@ class UserService:
         await self.sessions.revoke_all_for_user(user.id)
         await self.session.commit()
 
-    async def delete(self, user: User, *, actor: User) -> None:
+    async def delete(self, user: User, *, actor: Caller) -> None:
         if actor.id == user.id:
             raise LastAdmin
         await self.users.delete(user)

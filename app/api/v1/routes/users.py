@@ -24,7 +24,7 @@ async def read_me(user: CurrentUser) -> UserPublic:
     "/me", summary="Update the caller's account", responses=problem_responses(400, 401, 409, 415, 422)
 )
 async def update_me(body: UserUpdateMe, user: CurrentUser, users: UserServiceDep) -> UserPublic:
-    updated = await users.update(user, body.model_dump(exclude_unset=True))
+    updated = await users.update(await users.me(user), body.model_dump(exclude_unset=True))
     return UserPublic.model_validate(updated)
 
 
@@ -36,7 +36,7 @@ async def update_me(body: UserUpdateMe, user: CurrentUser, users: UserServiceDep
 )
 async def change_password(body: PasswordChange, user: CurrentUser, users: UserServiceDep) -> None:
     """Needs the current password. Every login session of the user ends; log in again."""
-    await users.change_password(user, body.current_password, body.new_password)
+    await users.change_password(await users.me(user), body.current_password, body.new_password)
 
 
 @router.get("", summary="List users (admin)", responses=problem_responses(401, 403, 422))
