@@ -59,20 +59,27 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def main() -> None:
-    import uvicorn
-
-    from app.core.config import Settings
-
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["fastapi", "asgi"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    serve_like_the_service(
+        "bench.bare_app:fastapi_app" if args.kind == "fastapi" else "bench.bare_app:asgi_app", args.port
+    )
+
+
+def serve_like_the_service(app: Any, port: int) -> None:
+    """uvicorn with the same flags as `python -m app.cli serve`, so only the application differs."""
+    # Imported here: importing this module (as the server's app) must stay as light as possible.
+    import uvicorn
+
+    from app.core.config import Settings
+
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    # The same flags as `python -m app.cli serve` (app/cli.py), so only the application differs.
     uvicorn.run(
-        "bench.bare_app:fastapi_app" if args.kind == "fastapi" else "bench.bare_app:asgi_app",
+        app,
         host="127.0.0.1",
-        port=args.port,
+        port=port,
         workers=1,
         limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog,

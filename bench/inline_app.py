@@ -75,32 +75,12 @@ async def readyz() -> dict[str, str]:
 
 
 def main() -> None:
-    import uvicorn
-
-    from app.core.config import Settings
+    from bench.bare_app import serve_like_the_service
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    # The same flags as `python -m app.cli serve` (app/cli.py), so only the application differs.
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        workers=1,
-        limit_concurrency=settings.limit_concurrency,
-        backlog=settings.backlog,
-        timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
-        timeout_keep_alive=settings.timeout_keep_alive,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        server_header=False,
-        access_log=False,
-        log_config=None,
-        log_level="warning",
-        lifespan="on",
-    )
+    serve_like_the_service(app, args.port)
 
 
 if __name__ == "__main__":
