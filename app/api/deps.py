@@ -156,3 +156,10 @@ async def get_prediction_history(session: SessionDep) -> PredictionHistory:
 
 
 PredictionHistoryDep = Annotated[PredictionHistory, Depends(get_prediction_history)]
+
+
+# The opaque cursor of every cursor-paginated list: what `next_cursor` returned, nothing else.
+CursorQuery = Annotated[
+    str | None,
+    Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$", description="`next_cursor` of the previous page."),
+]

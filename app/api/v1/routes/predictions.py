@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentUser, PredictionHistoryDep
+from app.api.deps import CurrentUser, CursorQuery, PredictionHistoryDep
 from app.api.v1 import PREFIX
 from app.schemas.common import problem_responses
 from app.schemas.prediction import PredictionRecordPage, PredictionRecordPublic
@@ -20,10 +20,7 @@ router = APIRouter(prefix=f"{PREFIX}/predictions", tags=["predictions"])
 async def list_predictions(
     user: CurrentUser,
     history: PredictionHistoryDep,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$", description="`next_cursor` of the previous page."),
-    ] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Records to return (at most 100).")] = 20,
     user_id: Annotated[
         int | None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentUser, ItemServiceDep
+from app.api.deps import CurrentUser, CursorQuery, ItemServiceDep
 from app.api.v2 import PREFIX
 from app.schemas.common import problem_responses
 from app.schemas.item import ItemPage, ItemPublic
@@ -18,10 +18,7 @@ router = APIRouter(prefix=f"{PREFIX}/items", tags=["items v2"])
 async def list_items(
     user: CurrentUser,
     items: ItemServiceDep,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$", description="`next_cursor` of the previous page."),
-    ] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Items to return (at most 100).")] = 20,
 ) -> ItemPage:
     """Pages follow item ids, so an item created while a client pages never shifts or repeats a page."""
