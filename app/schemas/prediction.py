@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, WithJsonSchema
 
+from app.ml.predictions import ClassPrediction, Prediction
 from app.schemas.common import RequestModel, ResponseModel
 
 # Inputs are checked by the model layer against the model's own features (count, names, finite
@@ -50,6 +51,17 @@ class RowPrediction(BaseModel):
     prediction: str | float = Field(description="The class label, or the regression value.")
     class_index: int | None = Field(None, description="Index of the label (classifiers).")
     probabilities: dict[str, float] | None = Field(None, description="Per class (classifiers).")
+
+
+def row_fields(prediction: Prediction) -> dict[str, Any]:
+    """The wire fields of one row's prediction: label, index and probabilities, or the value."""
+    if isinstance(prediction, ClassPrediction):
+        return {
+            "prediction": prediction.label,
+            "class_index": prediction.class_index,
+            "probabilities": prediction.probabilities,
+        }
+    return {"prediction": prediction.value}
 
 
 class PredictResponse(RowPrediction):

@@ -7,7 +7,6 @@ from fastapi import APIRouter, Path
 from app.api.deps import CurrentUser, InferenceDep
 from app.api.v1 import PREFIX
 from app.ml.manifest import ModelSpec
-from app.ml.predictions import ClassPrediction
 from app.schemas.common import problem_responses
 from app.schemas.prediction import (
     BatchPredictRequest,
@@ -15,6 +14,7 @@ from app.schemas.prediction import (
     FeatureInfo,
     ModelInfo,
     RowPrediction,
+    row_fields,
 )
 
 router = APIRouter(prefix=f"{PREFIX}/models", tags=["models"])
@@ -61,12 +61,7 @@ async def predict_rows(
     `max_batch_size` rows (413 beyond). Concurrent requests are batched together by the server."""
     result = await inference.predict_rows(user.id, name, body.rows)
     return BatchPredictResponse(
-        predictions=[
-            RowPrediction(prediction=p.label, class_index=p.class_index, probabilities=p.probabilities)
-            if isinstance(p, ClassPrediction)
-            else RowPrediction(prediction=p.value)
-            for p in result.predictions
-        ],
+        predictions=[RowPrediction(**row_fields(p)) for p in result.predictions],
         model=result.model,
         version=result.version,
     )

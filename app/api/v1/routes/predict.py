@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from app.api.deps import CurrentUser, InferenceDep
 from app.api.v1 import PREFIX
-from app.ml.predictions import ClassPrediction, PredictionResult
+from app.ml.predictions import PredictionResult
 from app.schemas.common import problem_responses
-from app.schemas.prediction import PredictRequest, PredictResponse
+from app.schemas.prediction import PredictRequest, PredictResponse, row_fields
 
 router = APIRouter(prefix=PREFIX, tags=["predictions"])
 
@@ -17,15 +17,7 @@ ERRORS = problem_responses(400, 401, 413, 415, 422, 429, 503, 504)
 
 def one_row(result: PredictionResult) -> PredictResponse:
     (row,) = result.predictions
-    if isinstance(row, ClassPrediction):
-        return PredictResponse(
-            prediction=row.label,
-            class_index=row.class_index,
-            probabilities=row.probabilities,
-            model=result.model,
-            version=result.version,
-        )
-    return PredictResponse(prediction=row.value, model=result.model, version=result.version)
+    return PredictResponse(**row_fields(row), model=result.model, version=result.version)
 
 
 @router.post("/predict", summary="Predict with the default model (thread pool)", responses=ERRORS)
