@@ -1,23 +1,22 @@
 """Queries on items. Every query takes the owner: another user's item is simply not found.
 
-Core statements, built once at import with bind parameters: a request pays neither for building a
-statement nor for its cache key (SQLAlchemy memoises both on the statement object), and reads
-return plain rows, not ORM entities with their identity map and session (docs/performance.md).
+Core statements, built once at import with bind parameters and run by `Statements`
+(app.core.db): a request pays neither for building nor for compiling a statement, and reads return
+plain dicts, not ORM entities with their identity map and session (docs/performance.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 
+from app.core.db import Row, Statements
 from app.models import Item
+from app.models.base import utcnow
 
 # An item as the API shows it: id, owner_id, title, description, created_at, updated_at.
-ItemRow = Row[int, int, str, str | None, datetime, datetime]
+ItemRow = Row
 
 _items = cast(Table, Item.__table__)
 _c = _items.c
@@ -31,8 +30,8 @@ _GET = {
     False: select(*_COLUMNS).where(_BY_ID),
 }
 _COUNT = {
-    True: select(func.count()).select_from(_items).where(_OWNED),
-    False: select(func.count()).select_from(_items),
+    True: select(func.count().label("count")).select_from(_items).where(_OWNED),
+    False: select(func.count().label("count")).select_from(_items),
 }
 _PAGE = {
     owned: select(*_COLUMNS)
@@ -49,8 +48,8 @@ _AFTER = {
     .limit(bindparam("b_limit"))
     for owned in (True, False)
 }
-# The column values come as execute parameters; created_at and updated_at get their Python-side
-# defaults (and updated_at its onupdate) from the table, as with the ORM.
+# The column values come as execute parameters, the timestamps too (set here, not by SQLAlchemy's
+# column defaults, so the statements run the same through asyncpg directly).
 _INSERT = insert(_items).returning(*_COLUMNS)
 _UPDATE = update(_items).where(_BY_ID, _OWNED).returning(*_COLUMNS)
 _DELETE = delete(_items).where(_BY_ID, _OWNED)
@@ -63,34 +62,36 @@ def _scope(owner_id: int | None, **params: Any) -> tuple[bool, dict[str, Any]]:
 
 
 class ItemRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
+    def __init__(self, db: Statements) -> None:
+        self.db = db
 
     async def get(self, item_id: int, owner_id: int | None) -> ItemRow | None:
         """The item if `owner_id` owns it (`None`: any owner, for admins)."""
         owned, params = _scope(owner_id, b_id=item_id)
-        return (await self.conn.execute(_GET[owned], params)).first()
+        return await self.db.one(_GET[owned], params)
 
-    async def page(self, owner_id: int | None, offset: int, limit: int) -> tuple[Sequence[ItemRow], int]:
+    async def page(self, owner_id: int | None, offset: int, limit: int) -> tuple[list[ItemRow], int]:
         owned, params = _scope(owner_id)
-        total = (await self.conn.execute(_COUNT[owned], params)).scalar_one()
-        rows = await self.conn.execute(_PAGE[owned], {**params, "b_offset": offset, "b_limit": limit})
-        return rows.all(), total
+        counted = await self.db.one(_COUNT[owned], params)
+        rows = await self.db.all(_PAGE[owned], {**params, "b_offset": offset, "b_limit": limit})
+        return rows, int(counted["count"]) if counted else 0
 
-    async def after(self, owner_id: int | None, after_id: int, limit: int) -> Sequence[ItemRow]:
+    async def after(self, owner_id: int | None, after_id: int, limit: int) -> list[ItemRow]:
         """Keyset page: items with an id above `after_id`, in id order."""
         owned, params = _scope(owner_id, b_after=after_id, b_limit=limit)
-        return (await self.conn.execute(_AFTER[owned], params)).all()
+        return await self.db.all(_AFTER[owned], params)
 
     async def add(self, owner_id: int, values: dict[str, Any]) -> ItemRow:
-        return (await self.conn.execute(_INSERT, {**values, "owner_id": owner_id})).one()
+        now = utcnow()
+        params = {**values, "owner_id": owner_id, "created_at": now, "updated_at": now}
+        rows = await self.db.all(_INSERT, params)
+        return rows[0]  # INSERT .. RETURNING: its one row
 
     async def update(self, item_id: int, owner_id: int, values: dict[str, Any]) -> ItemRow | None:
         """Sets `values` (and updated_at) on the owner's item; None if there is no such item."""
-        params = {**values, "b_id": item_id, "b_owner": owner_id}
-        return (await self.conn.execute(_UPDATE, params)).first()
+        params = {**values, "updated_at": utcnow(), "b_id": item_id, "b_owner": owner_id}
+        return await self.db.one(_UPDATE, params)
 
     async def delete(self, item_id: int, owner_id: int) -> bool:
         """Whether the owner's item existed (and is now deleted)."""
-        result = await self.conn.execute(_DELETE, {"b_id": item_id, "b_owner": owner_id})
-        return bool(result.rowcount)
+        return bool(await self.db.rowcount(_DELETE, {"b_id": item_id, "b_owner": owner_id}))

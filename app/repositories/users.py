@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, func, select, true, update
+from sqlalchemy import Table, bindparam, func, select, true, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.db import Row, Statements
 from app.models import AuthSession, RefreshToken, User
 from app.models.base import utcnow
 
@@ -36,13 +37,11 @@ _ACTIVE_IN_SESSION = (
 )
 
 
-async def active_in_session(
-    conn: AsyncConnection, user_id: int, session_id: str, now: datetime
-) -> Row[int, str, bool, bool, datetime] | None:
+async def active_in_session(db: Statements, user_id: int, session_id: str, now: datetime) -> Row | None:
     """One round trip per authenticated request, so a logout, a deactivation or a deletion ends
-    the user's access tokens at their next request, on every replica."""
-    params = {"b_user": user_id, "b_session": session_id, "b_now": now}
-    return (await conn.execute(_ACTIVE_IN_SESSION, params)).first()
+    the user's access tokens at their next request, on every replica. The user's id, email,
+    is_active, is_admin and created_at."""
+    return await db.one(_ACTIVE_IN_SESSION, {"b_user": user_id, "b_session": session_id, "b_now": now})
 
 
 class UserRepository:

@@ -70,11 +70,13 @@ async def authenticate(engine: AsyncEngine, claims: AccessClaims) -> Caller:
     """The active user behind these claims, if their login session is neither revoked nor expired:
     one statement on a connection of its own, at every request (no cache), so a logout, a
     deactivation or a deletion refuses the very next request on every replica."""
-    async with autocommit(engine) as conn:
-        row = await active_in_session(conn, claims.user_id, claims.session_id, utcnow())
+    async with autocommit(engine) as db:
+        row = await active_in_session(db, claims.user_id, claims.session_id, utcnow())
     if row is None:
         raise InvalidAccessToken
-    return Caller(row.id, row.email, row.is_active, row.is_admin, row.created_at, claims.session_id)
+    return Caller(
+        row["id"], row["email"], row["is_active"], row["is_admin"], row["created_at"], claims.session_id
+    )
 
 
 @dataclass(frozen=True, slots=True)

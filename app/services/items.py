@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.db import autocommit
+from app.core.db import autocommit, transaction
 from app.core.exceptions import NotFound, ValidationFailed
 from app.repositories.items import ItemRepository, ItemRow
 from app.services.auth import Caller
@@ -70,40 +70,39 @@ class ItemService:
         return None if user.is_admin else user.id
 
     async def get(self, user: Caller, item_id: int) -> ItemRow:
-        async with autocommit(self.engine) as conn:
-            item = await ItemRepository(conn).get(item_id, self._scope(user))
+        async with autocommit(self.engine) as db:
+            item = await ItemRepository(db).get(item_id, self._scope(user))
         if item is None:
             raise ItemNotFound
         return item
 
     async def page(self, user: Caller, offset: int, limit: int) -> tuple[Sequence[ItemRow], int]:
-        async with autocommit(self.engine) as conn:
-            return await ItemRepository(conn).page(self._scope(user), offset, limit)
+        async with autocommit(self.engine) as db:
+            return await ItemRepository(db).page(self._scope(user), offset, limit)
 
     async def cursor_page(self, user: Caller, cursor: str | None, limit: int) -> CursorPage:
         after = decode_cursor(cursor) if cursor else 0
         # One extra row tells whether another page exists without a count query.
-        async with autocommit(self.engine) as conn:
-            rows = await ItemRepository(conn).after(self._scope(user), after, limit + 1)
+        async with autocommit(self.engine) as db:
+            rows = await ItemRepository(db).after(self._scope(user), after, limit + 1)
         has_more = len(rows) > limit
         rows = rows[:limit]
-        return CursorPage(rows, encode_cursor(rows[-1].id) if has_more and rows else None)
+        return CursorPage(rows, encode_cursor(rows[-1]["id"]) if has_more and rows else None)
 
     async def create(self, user: Caller, values: dict[str, Any]) -> ItemRow:
         # One INSERT: committed (on its own) before the response is built.
-        async with autocommit(self.engine) as conn:
-            return await ItemRepository(conn).add(user.id, values)
+        async with autocommit(self.engine) as db:
+            return await ItemRepository(db).add(user.id, values)
 
     async def update(self, user: Caller, item_id: int, values: dict[str, Any]) -> ItemRow:
         """Only the owner may change an item, admins included. Fields sent with the value they
         already have change nothing, and an update that changes nothing leaves `updated_at` alone."""
-        async with self.engine.begin() as conn:  # committed at the end of the block
-            items = ItemRepository(conn)
+        async with transaction(self.engine) as db:  # committed at the end of the block
+            items = ItemRepository(db)
             item = await items.get(item_id, user.id)
             if item is None:
                 raise ItemNotFound
-            current = item._mapping
-            changed = {key: value for key, value in values.items() if current[key] != value}
+            changed = {key: value for key, value in values.items() if item[key] != value}
             if not changed:
                 return item
             updated = await items.update(item_id, user.id, changed)
@@ -113,7 +112,7 @@ class ItemService:
 
     async def delete(self, user: Caller, item_id: int) -> None:
         """Only the owner may delete an item, admins included."""
-        async with autocommit(self.engine) as conn:
-            deleted = await ItemRepository(conn).delete(item_id, user.id)
+        async with autocommit(self.engine) as db:
+            deleted = await ItemRepository(db).delete(item_id, user.id)
         if not deleted:
             raise ItemNotFound

@@ -12,6 +12,8 @@ import pytest
 
 from app.core.config import Settings
 from app.core.security import (
+    TOKEN_LEEWAY_S,
+    VERIFIED_TOKENS_KEPT,
     InvalidToken,
     PasswordHasher,
     TokenCodec,
@@ -177,6 +179,41 @@ def test_refused_tokens(
 def test_garbage_is_refused(codec: TokenCodec, token: str) -> None:
     with pytest.raises(InvalidToken):
         codec.decode(token)
+
+
+def test_a_remembered_token_still_expires(codec: TokenCodec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded once, a token's claims are remembered; its expiry is still checked at each use,
+    with the same leeway as a fresh decode."""
+    token, claims = codec.issue(7, "s")
+    assert codec.decode(token) == claims
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: claims.expires_at + TOKEN_LEEWAY_S - 1)
+    assert codec.decode(token) == claims  # within the leeway: still accepted, as PyJWT would
+    monkeypatch.setattr(time, "time", lambda: claims.expires_at + TOKEN_LEEWAY_S)
+    with pytest.raises(InvalidToken):
+        codec.decode(token)
+    assert token not in codec._verified  # forgotten: PyJWT decides from now on
+    assert now < claims.expires_at
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_refused(codec: TokenCodec) -> None:
+    token, _ = codec.issue(7, "s")
+    codec.decode(token)
+    header, payload, signature = token.split(".")
+    forged_payload = jwt.utils.base64url_encode(
+        jwt.utils.base64url_decode(payload).replace(b'"7"', b'"8"')
+    ).decode()
+    with pytest.raises(InvalidToken):
+        codec.decode(f"{header}.{forged_payload}.{signature}")
+
+
+def test_the_memo_of_verified_tokens_is_bounded(codec: TokenCodec) -> None:
+    tokens = [codec.issue(n, "s")[0] for n in range(VERIFIED_TOKENS_KEPT + 10)]
+    for token in tokens:
+        codec.decode(token)
+    assert len(codec._verified) == VERIFIED_TOKENS_KEPT
+    assert tokens[0] not in codec._verified  # the oldest went first
+    assert codec.decode(tokens[0]).user_id == 0  # and is verified again when it comes back
 
 
 # --- refresh tokens ---
