@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from app.api import health, oip
-from app.api.v1.router import router as v1_router
-from app.api.v2.router import router as v2_router
+from app.api.v1.router import routers as v1_routers
+from app.api.v2.router import routers as v2_routers
 from app.core import operations, tracing
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_session_factory
@@ -95,6 +95,7 @@ def registry_settings(settings: Settings) -> RegistrySettings:
         onnx_threads=settings.ml_onnx_threads,
         process_workers=settings.ml_process_workers,
         start_method=settings.ml_start_method,
+        process_worker_nice=settings.ml_process_worker_nice,
         batching_enabled=settings.ml_batching_enabled,
         close_timeout_s=float(settings.timeout_graceful_shutdown),
     )
@@ -128,10 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # load shedding; also /metrics (before the routers are included).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     operations.install(app, settings, docs_pages=pages or ())
-    app.include_router(health.router)
-    app.include_router(v1_router)
-    app.include_router(v2_router)
-    app.include_router(oip.router)
+    for router in (*v1_routers, *v2_routers, oip.router, health.router):
+        app.include_router(router)
     if pages:
         _mount_docs(app, *pages)
     return app

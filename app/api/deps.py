@@ -14,13 +14,12 @@ from app.core.config import Settings
 from app.core.exceptions import Forbidden, Unauthorized
 from app.core.ratelimit import limit_user
 from app.core.resources import Resources
+from app.core.security import AccessClaims
 from app.services.auth import AuthService, Caller, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService
 from app.services.prediction_log import PredictionHistory
 from app.services.users import UserService
-
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 # Every dependency here is `async def`, even those that never await: FastAPI runs a plain `def`
 # dependency in the thread pool, a thread hand-off per dependency per request (measured in
@@ -95,21 +94,48 @@ async def get_item_service(request: Request) -> ItemService:
 ItemServiceDep = Annotated[ItemService, Depends(get_item_service)]
 
 
-async def get_principal(request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]) -> Caller:
-    """Every authenticated route's one dependency for the caller, kept flat (each dependency
-    FastAPI solves costs CPU on every request): no token is a 401 before anything else is spent;
-    the token is decoded once, counted against the user's rate limit, then checked against the
-    database (active user, live login session) on a connection of its own.
-    """
-    if not token:
-        raise Unauthorized("Not authenticated: send an access token as `Authorization: Bearer`.")
-    resources: Resources = request.app.state.resources
-    claims = read_access_token(resources.codec, token)
-    await limit_user(request, claims.user_id)
-    caller = await authenticate(resources.engine, claims)
-    request.state.user_id = caller.id
-    return caller
+class _BearerClaims(OAuth2PasswordBearer):
+    """The claims of the request's access token: present, well-formed, correctly signed, unexpired,
+    for this issuer and audience, and counted against the user's rate limit; not yet checked
+    against the database.
 
+    For the hot item routes only (read one, list, create), whose one statement checks the user and
+    login session itself (app.services.items): a route that takes these claims must hand them to
+    such a statement. Every other route takes the caller (`CurrentUser`). Both are the one OAuth2
+    password flow of the OpenAPI document (Swagger UI's Authorize button).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(tokenUrl="/api/v1/auth/token", scheme_name="OAuth2PasswordBearer", auto_error=False)
+
+    async def __call__(self, request: Request) -> AccessClaims:  # type: ignore[override]
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("Not authenticated: send an access token as `Authorization: Bearer`.")
+        resources: Resources = request.app.state.resources
+        claims = read_access_token(resources.codec, token)
+        await limit_user(request, claims.user_id)
+        request.state.user_id = claims.user_id
+        return claims
+
+
+class _BearerCaller(_BearerClaims):
+    """Every other authenticated route's one dependency: the caller behind the bearer token, its
+    claims checked against the database (active user, live login session) on a connection of its
+    own, at every request. One dependency, not two (each dependency FastAPI solves costs CPU on
+    every request): no token is a 401 before anything else is spent.
+    """
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        claims = await super().__call__(request)
+        return await authenticate(request.app.state.resources.engine, claims)
+
+
+get_claims = _BearerClaims()
+get_principal = _BearerCaller()
+
+# The access token's claims, for the routes whose statement checks them (see _BearerClaims).
+TokenClaims = Annotated[AccessClaims, Depends(get_claims)]
 
 # The caller and their login session (`session_id`); one name for each use.
 PrincipalDep = Annotated[Caller, Depends(get_principal)]

@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     ml_process_workers: int = Field(
         1, ge=1, description="Worker processes per process-pool model (each holds the model)."
     )
+    ml_process_worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much model worker processes lower their CPU priority (nice): when they and the "
+        "web worker want the same core, the event loop serving every other request runs first.",
+    )
     ml_batching_enabled: bool = Field(True, description="Coalesce concurrent requests into batches.")
     ml_start_method: Literal["forkserver", "spawn"] = Field(
         "forkserver", description="How model worker processes start."

@@ -90,6 +90,12 @@ def serve(settings: Settings) -> int:
         supervisor.run()
         failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
         return STARTUP_FAILURE if failed else 0
+    if settings.ml_enabled and settings.ml_start_method == "forkserver":
+        # Before uvicorn imports the app: the model workers' forkserver imports scikit-learn on the
+        # other core meanwhile (with a supervisor, each worker starts its own in its lifespan).
+        from app.ml.forkserver import start_early  # noqa: PLC0415 - standard library only
+
+        start_early(settings.ml_model_dir)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it stopped for once its handlers are removed; with Python's
     # default SIGTERM action that would end a clean drain with status 143 instead of 0.

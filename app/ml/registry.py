@@ -48,6 +48,9 @@ class RegistrySettings:
     # forkserver: workers fork from a server that imported scikit-learn once, so a replacement
     # worker starts in milliseconds; spawn starts a fresh interpreter (seconds) per worker.
     start_method: StartMethod = "forkserver"
+    # Added to the worker processes' nice value (0: as the web process). Model work then yields the
+    # CPU to the web worker's event loop when both want the same core (docs/models.md).
+    process_worker_nice: int = 10
     batching_enabled: bool = True
     # A batch may run timeout_ms * this long before its thread run is terminated or its worker
     # processes killed (the request itself gets PredictionTimeout at timeout_ms).
@@ -134,10 +137,7 @@ class ModelRegistry:
             )
             pools: list[tuple[ModelSpec, ProcessPoolRuntime]] = []
             for spec in manifest.models:
-                if spec.format == "onnx":
-                    runtime: Runtime = await asyncio.to_thread(self._load_onnx, spec)
-                    self._serve(spec, runtime, self.settings.onnx_threads)
-                else:
+                if spec.format != "onnx":
                     # Verified here too, so a missing or corrupt file is reported by the web
                     # process before any worker starts (workers verify again what they load).
                     await asyncio.to_thread(read_verified, model_dir, spec)
@@ -147,19 +147,32 @@ class ModelRegistry:
                         display_path(model_dir, spec),
                         workers=self.settings.process_workers,
                         start_method=self.settings.start_method,
+                        nice=self.settings.process_worker_nice,
                         start_timeout_s=self.settings.start_timeout_s,
                     )
                     pools.append((spec, pool))
-            # Worker pools start side by side: each waits mostly on its processes.
+            # Worker pools start side by side (each waits mostly on its processes) while the ONNX
+            # models load here; then every model is served, in the manifest's order.
             wait = self.settings.wait_for_workers
-            results = await asyncio.gather(
-                *(pool.start(wait=wait) for _, pool in pools), return_exceptions=True
-            )
-            for (spec, pool), result in zip(pools, results, strict=True):
-                if isinstance(result, BaseException):
-                    await asyncio.gather(*(p.close(force=True) for _, p in pools))
-                    raise result
-                self._serve(spec, pool, self.settings.process_workers)
+            starting = asyncio.gather(*(pool.start(wait=wait) for _, pool in pools), return_exceptions=True)
+            loaded: dict[str, tuple[Runtime, int]] = {
+                spec.name: (pool, self.settings.process_workers) for spec, pool in pools
+            }
+            try:
+                for spec in manifest.models:
+                    if spec.format == "onnx":
+                        runtime: Runtime = await asyncio.to_thread(self._load_onnx, spec)
+                        loaded[spec.name] = (runtime, self.settings.onnx_threads)
+            except BaseException:
+                await starting
+                await asyncio.gather(*(p.close(force=True) for _, p in pools))
+                raise
+            failed = [r for r in await starting if isinstance(r, BaseException)]
+            if failed:
+                await asyncio.gather(*(p.close(force=True) for _, p in pools))
+                raise failed[0]
+            for spec in manifest.models:
+                self._serve(spec, *loaded[spec.name])
         except BaseException:
             await self._shutdown(force=True)
             raise

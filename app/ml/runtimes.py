@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from app.ml import worker
+from app.ml import forkserver, worker
 from app.ml.errors import ModelLoadError, ModelWorkerCrashed, PredictionTimeout
 from app.ml.manifest import ModelSpec
 
@@ -153,16 +153,19 @@ class ProcessPoolRuntime:
         workers: int,
         start_method: StartMethod = "forkserver",
         start_timeout_s: float = 120.0,
+        nice: int = 0,
     ) -> None:
         self.spec = spec
+        self._nice = nice
         self._path = path
         self._file = file
         self._workers = workers
         self._start_timeout_s = start_timeout_s
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
-            # Affects only the forkserver started for this process (it is started once, lazily).
-            self._context.set_forkserver_preload(["app.ml.worker_preload"])
+            # Affects only the forkserver started for this process (it is started once, lazily,
+            # or early by the server entry point: app.ml.forkserver).
+            forkserver.use_preload(self._context)
         self._pool: ProcessPoolExecutor | None = None
         self._generation = 0
         self._ready = asyncio.Event()
@@ -180,7 +183,7 @@ class ProcessPoolRuntime:
             max_workers=self._workers,
             mp_context=self._context,
             initializer=worker.init,
-            initargs=(str(self._path), self.spec.sha256, list(self.spec.trusted_types)),
+            initargs=(str(self._path), self.spec.sha256, list(self.spec.trusted_types), self._nice),
         )
 
     async def _spawn(self) -> ProcessPoolExecutor:

@@ -22,11 +22,15 @@ class _Loaded:
     error: str | None = None
 
 
-def init(path: str, sha256: str, trusted_types: list[str]) -> None:
+def init(path: str, sha256: str, trusted_types: list[str], nice: int = 0) -> None:
     """Pool initializer: load the model once per worker, so no request ever ships the model."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when workers stop,
     # so in-flight batches finish during a graceful shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        # Below the web process: a core both want goes to the event loop first, so light requests
+        # keep their latency while heavy predictions run (measured in docs/performance.md).
+        os.nice(nice)
     try:
         data = Path(path).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
@@ -45,11 +49,12 @@ def describe() -> dict[str, Any]:
     """What the parent checks at start-up: the model loaded, with the expected shape."""
     model = _Loaded.model
     if model is None:
-        return {"pid": os.getpid(), "error": _Loaded.error or "model not loaded"}
+        return {"pid": os.getpid(), "error": _Loaded.error or "model not loaded", "nice": os.nice(0)}
     classes = getattr(model, "classes_", None)
     return {
         "pid": os.getpid(),
         "error": None,
+        "nice": os.nice(0),
         "n_features": int(getattr(model, "n_features_in_", -1)),
         "n_classes": None if classes is None else len(classes),
         "has_predict_proba": hasattr(model, "predict_proba"),

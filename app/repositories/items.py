@@ -7,13 +7,15 @@ plain dicts, not ORM entities with their identity map and session (docs/performa
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, update
 
 from app.core.db import Row, Statements
 from app.models import Item
 from app.models.base import utcnow
+from app.repositories.users import CALLER, caller_params
 
 # An item as the API shows it: id, owner_id, title, description, created_at, updated_at.
 ItemRow = Row
@@ -55,6 +57,54 @@ _UPDATE = update(_items).where(_BY_ID, _OWNED).returning(*_COLUMNS)
 _DELETE = delete(_items).where(_BY_ID, _OWNED)
 
 
+# The hot reads and the insert, each joined with the access-token check (`CALLER`): no row means the
+# caller's token is no longer good (a 401); otherwise the row carries the caller and the result.
+# Another user's item looks missing, unless the caller is an admin (who reads every item).
+_caller = CALLER.c
+_GET_AS_CALLER = select(_caller.caller_id, *_COLUMNS).select_from(
+    CALLER.outerjoin(_items, and_(_BY_ID, or_(_c.owner_id == _caller.caller_id, _caller.caller_is_admin)))
+)
+_TOTAL_AS_CALLER = select(
+    _caller.caller_id,
+    _caller.caller_is_admin,
+    # Only the branch that applies is run: an admin counts every item, anyone else their own.
+    case(
+        (_caller.caller_is_admin, select(func.count()).select_from(_items).scalar_subquery()),
+        else_=select(func.count())
+        .select_from(_items)
+        .where(_c.owner_id == _caller.caller_id)
+        .scalar_subquery(),
+    ).label("total"),
+).select_from(CALLER)
+_INSERT_AS_CALLER = (
+    insert(_items)
+    .from_select(
+        ["owner_id", "title", "description", "created_at", "updated_at"],
+        select(
+            _caller.caller_id,
+            bindparam("b_title", type_=_c.title.type),
+            bindparam("b_description", type_=_c.description.type),
+            bindparam("b_created_at", type_=_c.created_at.type),
+            bindparam("b_updated_at", type_=_c.updated_at.type),
+        ).select_from(CALLER),
+    )
+    .returning(*_COLUMNS)
+)
+
+
+class Access:
+    """An access token's claims as the hot statements need them: checked by the statement itself."""
+
+    __slots__ = ("params",)
+
+    def __init__(self, user_id: int, session_id: str, now: datetime) -> None:
+        self.params = caller_params(user_id, session_id, now)
+
+
+class NoCaller(Exception):
+    """The access token's user is inactive or gone, or its login session revoked or expired."""
+
+
 def _scope(owner_id: int | None, **params: Any) -> tuple[bool, dict[str, Any]]:
     if owner_id is not None:
         params["b_owner"] = owner_id
@@ -65,14 +115,45 @@ class ItemRepository:
     def __init__(self, db: Statements) -> None:
         self.db = db
 
+    async def get_as(self, access: Access, item_id: int) -> ItemRow | None:
+        """The item if the caller may read it; `NoCaller` if the token is no longer good."""
+        row = await self.db.one(_GET_AS_CALLER, {**access.params, "b_id": item_id})
+        if row is None:
+            raise NoCaller
+        del row["caller_id"]
+        return None if row["id"] is None else row
+
+    async def page_as(self, access: Access, offset: int, limit: int) -> tuple[list[ItemRow], int]:
+        """A page of what the caller may read and its total; `NoCaller` if the token is no longer good."""
+        caller = await self.db.one(_TOTAL_AS_CALLER, access.params)
+        if caller is None:
+            raise NoCaller
+        rows, _ = await self.page(
+            None if caller["caller_is_admin"] else caller["caller_id"], offset, limit, False
+        )
+        return rows, int(caller["total"])
+
+    async def add_as(self, access: Access, values: dict[str, Any]) -> ItemRow:
+        """The caller's new item; `NoCaller` (nothing written) if the token is no longer good."""
+        now = utcnow()
+        params = {**access.params, "b_created_at": now, "b_updated_at": now}
+        params.update({f"b_{key}": value for key, value in values.items()})
+        rows = await self.db.all(_INSERT_AS_CALLER, params)
+        if not rows:
+            raise NoCaller
+        return rows[0]
+
     async def get(self, item_id: int, owner_id: int | None) -> ItemRow | None:
         """The item if `owner_id` owns it (`None`: any owner, for admins)."""
         owned, params = _scope(owner_id, b_id=item_id)
         return await self.db.one(_GET[owned], params)
 
-    async def page(self, owner_id: int | None, offset: int, limit: int) -> tuple[list[ItemRow], int]:
+    async def page(
+        self, owner_id: int | None, offset: int, limit: int, count: bool = True
+    ) -> tuple[list[ItemRow], int]:
+        """A page of `owner_id`'s items (`None`: everyone's) and, with `count`, their total."""
         owned, params = _scope(owner_id)
-        counted = await self.db.one(_COUNT[owned], params)
+        counted = await self.db.one(_COUNT[owned], params) if count else None
         rows = await self.db.all(_PAGE[owned], {**params, "b_offset": offset, "b_limit": limit})
         return rows, int(counted["count"]) if counted else 0
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, true, update
+from sqlalchemy import Select, Table, bindparam, func, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,27 +21,47 @@ class DuplicateEmail(Exception):
 
 _users = cast(Table, User.__table__)
 _sessions = cast(Table, AuthSession.__table__)
-# The user behind an access token: active, and the token's login session neither revoked nor
-# expired. A Core statement built once (no statement building or cache-key work per request) that
-# returns the user's public columns, never the password hash.
-_ACTIVE_IN_SESSION = (
-    select(_users.c.id, _users.c.email, _users.c.is_active, _users.c.is_admin, _users.c.created_at)
-    .join_from(_users, _sessions, _sessions.c.user_id == _users.c.id)
-    .where(
-        _users.c.id == bindparam("b_user"),
-        _users.c.is_active.is_(true()),
-        _sessions.c.id == bindparam("b_session"),
-        _sessions.c.revoked_at.is_(None),
-        _sessions.c.expires_at > bindparam("b_now", type_=_sessions.c.expires_at.type),
+
+
+def _in_live_session(*columns: Any) -> Select[Any]:
+    """The user behind an access token: active, and the token's login session neither revoked nor
+    expired (parameters b_user, b_session, b_now)."""
+    return (
+        select(*columns)
+        .join_from(_users, _sessions, _sessions.c.user_id == _users.c.id)
+        .where(
+            _users.c.id == bindparam("b_user"),
+            _users.c.is_active.is_(true()),
+            _sessions.c.id == bindparam("b_session"),
+            _sessions.c.revoked_at.is_(None),
+            _sessions.c.expires_at > bindparam("b_now", type_=_sessions.c.expires_at.type),
+        )
     )
+
+
+# Core statements built once (no statement building or cache-key work per request) that return
+# the user's public columns, never the password hash.
+_ACTIVE_IN_SESSION = _in_live_session(
+    _users.c.id, _users.c.email, _users.c.is_active, _users.c.is_admin, _users.c.created_at
 )
+# The same check as a subquery that the hot item statements join (app.repositories.items): one
+# row (caller_id, caller_is_admin) when the token's user and login session are live, none
+# otherwise, so the check and the work are one statement, one round trip.
+CALLER = _in_live_session(
+    _users.c.id.label("caller_id"), _users.c.is_admin.label("caller_is_admin")
+).subquery("caller")
+
+
+def caller_params(user_id: int, session_id: str, now: datetime) -> dict[str, Any]:
+    """The parameters of `CALLER` (and of `active_in_session`)."""
+    return {"b_user": user_id, "b_session": session_id, "b_now": now}
 
 
 async def active_in_session(db: Statements, user_id: int, session_id: str, now: datetime) -> Row | None:
     """One round trip per authenticated request, so a logout, a deactivation or a deletion ends
     the user's access tokens at their next request, on every replica. The user's id, email,
     is_active, is_admin and created_at."""
-    return await db.one(_ACTIVE_IN_SESSION, {"b_user": user_id, "b_session": session_id, "b_now": now})
+    return await db.one(_ACTIVE_IN_SESSION, caller_params(user_id, session_id, now))
 
 
 class UserRepository:

@@ -7,6 +7,7 @@ it: the batch then sits in the worker's queue until the test kills the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -209,3 +210,24 @@ def test_web_process_never_imports_scikit_learn(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[1:] == ["False", "False"], done.stdout
+
+
+@pytest.mark.asyncio
+async def test_workers_run_below_the_web_process_cpu_priority() -> None:
+    """Model workers lower their own priority, so the event loop wins a contested core; a worker
+    started to replace a dead one does the same."""
+    registry = ModelRegistry(settings_for(process_worker_nice=5))
+    await registry.start()
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        (pid,) = registry.worker_pids(HEAVY)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + 5)
+        os.kill(pid, signal.SIGKILL)
+        # The pool notices the death at its next batch, which fails or is served by the replacement.
+        with contextlib.suppress(ModelWorkerCrashed):
+            await registry.predict_one(HEAVY, ROW)
+        await wait_until(lambda: registry.worker_pids(HEAVY) not in ([], [pid]))
+        (replacement,) = registry.worker_pids(HEAVY)
+        assert os.getpriority(os.PRIO_PROCESS, replacement) == min(19, own + 5)
+    finally:
+        await registry.close()

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from app.api.deps import get_admin, get_principal
+from app.api.deps import get_admin, get_claims, get_principal
 from app.core.config import Settings
 from app.main import create_app
 from tests.conftest import empty_tables
@@ -51,7 +51,12 @@ class RouteInfo:
 
     @property
     def needs_token(self) -> bool:
-        return _depends_on(self.route.dependant, get_principal)
+        return self.checks_token_in_its_statement or _depends_on(self.route.dependant, get_principal)
+
+    @property
+    def checks_token_in_its_statement(self) -> bool:
+        """The hot item routes take the token's claims and check them in their own statement."""
+        return _depends_on(self.route.dependant, get_claims)
 
     @property
     def admin_only(self) -> bool:

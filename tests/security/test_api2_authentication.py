@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from fastapi import FastAPI
 
 from app.core.config import Settings
 from tests.conftest import PASSWORD, TEST_SECRET_KEY, Headers, MakeUser, assert_problem, make_settings
-from tests.security.conftest import serve
+from tests.security.conftest import api_routes, serve
 
 ME = "/api/v1/users/me"
 
@@ -238,3 +239,43 @@ async def test_login_time_does_not_reveal_whether_an_email_is_registered(databas
         assert abs(known - unknown) < TIMING_TOLERANCE * max(known, unknown), (known, unknown)
         # And the answer itself is the same.
         assert bodies["known"] == bodies["unknown"]
+
+
+# A body each route would accept, for the routes that check the token in their own statement:
+# their body is validated before that statement runs, so only a valid body reaches the check.
+VALID_BODIES: dict[str, dict[str, Any]] = {"POST /api/v1/items": {"title": "written after the end"}}
+
+
+@pytest.mark.parametrize("ending", ["logout", "deactivation", "deletion"])
+async def test_every_authenticated_route_refuses_a_token_whose_login_ended(
+    app: FastAPI, client: httpx.AsyncClient, make_user: MakeUser, admin_headers: Headers, ending: str
+) -> None:
+    """Not only /users/me: every route that needs a token, those that check it in a statement of
+    their own (the hot item routes) included, refuses it at the very next request, and writes
+    nothing."""
+    routes = [route for route in api_routes(app) if route.needs_token]
+    assert any(route.checks_token_in_its_statement for route in routes)
+    victim = await make_user("ended@example.com")
+    item_id = (await client.post("/api/v1/items", json={"title": "before"}, headers=victim)).json()["id"]
+    user_id = (await client.get(ME, headers=victim)).json()["id"]
+    if ending == "logout":
+        assert (await client.post("/api/v1/auth/logout", headers=victim)).status_code == 204
+    elif ending == "deactivation":
+        deactivate = {"is_active": False}
+        patched = await client.patch(f"/api/v1/users/{user_id}", json=deactivate, headers=admin_headers)
+        assert patched.status_code == 200
+    else:
+        assert (await client.delete(f"/api/v1/users/{user_id}", headers=admin_headers)).status_code == 204
+    for route in routes:
+        if route.checks_token_in_its_statement and route.has_json_body:
+            assert route.label in VALID_BODIES, f"add a valid body for {route.label} to VALID_BODIES"
+        body = VALID_BODIES.get(route.label, {}) if route.has_json_body else None
+        url = route.url(item_id=item_id, user_id=user_id, name="iris")
+        response = await client.request(route.method, url, json=body, headers=victim)
+        assert response.status_code == 401, f"{route.label}: {response.status_code} {response.text}"
+        if route.path.startswith("/v2"):  # the Open Inference Protocol's own error shape
+            assert "error" in response.json()
+        else:
+            assert_problem(response, 401)
+    listed = await client.get("/api/v1/items", params={"limit": 100}, headers=admin_headers)
+    assert all(item["title"] != "written after the end" for item in listed.json())

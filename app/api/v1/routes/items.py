@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Response, status
 
-from app.api.deps import CurrentUser, ItemServiceDep, OffsetPageDep
+from app.api.deps import CurrentUser, ItemServiceDep, OffsetPageDep, TokenClaims
 from app.api.v1 import PREFIX
 from app.schemas.common import problem_responses
 from app.schemas.item import ItemCreate, ItemPublic, ItemUpdate
@@ -27,10 +27,10 @@ ItemId = Path(ge=1, le=2**31 - 1, description="The item's id.")
     },
 )
 async def list_items(
-    user: CurrentUser, items: ItemServiceDep, page: OffsetPageDep, response: Response
+    claims: TokenClaims, items: ItemServiceDep, page: OffsetPageDep, response: Response
 ) -> list[ItemPublic]:
     """The caller's items in creation order (every item, for admins). Total in `X-Total-Count`."""
-    rows, total = await items.page(user, page.offset, page.limit)
+    rows, total = await items.page(claims, page.offset, page.limit)
     response.headers["X-Total-Count"] = str(total)
     return [ItemPublic.model_validate(row) for row in rows]
 
@@ -41,15 +41,15 @@ async def list_items(
     summary="Create an item",
     responses=problem_responses(400, 401, 413, 415, 422),
 )
-async def create_item(body: ItemCreate, user: CurrentUser, items: ItemServiceDep) -> ItemPublic:
+async def create_item(body: ItemCreate, claims: TokenClaims, items: ItemServiceDep) -> ItemPublic:
     """The caller owns the new item; an `owner_id` in the body is refused."""
-    return ItemPublic.model_validate(await items.create(user, body.model_dump()))
+    return ItemPublic.model_validate(await items.create(claims, body.model_dump()))
 
 
 @router.get("/{item_id}", summary="Read an item", responses=problem_responses(401, 404, 422))
-async def read_item(user: CurrentUser, items: ItemServiceDep, item_id: int = ItemId) -> ItemPublic:
+async def read_item(claims: TokenClaims, items: ItemServiceDep, item_id: int = ItemId) -> ItemPublic:
     """Another user's item is a 404, the same as a missing one."""
-    return ItemPublic.model_validate(await items.get(user, item_id))
+    return ItemPublic.model_validate(await items.get(claims, item_id))
 
 
 @router.patch(
