@@ -65,10 +65,21 @@ class Settings(BaseSettings):
         "included) past which uvicorn itself answers a plain-text 503; the outer backstop.",
     )
     max_requests_in_flight: int = Field(
-        256,
+        1024,
         ge=1,
         description="Requests in flight per worker past which new ones get a 503 problem with "
-        "Retry-After at once (load shedding); below limit_concurrency.",
+        "Retry-After at once (load shedding); below limit_concurrency. About half a second of work "
+        "for one worker here; see docs/performance.md before lowering it.",
+    )
+    gc_freeze: bool = Field(
+        True,
+        description="After start-up, exempt every object then alive from garbage collection "
+        "(gc.freeze): collections stop walking the loaded app's objects (a p99 cut, docs/performance.md).",
+    )
+    gc_gen0_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="Allocations between young-generation garbage collections (0: Python's 700).",
     )
     backlog: int = Field(2048, ge=1, description="TCP listen backlog.")
     timeout_graceful_shutdown: int = Field(

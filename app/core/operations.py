@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import re
 import signal
@@ -103,6 +104,7 @@ async def running(
     if tracer is not None:
         tracer.instrument(engine)
     restore = _flag_shutdown_on_signal(app)
+    restore_gc = _settle_heap(settings)
     task = None
     if metrics.multiprocess_dir() is not None:
         # Other workers' scrapes read this worker's gauges from its files: keep them fresh.
@@ -112,6 +114,7 @@ async def running(
     finally:
         app.state.shutting_down = True
         restore()
+        restore_gc()
         if task is not None:
             task.cancel()
             with suppress(BaseException):
@@ -120,6 +123,28 @@ async def running(
         await limits.close()
         if tracer is not None:
             tracer.shutdown()
+
+
+def _settle_heap(settings: Settings) -> Callable[[], None]:
+    """Garbage collection tuned for a server whose start-up leaves ~150k long-lived objects (routes,
+    models, SQLAlchemy's and pydantic's structures): frozen, full collections no longer walk them;
+    a larger young generation makes collections rarer. With Python's defaults, GET item at 64
+    connections had a p99 4.4x its p50 (collection pauses) against 1.2x (docs/performance.md).
+    Undone at shutdown, so an app started and stopped in one process (the tests) leaves no
+    frozen objects behind."""
+    threshold = gc.get_threshold()
+    if settings.gc_gen0_threshold:
+        gc.set_threshold(settings.gc_gen0_threshold, *threshold[1:])
+    if settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
+
+    def restore() -> None:
+        gc.set_threshold(*threshold)
+        if settings.gc_freeze:
+            gc.unfreeze()
+
+    return restore
 
 
 def _flag_shutdown_on_signal(app: FastAPI) -> Callable[[], None]:

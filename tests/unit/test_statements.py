@@ -4,6 +4,7 @@ gives, and treat a connection that dies under a statement as an outage (503), ne
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -114,3 +115,47 @@ async def test_a_connection_killed_under_a_statement_is_an_outage_and_is_not_reu
         row = await db.one(text("SELECT pg_backend_pid() AS pid"), {})
     assert row is not None
     assert row["pid"] != pid
+
+
+async def test_the_hot_paths_wait_their_turn_for_one_of_the_pool_connections(settings: Settings) -> None:
+    """At most DB_POOL_SIZE hot statements hold a connection at once, never an overflow one, and
+    the others get theirs in the order they asked (SQLAlchemy's own wait let newcomers overtake
+    waiters: a p99 4-5x the median at 64 connections)."""
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 5}))
+    holding, most, order = 0, 0, []
+
+    async def use(n: int) -> None:
+        nonlocal holding, most
+        async with autocommit(engine) as db:
+            order.append(n)
+            holding += 1
+            most = max(most, holding)
+            await db.one(text("SELECT 1 AS one"), {})
+            await asyncio.sleep(0.02)
+            holding -= 1
+
+    try:
+        tasks = []
+        for n in range(8):
+            tasks.append(asyncio.create_task(use(n)))
+            await asyncio.sleep(0)  # they ask in this order
+        await asyncio.gather(*tasks)
+        assert most == 2
+        assert order == list(range(8))
+        assert engine.sync_engine.pool.overflow() <= 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+async def test_no_turn_within_the_pool_timeout_is_a_503(settings: Settings) -> None:
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_pool_timeout": 0.1}))
+    try:
+        async with autocommit(engine):
+            with pytest.raises(sa_exc.TimeoutError) as caught:
+                async with autocommit(engine):
+                    pass
+        assert is_database_outage(caught.value)  # answered 503 with Retry-After
+        async with autocommit(engine) as db:  # and the turn was given back
+            assert await db.one(text("SELECT 1 AS one"), {}) == {"one": 1}
+    finally:
+        await engine.dispose()
