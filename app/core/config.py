@@ -196,7 +196,7 @@ class Settings(BaseSettings):
         1, ge=1, description="Worker processes per process-pool model (each holds the model)."
     )
     ml_process_worker_nice: int = Field(
-        10,
+        19,
         ge=0,
         le=19,
         description="How much model worker processes lower their CPU priority (nice): when they and the "

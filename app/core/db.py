@@ -268,11 +268,14 @@ async def _turn(engine: AsyncEngine) -> AsyncIterator[None]:
     """Wait (in arrival order, up to the pool timeout) for one of the hot paths' DB_POOL_SIZE
     connections; see `_gate`. Past the timeout: SQLAlchemy's pool-timeout error (a 503)."""
     gate = _gate(engine)
-    try:
-        async with asyncio.timeout(_POOL_TIMEOUTS.get(engine, 30.0)):
-            await gate.acquire()
-    except TimeoutError:
-        raise sa_exc.TimeoutError("no database connection became free within the pool timeout") from None
+    if gate.locked():  # others hold every turn or wait for one: queue behind them, for a while
+        try:
+            async with asyncio.timeout(_POOL_TIMEOUTS.get(engine, 30.0)):
+                await gate.acquire()
+        except TimeoutError:
+            raise sa_exc.TimeoutError("no database connection became free within the pool timeout") from None
+    else:
+        await gate.acquire()  # a free turn: taken at once, no timer needed
     try:
         yield
     finally:

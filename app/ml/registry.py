@@ -50,7 +50,7 @@ class RegistrySettings:
     start_method: StartMethod = "forkserver"
     # Added to the worker processes' nice value (0: as the web process). Model work then yields the
     # CPU to the web worker's event loop when both want the same core (docs/models.md).
-    process_worker_nice: int = 10
+    process_worker_nice: int = 19
     batching_enabled: bool = True
     # A batch may run timeout_ms * this long before its thread run is terminated or its worker
     # processes killed (the request itself gets PredictionTimeout at timeout_ms).
