@@ -283,18 +283,21 @@ async def _turn(engine: AsyncEngine) -> AsyncIterator[None]:
 
 
 _GATES: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_NO_LIMIT = 1 << 20
 _POOL_TIMEOUTS: weakref.WeakKeyDictionary[AsyncEngine, float] = weakref.WeakKeyDictionary()
 
 
 def _gate(engine: AsyncEngine) -> asyncio.Semaphore:
-    """The hot paths' turnstile in front of the pool: at most DB_POOL_SIZE of their statements hold
-    a connection at once, and the others wait in arrival order. SQLAlchemy's own wait for a
+    """The hot paths' turnstile in front of the pool (SQLite's too): at most DB_POOL_SIZE of their
+    statements hold a connection at once, and the others wait in arrival order. SQLAlchemy's own wait for a
     connection lets a newcomer take a connection a waiter was woken for (a 4-5x p99 at 64
     connections with a pool of 10) and opens and closes overflow connections under sustained load
     (a new backend and a SCRAM log-in each time); waiting here costs neither."""
     gate = _GATES.get(engine)
     if gate is None:
-        gate = _GATES[engine] = asyncio.Semaphore(engine.sync_engine.pool.size())  # type: ignore[attr-defined]
+        # Pools without a size (NullPool, StaticPool) hold no connections to wait for.
+        size = getattr(engine.sync_engine.pool, "size", lambda: _NO_LIMIT)()
+        gate = _GATES[engine] = asyncio.Semaphore(size)
     return gate
 
 
