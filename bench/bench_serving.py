@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import (
+    LUA_STATUS_COUNTS,
     PYTHON,
     RESULTS,
     ROOT,
@@ -110,43 +111,18 @@ def raw_get(port: int, path: str, token: str | None = None) -> str:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n"
 
 
-POST_LUA = r"""
+POST_LUA = (
+    r"""
 local path = "%(path)s"
 local headers = {["Content-Type"] = "application/json"%(auth)s}
 local bodies = {%(bodies)s}
-counts = {}
-local threads = {}
-local n = 0
-
-function setup(thread)
-  n = n + 1
-  thread:set("seed", n * 7919)
-  table.insert(threads, thread)
-end
-
-function init(args)
-  math.randomseed(seed)
-  counts = {}
-end
 
 function request()
   return wrk.format("POST", path, headers, bodies[math.random(#bodies)])
 end
-
-function response(status, headers, body)
-  counts[status] = (counts[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-  local agg = {}
-  for _, t in ipairs(threads) do
-    for s, c in pairs(t:get("counts")) do agg[s] = (agg[s] or 0) + c end
-  end
-  local parts = {}
-  for s, c in pairs(agg) do table.insert(parts, '"' .. s .. '":' .. c) end
-  io.write("STATUS_COUNTS {" .. table.concat(parts, ",") .. "}\n")
-end
 """
+    + LUA_STATUS_COUNTS
+)
 
 
 def post_script(workdir: Path, name: str, path: str, token: str | None, bodies: list[dict[str, Any]]) -> Path:

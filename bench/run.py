@@ -486,10 +486,9 @@ def cpu_usage(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 
 # --------------------------------------------------------------------------- load generators
 
-LUA = r"""
-local users = %(users)s
-local kind = "%(kind)s"
-local features = "%(features)s"
+# What every wrk script here shares: a random seed per thread, and a count of the statuses seen,
+# printed at the end as one `STATUS_COUNTS {...}` line (wrk itself reports only "non-2xx").
+LUA_STATUS_COUNTS = r"""
 counts = {}
 local threads = {}
 local n = 0
@@ -504,6 +503,27 @@ function init(args)
   math.randomseed(seed)
   counts = {}
 end
+
+function response(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local agg = {}
+  for _, t in ipairs(threads) do
+    for s, c in pairs(t:get("counts")) do agg[s] = (agg[s] or 0) + c end
+  end
+  local parts = {}
+  for s, c in pairs(agg) do table.insert(parts, '"' .. s .. '":' .. c) end
+  io.write("STATUS_COUNTS {" .. table.concat(parts, ",") .. "}\n")
+end
+"""
+
+LUA = (
+    r"""
+local users = %(users)s
+local kind = "%(kind)s"
+local features = "%(features)s"
 
 function request()
   local u = users[math.random(#users)]
@@ -523,21 +543,9 @@ function request()
     return wrk.format("POST", "/api/v1/predict", h, '{"features":' .. features .. '}')
   end
 end
-
-function response(status, headers, body)
-  counts[status] = (counts[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-  local agg = {}
-  for _, t in ipairs(threads) do
-    for s, c in pairs(t:get("counts")) do agg[s] = (agg[s] or 0) + c end
-  end
-  local parts = {}
-  for s, c in pairs(agg) do table.insert(parts, '"' .. s .. '":' .. c) end
-  io.write("STATUS_COUNTS {" .. table.concat(parts, ",") .. "}\n")
-end
 """
+    + LUA_STATUS_COUNTS
+)
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
