@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -52,7 +53,6 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     )
     if settings.db_pool_pre_ping:
         _check_on_checkout(engine)
-    _POOL_TIMEOUTS[engine] = settings.db_pool_timeout
     return engine
 
 
@@ -89,7 +89,6 @@ def _sqlite_engine(settings: Settings, url: str) -> AsyncEngine:
         connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
         echo=settings.db_echo,
     )
-    _POOL_TIMEOUTS[engine] = settings.db_pool_timeout
     busy_ms = settings.sqlite_busy_timeout_ms
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -112,18 +111,18 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 Row = dict[str, Any]
 
 
-class Statements:
+class Statements(ABC):
     """Runs the prebuilt Core statements of the repositories on one pooled connection and returns
     plain dicts (column name -> value), on every backend: what the hot paths need, nothing more."""
 
-    async def one(self, statement: Executable, params: Mapping[str, Any]) -> Row | None:
-        raise NotImplementedError
+    @abstractmethod
+    async def one(self, statement: Executable, params: Mapping[str, Any]) -> Row | None: ...
 
-    async def all(self, statement: Executable, params: Mapping[str, Any]) -> list[Row]:
-        raise NotImplementedError
+    @abstractmethod
+    async def all(self, statement: Executable, params: Mapping[str, Any]) -> list[Row]: ...
 
-    async def rowcount(self, statement: Executable, params: Mapping[str, Any]) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    async def rowcount(self, statement: Executable, params: Mapping[str, Any]) -> int: ...
 
 
 class _OnConnection(Statements):
@@ -167,14 +166,11 @@ class _Compiled:
         columns = getattr(statement, "selected_columns", None)
         if columns is None or not len(columns):
             columns = getattr(statement, "_returning", ()) or ()
-        self.results = tuple(
-            (
-                getattr(column, "key", None) or getattr(column, "name", None),
-                column.type.dialect_impl(dialect).result_processor(dialect, None),
-            )
+        processors = (
+            (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
             for column in columns
         )
-        self.results = tuple((name, proc) for name, proc in self.results if proc is not None)
+        self.results = tuple((name, proc) for name, proc in processors if proc is not None)
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         return [params[name] if proc is None else proc(params[name]) for name, proc in self.params]
@@ -267,10 +263,10 @@ async def autocommit(engine: AsyncEngine) -> AsyncIterator[Statements]:
 async def _turn(engine: AsyncEngine) -> AsyncIterator[None]:
     """Wait (in arrival order, up to the pool timeout) for one of the hot paths' DB_POOL_SIZE
     connections; see `_gate`. Past the timeout: SQLAlchemy's pool-timeout error (a 503)."""
-    gate = _gate(engine)
+    gate, timeout_s = _gate(engine)
     if gate.locked():  # others hold every turn or wait for one: queue behind them, for a while
         try:
-            async with asyncio.timeout(_POOL_TIMEOUTS.get(engine, 30.0)):
+            async with asyncio.timeout(timeout_s):
                 await gate.acquire()
         except TimeoutError:
             raise sa_exc.TimeoutError("no database connection became free within the pool timeout") from None
@@ -282,12 +278,12 @@ async def _turn(engine: AsyncEngine) -> AsyncIterator[None]:
         gate.release()
 
 
-_GATES: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+# Per engine: the turnstile and the pool's timeout, both read from the pool once.
+_GATES: weakref.WeakKeyDictionary[AsyncEngine, tuple[asyncio.Semaphore, float]] = weakref.WeakKeyDictionary()
 _NO_LIMIT = 1 << 20
-_POOL_TIMEOUTS: weakref.WeakKeyDictionary[AsyncEngine, float] = weakref.WeakKeyDictionary()
 
 
-def _gate(engine: AsyncEngine) -> asyncio.Semaphore:
+def _gate(engine: AsyncEngine) -> tuple[asyncio.Semaphore, float]:
     """The hot paths' turnstile in front of the pool (SQLite's too): at most DB_POOL_SIZE of their
     statements hold a connection at once, and the others wait in arrival order. SQLAlchemy's own wait for a
     connection lets a newcomer take a connection a waiter was woken for (a 4-5x p99 at 64
@@ -296,8 +292,9 @@ def _gate(engine: AsyncEngine) -> asyncio.Semaphore:
     gate = _GATES.get(engine)
     if gate is None:
         # Pools without a size (NullPool, StaticPool) hold no connections to wait for.
-        size = getattr(engine.sync_engine.pool, "size", lambda: _NO_LIMIT)()
-        gate = _GATES[engine] = asyncio.Semaphore(size)
+        pool = engine.sync_engine.pool
+        size = getattr(pool, "size", lambda: _NO_LIMIT)()
+        gate = _GATES[engine] = (asyncio.Semaphore(size), getattr(pool, "timeout", lambda: 30.0)())
     return gate
 
 

@@ -31,10 +31,6 @@ _GET = {
     True: select(*_COLUMNS).where(_BY_ID, _OWNED),
     False: select(*_COLUMNS).where(_BY_ID),
 }
-_COUNT = {
-    True: select(func.count().label("count")).select_from(_items).where(_OWNED),
-    False: select(func.count().label("count")).select_from(_items),
-}
 _PAGE = {
     owned: select(*_COLUMNS)
     .where(*([_OWNED] if owned else []))
@@ -52,7 +48,6 @@ _AFTER = {
 }
 # The column values come as execute parameters, the timestamps too (set here, not by SQLAlchemy's
 # column defaults, so the statements run the same through asyncpg directly).
-_INSERT = insert(_items).returning(*_COLUMNS)
 _UPDATE = update(_items).where(_BY_ID, _OWNED).returning(*_COLUMNS)
 _DELETE = delete(_items).where(_BY_ID, _OWNED)
 
@@ -128,10 +123,8 @@ class ItemRepository:
         caller = await self.db.one(_TOTAL_AS_CALLER, access.params)
         if caller is None:
             raise NoCaller
-        rows, _ = await self.page(
-            None if caller["caller_is_admin"] else caller["caller_id"], offset, limit, False
-        )
-        return rows, int(caller["total"])
+        owner = None if caller["caller_is_admin"] else caller["caller_id"]
+        return await self.page(owner, offset, limit), int(caller["total"])
 
     async def add_as(self, access: Access, values: dict[str, Any]) -> ItemRow:
         """The caller's new item; `NoCaller` (nothing written) if the token is no longer good."""
@@ -148,25 +141,15 @@ class ItemRepository:
         owned, params = _scope(owner_id, b_id=item_id)
         return await self.db.one(_GET[owned], params)
 
-    async def page(
-        self, owner_id: int | None, offset: int, limit: int, count: bool = True
-    ) -> tuple[list[ItemRow], int]:
-        """A page of `owner_id`'s items (`None`: everyone's) and, with `count`, their total."""
-        owned, params = _scope(owner_id)
-        counted = await self.db.one(_COUNT[owned], params) if count else None
-        rows = await self.db.all(_PAGE[owned], {**params, "b_offset": offset, "b_limit": limit})
-        return rows, int(counted["count"]) if counted else 0
+    async def page(self, owner_id: int | None, offset: int, limit: int) -> list[ItemRow]:
+        """A page of `owner_id`'s items (`None`: everyone's), in id order."""
+        owned, params = _scope(owner_id, b_offset=offset, b_limit=limit)
+        return await self.db.all(_PAGE[owned], params)
 
     async def after(self, owner_id: int | None, after_id: int, limit: int) -> list[ItemRow]:
         """Keyset page: items with an id above `after_id`, in id order."""
         owned, params = _scope(owner_id, b_after=after_id, b_limit=limit)
         return await self.db.all(_AFTER[owned], params)
-
-    async def add(self, owner_id: int, values: dict[str, Any]) -> ItemRow:
-        now = utcnow()
-        params = {**values, "owner_id": owner_id, "created_at": now, "updated_at": now}
-        rows = await self.db.all(_INSERT, params)
-        return rows[0]  # INSERT .. RETURNING: its one row
 
     async def update(self, item_id: int, owner_id: int, values: dict[str, Any]) -> ItemRow | None:
         """Sets `values` (and updated_at) on the owner's item; None if there is no such item."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import exc as sa_exc
@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.core.db import _turn, autocommit, create_engine, transaction
 from app.core.exceptions import is_database_outage
-from app.models import User
-from app.repositories.items import _INSERT, ItemRepository
+from app.models import AuthSession, User
+from app.models.base import utcnow
+from app.repositories.items import _INSERT_AS_CALLER, Access, ItemRepository
 from tests.conftest import empty_tables
 
 
@@ -31,29 +32,37 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
         await engine.dispose()
 
 
-async def _owner(engine: AsyncEngine) -> int:
+async def _owner(engine: AsyncEngine) -> tuple[int, Access]:
+    """A user with a live login session, and the access its token would carry."""
     async with engine.begin() as conn:
         result = await conn.execute(
             insert(User).values(email="owner@example.com", hashed_password="x").returning(User.id)
         )
-        return int(result.scalar_one())
+        owner = int(result.scalar_one())
+        session = "s" * 32
+        await conn.execute(
+            insert(AuthSession).values(id=session, user_id=owner, expires_at=utcnow() + timedelta(hours=1))
+        )
+    return owner, Access(owner, session, utcnow())
 
 
 async def test_autocommit_and_transaction_return_the_same_rows(engine: AsyncEngine) -> None:
     """On PostgreSQL `autocommit` is asyncpg direct and `transaction` is SQLAlchemy: every
     operation gives equal dicts both ways, timestamps timezone-aware in UTC."""
-    owner = await _owner(engine)
+    owner, access = await _owner(engine)
     async with autocommit(engine) as db:
-        created = await ItemRepository(db).add(owner, {"title": "a", "description": None})
+        created = await ItemRepository(db).add_as(access, {"title": "a", "description": None})
     async with autocommit(engine) as db:
         fast = await ItemRepository(db).get(created["id"], owner)
-        fast_page, fast_total = await ItemRepository(db).page(owner, 0, 10)
+        fast_as = await ItemRepository(db).get_as(access, created["id"])
+        fast_page, fast_total = await ItemRepository(db).page_as(access, 0, 10)
         fast_after = await ItemRepository(db).after(owner, 0, 10)
     async with transaction(engine) as db:
         slow = await ItemRepository(db).get(created["id"], owner)
-        slow_page, slow_total = await ItemRepository(db).page(owner, 0, 10)
+        slow_as = await ItemRepository(db).get_as(access, created["id"])
+        slow_page, slow_total = await ItemRepository(db).page_as(access, 0, 10)
         slow_after = await ItemRepository(db).after(owner, 0, 10)
-    assert fast == slow == created
+    assert fast == slow == fast_as == slow_as == created
     assert fast_page == slow_page == fast_after == slow_after == [created]
     assert fast_total == slow_total == 1
     assert set(created) == {"id", "owner_id", "title", "description", "created_at", "updated_at"}
@@ -63,10 +72,10 @@ async def test_autocommit_and_transaction_return_the_same_rows(engine: AsyncEngi
 
 
 async def test_writes_report_what_they_changed(engine: AsyncEngine) -> None:
-    owner = await _owner(engine)
+    owner, access = await _owner(engine)
     async with autocommit(engine) as db:
         items = ItemRepository(db)
-        item = await items.add(owner, {"title": "a", "description": "d"})
+        item = await items.add_as(access, {"title": "a", "description": "d"})
         updated = await items.update(item["id"], owner, {"title": "b"})
         assert updated is not None
         assert (updated["title"], updated["description"]) == ("b", "d")
@@ -78,15 +87,16 @@ async def test_writes_report_what_they_changed(engine: AsyncEngine) -> None:
         assert await items.get(item["id"], None) is None
 
 
-async def test_a_column_default_left_to_sqlalchemy_is_refused(engine: AsyncEngine) -> None:
-    """Through asyncpg nothing would compute created_at: the statement is refused, not run with a
-    NULL. (Through SQLAlchemy the default applies, so this is PostgreSQL's path only.)"""
+async def test_a_parameter_left_out_is_refused(engine: AsyncEngine) -> None:
+    """Through asyncpg nothing would fill in a missing parameter: the statement is refused before
+    it is sent, not run with a NULL. (SQLite's path is SQLAlchemy's, with its own refusal.)"""
     if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite runs statements through SQLAlchemy, which applies column defaults")
-    owner = await _owner(engine)
+        pytest.skip("SQLite runs statements through SQLAlchemy, which refuses in its own way")
+    _, access = await _owner(engine)
+    params = {**access.params, "b_title": "a", "b_description": None, "b_updated_at": utcnow()}
     async with autocommit(engine) as db:
-        with pytest.raises(ValueError, match="created_at"):
-            await db.one(_INSERT, {"title": "a", "description": None, "owner_id": owner})
+        with pytest.raises(ValueError, match="b_created_at"):
+            await db.one(_INSERT_AS_CALLER, params)
 
 
 async def test_a_connection_killed_under_a_statement_is_an_outage_and_is_not_reused(
