@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import CurrentUser, CursorQuery, PredictionHistoryDep
 from app.api.v1 import PREFIX
 from app.schemas.common import problem_responses
-from app.schemas.prediction import PredictionRecordPage, PredictionRecordPublic
+from app.schemas.prediction import PredictionRecordPage
 
 router = APIRouter(prefix=f"{PREFIX}/predictions", tags=["predictions"])
 
@@ -30,6 +30,4 @@ async def list_predictions(
     """Records are written in batches shortly after each prediction, so the newest may take a
     moment to appear."""
     rows, next_cursor = await history.page(user, user_filter=user_id, cursor=cursor, limit=limit)
-    return PredictionRecordPage(
-        items=[PredictionRecordPublic.model_validate(r) for r in rows], next_cursor=next_cursor
-    )
+    return PredictionRecordPage.model_validate({"items": rows, "next_cursor": next_cursor})

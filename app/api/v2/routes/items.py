@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import CurrentUser, CursorQuery, ItemServiceDep
 from app.api.v2 import PREFIX
 from app.schemas.common import problem_responses
-from app.schemas.item import ItemPage, ItemPublic
+from app.schemas.item import ItemPage
 
 router = APIRouter(prefix=f"{PREFIX}/items", tags=["items v2"])
 
@@ -23,4 +23,4 @@ async def list_items(
 ) -> ItemPage:
     """Pages follow item ids, so an item created while a client pages never shifts or repeats a page."""
     page = await items.cursor_page(user, cursor, limit)
-    return ItemPage(items=[ItemPublic.model_validate(i) for i in page.items], next_cursor=page.next_cursor)
+    return ItemPage.model_validate({"items": page.items, "next_cursor": page.next_cursor})
