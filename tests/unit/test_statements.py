@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, text
+from sqlalchemy import event, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
-from app.core.db import _turn, autocommit, create_engine, transaction
+from app.core import db as db_module
+from app.core.db import autocommit, create_engine, transaction
 from app.core.exceptions import is_database_outage
 from app.models import AuthSession, User
 from app.models.base import utcnow
@@ -146,7 +147,7 @@ async def test_the_hot_paths_wait_their_turn_for_one_of_the_pool_connections(set
             holding -= 1
 
     async def turn(n: int) -> None:
-        async with _turn(engine):
+        async with autocommit(engine):
             turns.append(n)
             await asyncio.sleep(0.01)
 
@@ -174,5 +175,114 @@ async def test_no_turn_within_the_pool_timeout_is_a_503(settings: Settings) -> N
         assert is_database_outage(caught.value)  # answered 503 with Retry-After
         async with autocommit(engine) as db:  # and the turn was given back
             assert await db.one(text("SELECT 1 AS one"), {}) == {"one": 1}
+    finally:
+        await engine.dispose()
+
+
+def _count_checkouts(engine: AsyncEngine) -> list[int]:
+    checkouts = [0]
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(*_: object) -> None:
+        checkouts[0] += 1
+
+    return checkouts
+
+
+async def _burst(engine: AsyncEngine, requests: int) -> list[int]:
+    """`requests` hot statements at once; the backend pid each ran on."""
+
+    async def one() -> int:
+        async with autocommit(engine) as db:
+            row = await db.one(text("SELECT pg_backend_pid() AS pid"), {})
+            await asyncio.sleep(0.005)
+            return int((row or {})["pid"])
+
+    return list(await asyncio.gather(*(one() for _ in range(requests))))
+
+
+async def test_a_connection_goes_from_one_waiting_statement_to_the_next_and_then_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under contention a finished hot statement hands its connection to the first waiter, with
+    no return to the pool and no checkout; once nobody waits every connection is back in the pool,
+    and a connection is handed on only for HAND_ON_S after it left the pool."""
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite's hot paths use SQLAlchemy connections, which are not handed on")
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 0}))
+    checkouts = _count_checkouts(engine)
+    try:
+        pids = await _burst(engine, 20)
+        assert len(set(pids)) == 2
+        assert checkouts[0] == 2  # one per pool connection, not one per statement
+        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+        monkeypatch.setattr(db_module, "HAND_ON_S", 0.0)
+        checkouts[0] = 0
+        await _burst(engine, 20)
+        assert checkouts[0] == 20  # each went back to the pool at once
+        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_closed_while_handed_on_is_replaced(settings: Settings) -> None:
+    """The pool's checkout check applies to a handed-on connection too: one the server closed is
+    discarded and the waiter gets a working connection, not an error."""
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite's hot paths use SQLAlchemy connections, which are not handed on")
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
+    try:
+        holding = asyncio.Event()
+
+        async def first() -> int:
+            async with autocommit(engine) as db:
+                row = await db.one(text("SELECT pg_backend_pid() AS pid"), {})
+                holding.set()
+                await asyncio.sleep(0.05)  # the second one is waiting by now
+                db.driver.terminate()  # type: ignore[attr-defined]  # as a server restart would
+                return int((row or {})["pid"])
+
+        async def second() -> int:
+            await holding.wait()
+            async with autocommit(engine) as db:
+                row = await db.one(text("SELECT pg_backend_pid() AS pid"), {})
+                return int((row or {})["pid"])
+
+        before, after = await asyncio.gather(first(), second())
+        assert before != after
+        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_waiter_that_gives_up_loses_no_turn(settings: Settings) -> None:
+    """A request cancelled while it waits for a turn (its client went away) takes no turn and no
+    connection with it: afterwards every turn can be taken again."""
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 0}))
+    try:
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with autocommit(engine) as db:
+                await db.one(text("SELECT 1 AS one"), {})
+                await release.wait()
+
+        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        waiters = [asyncio.create_task(hold()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        for waiter in waiters:
+            waiter.cancel()
+        release.set()
+        await asyncio.gather(*holders)
+        assert all(w.cancelled() for w in waiters)
+        release.clear()
+        again = [asyncio.create_task(hold()) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in again)  # both got a turn and hold it
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*again), 5)
+        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await engine.dispose()
