@@ -99,11 +99,10 @@ class _BearerClaims(OAuth2PasswordBearer):
     for this issuer and audience, and counted against the user's rate limit; not yet checked
     against the database.
 
-    For the hot item routes only (read one, the v1 and v2 lists, create), whose one statement
-    checks the user and login session itself (app.services.items): a route that takes these
-    claims must hand them to such a statement. Every other route takes the caller
-    (`CurrentUser`). Both are the one OAuth2 password flow of the OpenAPI document (Swagger UI's
-    Authorize button).
+    For the hot item routes only (read one, list, create), whose one statement checks the user and
+    login session itself (app.services.items): a route that takes these claims must hand them to
+    such a statement. Every other route takes the caller (`CurrentUser`). Both are the one OAuth2
+    password flow of the OpenAPI document (Swagger UI's Authorize button).
     """
 
     def __init__(self) -> None:

@@ -12,7 +12,6 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
-    CompoundSelect,
     Integer,
     Table,
     and_,
@@ -30,7 +29,6 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.sql import Select
 
 from app.core.db import Row, Statements
 from app.models import Item
@@ -91,35 +89,27 @@ _TOTAL_AS_CALLER = select(
         .scalar_subquery(),
     ).label("total"),
 ).select_from(CALLER)
-
-
-def _with_caller(page: Select[Any]) -> CompoundSelect[Any]:
-    """A user's page and the access-token check in one statement: the caller row (caller_id,
-    caller_is_admin, total; item columns NULL) first, then `page`'s rows (caller columns NULL), in
-    id order. `page` must select the token's user's own items (`_OWN`); an admin's page (every
-    item) is read by a second statement. A correlated (LATERAL) page would let the caller row
-    choose, but SQLite has no LATERAL."""
-    return union_all(
-        select(
-            _TOTAL_AS_CALLER.subquery("t"),
-            *(type_coerce(null(), column.type).label(column.key) for column in _COLUMNS),
-        ),
-        select(
-            type_coerce(null(), Integer).label("caller_id"),
-            type_coerce(null(), Boolean).label("caller_is_admin"),
-            type_coerce(null(), Integer).label("total"),
-            page.subquery("page"),
-        ),
-    ).order_by(nulls_first(literal_column("id")))
-
-
-_OWN = _c.owner_id == bindparam("b_user")
-_PAGE_AS_CALLER = _with_caller(
-    select(*_COLUMNS).where(_OWN).order_by(_c.id).offset(bindparam("b_offset")).limit(bindparam("b_limit"))
-)
-_AFTER_AS_CALLER = _with_caller(
-    select(*_COLUMNS).where(_OWN, _c.id > bindparam("b_after")).order_by(_c.id).limit(bindparam("b_limit"))
-)
+# A user's page and its total in one statement: the caller row (caller_id, caller_is_admin, total;
+# item columns NULL) first, then the page's rows (caller columns NULL), in id order. The page is the
+# token's user's own items; an admin's page (every item) is read by a second statement. A
+# correlated (LATERAL) page would let the caller row choose, but SQLite has no LATERAL.
+_PAGE_AS_CALLER = union_all(
+    select(
+        _TOTAL_AS_CALLER.subquery("t"),
+        *(type_coerce(null(), column.type).label(column.key) for column in _COLUMNS),
+    ),
+    select(
+        type_coerce(null(), Integer).label("caller_id"),
+        type_coerce(null(), Boolean).label("caller_is_admin"),
+        type_coerce(null(), Integer).label("total"),
+        select(*_COLUMNS)
+        .where(_c.owner_id == bindparam("b_user"))
+        .order_by(_c.id)
+        .offset(bindparam("b_offset"))
+        .limit(bindparam("b_limit"))
+        .subquery("page"),
+    ),
+).order_by(nulls_first(literal_column("id")))
 _CALLER_KEYS = ("caller_id", "caller_is_admin", "total")
 _INSERT_AS_CALLER = (
     insert(_items)
@@ -168,36 +158,20 @@ class ItemRepository:
         del row["caller_id"]
         return None if row["id"] is None else row
 
-    async def _own_with_caller(
-        self, statement: CompoundSelect[Any], params: dict[str, Any]
-    ) -> tuple[Row, list[ItemRow]]:
-        """The caller row and the page of a `_with_caller` statement; `NoCaller` if the token is no
-        longer good."""
-        rows = await self.db.all(statement, params)
+    async def page_as(self, access: Access, offset: int, limit: int) -> tuple[list[ItemRow], int]:
+        """A page of what the caller may read and its total; `NoCaller` if the token is no longer good."""
+        params = {**access.params, "b_offset": offset, "b_limit": limit}
+        rows = await self.db.all(_PAGE_AS_CALLER, params)
         if not rows or rows[0]["caller_id"] is None:
             raise NoCaller
+        caller = rows[0]
+        if caller["caller_is_admin"]:
+            return await self.page(None, offset, limit), int(caller["total"])
         page = rows[1:]
         for row in page:
             for key in _CALLER_KEYS:
                 del row[key]
-        return rows[0], page
-
-    async def page_as(self, access: Access, offset: int, limit: int) -> tuple[list[ItemRow], int]:
-        """A page of what the caller may read and its total; `NoCaller` if the token is no longer good."""
-        params = {**access.params, "b_offset": offset, "b_limit": limit}
-        caller, page = await self._own_with_caller(_PAGE_AS_CALLER, params)
-        if caller["caller_is_admin"]:
-            page = await self.page(None, offset, limit)
         return page, int(caller["total"])
-
-    async def after_as(self, access: Access, after_id: int, limit: int) -> list[ItemRow]:
-        """Keyset page of what the caller may read: items with an id above `after_id`, in id order;
-        `NoCaller` if the token is no longer good."""
-        params = {**access.params, "b_after": after_id, "b_limit": limit}
-        caller, page = await self._own_with_caller(_AFTER_AS_CALLER, params)
-        if caller["caller_is_admin"]:
-            page = await self.after(None, after_id, limit)
-        return page
 
     async def add_as(self, access: Access, values: dict[str, Any]) -> ItemRow:
         """The caller's new item; `NoCaller` (nothing written) if the token is no longer good."""

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CursorQuery, ItemServiceDep, TokenClaims
+from app.api.deps import CurrentUser, CursorQuery, ItemServiceDep
 from app.api.v2 import PREFIX
 from app.schemas.common import problem_responses
 from app.schemas.item import ItemPage
@@ -16,11 +16,11 @@ router = APIRouter(prefix=f"{PREFIX}/items", tags=["items v2"])
 
 @router.get("", summary="List the caller's items (cursor pages)", responses=problem_responses(401, 422))
 async def list_items(
-    claims: TokenClaims,
+    user: CurrentUser,
     items: ItemServiceDep,
     cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Items to return (at most 100).")] = 20,
 ) -> ItemPage:
     """Pages follow item ids, so an item created while a client pages never shifts or repeats a page."""
-    page = await items.cursor_page(claims, cursor, limit)
+    page = await items.cursor_page(user, cursor, limit)
     return ItemPage.model_validate({"items": page.items, "next_cursor": page.next_cursor})
