@@ -10,25 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import (
-    Boolean,
-    Integer,
-    Table,
-    and_,
-    bindparam,
-    case,
-    delete,
-    func,
-    insert,
-    literal_column,
-    null,
-    nulls_first,
-    or_,
-    select,
-    type_coerce,
-    union_all,
-    update,
-)
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, update
 
 from app.core.db import Row, Statements
 from app.models import Item
@@ -89,28 +71,6 @@ _TOTAL_AS_CALLER = select(
         .scalar_subquery(),
     ).label("total"),
 ).select_from(CALLER)
-# A user's page and its total in one statement: the caller row (caller_id, caller_is_admin, total;
-# item columns NULL) first, then the page's rows (caller columns NULL), in id order. The page is the
-# token's user's own items; an admin's page (every item) is read by a second statement. A
-# correlated (LATERAL) page would let the caller row choose, but SQLite has no LATERAL.
-_PAGE_AS_CALLER = union_all(
-    select(
-        _TOTAL_AS_CALLER.subquery("t"),
-        *(type_coerce(null(), column.type).label(column.key) for column in _COLUMNS),
-    ),
-    select(
-        type_coerce(null(), Integer).label("caller_id"),
-        type_coerce(null(), Boolean).label("caller_is_admin"),
-        type_coerce(null(), Integer).label("total"),
-        select(*_COLUMNS)
-        .where(_c.owner_id == bindparam("b_user"))
-        .order_by(_c.id)
-        .offset(bindparam("b_offset"))
-        .limit(bindparam("b_limit"))
-        .subquery("page"),
-    ),
-).order_by(nulls_first(literal_column("id")))
-_CALLER_KEYS = ("caller_id", "caller_is_admin", "total")
 _INSERT_AS_CALLER = (
     insert(_items)
     .from_select(
@@ -160,18 +120,11 @@ class ItemRepository:
 
     async def page_as(self, access: Access, offset: int, limit: int) -> tuple[list[ItemRow], int]:
         """A page of what the caller may read and its total; `NoCaller` if the token is no longer good."""
-        params = {**access.params, "b_offset": offset, "b_limit": limit}
-        rows = await self.db.all(_PAGE_AS_CALLER, params)
-        if not rows or rows[0]["caller_id"] is None:
+        caller = await self.db.one(_TOTAL_AS_CALLER, access.params)
+        if caller is None:
             raise NoCaller
-        caller = rows[0]
-        if caller["caller_is_admin"]:
-            return await self.page(None, offset, limit), int(caller["total"])
-        page = rows[1:]
-        for row in page:
-            for key in _CALLER_KEYS:
-                del row[key]
-        return page, int(caller["total"])
+        owner = None if caller["caller_is_admin"] else caller["caller_id"]
+        return await self.page(owner, offset, limit), int(caller["total"])
 
     async def add_as(self, access: Access, values: dict[str, Any]) -> ItemRow:
         """The caller's new item; `NoCaller` (nothing written) if the token is no longer good."""

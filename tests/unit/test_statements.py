@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import event, insert, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.config import Settings
 from app.core import db as db_module
+from app.core.config import Settings
 from app.core.db import autocommit, create_engine, transaction
 from app.core.exceptions import is_database_outage
 from app.models import AuthSession, User
