@@ -305,10 +305,11 @@ class _Turnstile:
     costs neither.
 
     A hot path that finishes while others wait hands its connection on with its turn, for up to
-    `HAND_ON_S` after the connection left the pool: returning it and checking it out again cost
-    about 90 µs of CPU per request in the app (bench/analysis.md). Then it goes back to the pool,
-    so the pool's recycling, and the sessions waiting on the pool, get it at least that often.
-    With nobody waiting, every connection goes straight back: nothing is held between requests.
+    `HAND_ON_S` after the connection left the pool: returning it to the pool and checking it out
+    again cost 70-100 µs of CPU per request in the app under load (bench/analysis.md). Then it goes
+    back to the pool, so the pool's recycling, and the sessions waiting on the pool, get it at
+    least that often. With nobody waiting every connection goes straight back: nothing is held
+    between requests.
     """
 
     __slots__ = ("free", "timeout", "waiters")
