@@ -61,9 +61,11 @@ fuzz: $(VENV_STAMP) ## Schema fuzzing: 500 examples per operation, stateless and
 	FUZZ_EXAMPLES=500 $(UV) run --no-sync pytest tests/fuzz -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(VENV_STAMP) ## The benchmark (~10 min): bench/results/latest.json, docs/performance.md and its plots
+	bash scripts/bench_tools.sh
 	$(UV) run --no-sync python -m bench.run
 
 bench-quick: $(VENV_STAMP) ## A shorter benchmark
+	bash scripts/bench_tools.sh
 	$(UV) run --no-sync python -m bench.run --quick
 
 clean: ## Remove caches and the local database
