@@ -335,7 +335,7 @@ class _Turnstile:
                 left = self.leave(waiter.result())
                 if left is not None:
                     await greenlet_spawn(left.fairy.close)
-            else:
+            elif waiter in self.waiters:  # not yet passed over by `leave`
                 waiter.cancel()
                 self.waiters.remove(waiter)
             if isinstance(error, TimeoutError):

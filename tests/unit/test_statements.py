@@ -284,3 +284,19 @@ async def test_a_waiter_that_gives_up_loses_no_turn(settings: Settings) -> None:
         assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await engine.dispose()
+
+
+async def test_a_waiter_cancelled_just_before_the_turn_passes_it_over_ends_cleanly() -> None:
+    """A request cancelled in the queue (its client went away) and, before it runs again, the
+    request ahead finishes and passes the turn over it: it ends as cancelled, not with an error,
+    and the turn is still there. Before this test it ended with a ValueError from the queue."""
+    turnstile = db_module._Turnstile(1, 5.0)
+    assert await turnstile.enter() is None  # the one turn, taken
+
+    waiting = asyncio.create_task(turnstile.enter())
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    assert turnstile.leave(None) is None  # the request ahead finishes: nobody left to hand it to
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await asyncio.wait_for(turnstile.enter(), 1) is None  # the turn is free again
