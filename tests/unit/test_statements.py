@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -30,6 +31,16 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await empty_tables(engine)
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def _pool_of(settings: Settings, **pool: float) -> AsyncIterator[AsyncEngine]:
+    """An engine whose pool has these settings (`db_pool_size=2`, ...), disposed afterwards."""
+    engine = create_engine(settings.model_copy(update=pool))
+    try:
+        yield engine
+    finally:
         await engine.dispose()
 
 
@@ -132,24 +143,23 @@ async def test_the_hot_paths_wait_their_turn_for_one_of_the_pool_connections(set
     """At most DB_POOL_SIZE hot statements hold a connection at once, never an overflow one, and
     turns are given in the order they were asked for (SQLAlchemy's own wait let newcomers
     overtake waiters: a p99 4-5x the median at 64 connections)."""
-    engine = create_engine(settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 5}))
-    holding, most, turns = 0, 0, []
+    async with _pool_of(settings, db_pool_size=2, db_max_overflow=5) as engine:
+        holding, most, turns = 0, 0, []
 
-    async def use(n: int) -> None:
-        nonlocal holding, most
-        async with autocommit(engine) as db:
-            holding += 1
-            most = max(most, holding)
-            await db.one(text("SELECT 1 AS one"), {})
-            await asyncio.sleep(0.02)
-            holding -= 1
+        async def use(n: int) -> None:
+            nonlocal holding, most
+            async with autocommit(engine) as db:
+                holding += 1
+                most = max(most, holding)
+                await db.one(text("SELECT 1 AS one"), {})
+                await asyncio.sleep(0.02)
+                holding -= 1
 
-    async def turn(n: int) -> None:
-        async with autocommit(engine):
-            turns.append(n)
-            await asyncio.sleep(0.01)
+        async def turn(n: int) -> None:
+            async with autocommit(engine):
+                turns.append(n)
+                await asyncio.sleep(0.01)
 
-    try:
         for work in (use, turn):
             tasks = []
             for n in range(8):
@@ -159,13 +169,10 @@ async def test_the_hot_paths_wait_their_turn_for_one_of_the_pool_connections(set
         assert most == 2
         assert engine.sync_engine.pool.overflow() <= 0  # type: ignore[attr-defined]
         assert turns == list(range(8))
-    finally:
-        await engine.dispose()
 
 
 async def test_no_turn_within_the_pool_timeout_is_a_503(settings: Settings) -> None:
-    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_pool_timeout": 0.1}))
-    try:
+    async with _pool_of(settings, db_pool_size=1, db_pool_timeout=0.1) as engine:
         async with autocommit(engine):
             with pytest.raises(sa_exc.TimeoutError) as caught:
                 async with autocommit(engine):
@@ -173,8 +180,6 @@ async def test_no_turn_within_the_pool_timeout_is_a_503(settings: Settings) -> N
         assert is_database_outage(caught.value)  # answered 503 with Retry-After
         async with autocommit(engine) as db:  # and the turn was given back
             assert await db.one(text("SELECT 1 AS one"), {}) == {"one": 1}
-    finally:
-        await engine.dispose()
 
 
 def _count_checkouts(engine: AsyncEngine) -> list[int]:
@@ -207,9 +212,8 @@ async def test_a_connection_goes_from_one_waiting_statement_to_the_next_and_then
     and a connection is handed on only for HAND_ON_S after it left the pool."""
     if settings.database_url.startswith("sqlite"):
         pytest.skip("SQLite's hot paths use SQLAlchemy connections, which are not handed on")
-    engine = create_engine(settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 0}))
-    checkouts = _count_checkouts(engine)
-    try:
+    async with _pool_of(settings, db_pool_size=2, db_max_overflow=0) as engine:
+        checkouts = _count_checkouts(engine)
         pids = await _burst(engine, 20)
         assert len(set(pids)) == 2
         assert checkouts[0] == 2  # one per pool connection, not one per statement
@@ -220,8 +224,6 @@ async def test_a_connection_goes_from_one_waiting_statement_to_the_next_and_then
         await _burst(engine, 20)
         assert checkouts[0] == 20  # each went back to the pool at once
         assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        await engine.dispose()
 
 
 async def test_a_connection_closed_while_handed_on_is_replaced(settings: Settings) -> None:
@@ -229,8 +231,7 @@ async def test_a_connection_closed_while_handed_on_is_replaced(settings: Setting
     discarded and the waiter gets a working connection, not an error."""
     if settings.database_url.startswith("sqlite"):
         pytest.skip("SQLite's hot paths use SQLAlchemy connections, which are not handed on")
-    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    try:
+    async with _pool_of(settings, db_pool_size=1, db_max_overflow=0) as engine:
         holding = asyncio.Event()
 
         async def first() -> int:
@@ -250,15 +251,12 @@ async def test_a_connection_closed_while_handed_on_is_replaced(settings: Setting
         before, after = await asyncio.gather(first(), second())
         assert before != after
         assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        await engine.dispose()
 
 
 async def test_a_waiter_that_gives_up_loses_no_turn(settings: Settings) -> None:
     """A request cancelled while it waits for a turn (its client went away) takes no turn and no
     connection with it: afterwards every turn can be taken again."""
-    engine = create_engine(settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 0}))
-    try:
+    async with _pool_of(settings, db_pool_size=2, db_max_overflow=0) as engine:
         release = asyncio.Event()
 
         async def hold() -> None:
@@ -282,8 +280,6 @@ async def test_a_waiter_that_gives_up_loses_no_turn(settings: Settings) -> None:
         release.set()
         await asyncio.wait_for(asyncio.gather(*again), 5)
         assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        await engine.dispose()
 
 
 async def test_a_waiter_cancelled_just_before_the_turn_passes_it_over_ends_cleanly() -> None:
