@@ -268,11 +268,12 @@ def postgres_url() -> str:
 
 
 def settle_postgres(database_url: str, timeout_s: float = 30.0) -> float:
-    """Let PostgreSQL finish the maintenance the benchmark's own bulk writes triggered (tens of
-    thousands of items and prediction records a minute earlier) before latency is measured:
-    VACUUM ANALYZE the written tables now, then wait for autovacuum workers to finish. Measured
-    without it: 1.4 cores of autovacuum during the open loop, and its p99 went from ~4 ms to 23 ms.
-    Returns the seconds it took."""
+    """Let PostgreSQL finish the maintenance the benchmark's own bulk writes trigger (the seed's
+    10,000 items before the closed loop; tens of thousands of items and prediction records before
+    the open loop) before anything is measured: VACUUM ANALYZE the written tables now, then wait
+    for autovacuum workers to finish. Measured without it: 1.4 cores of autovacuum during the open
+    loop (its p99 went from ~4 ms to 23 ms), 0.65 cores during the list phase. Returns the seconds
+    it took."""
     import asyncpg
 
     async def settle() -> None:
