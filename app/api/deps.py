@@ -114,7 +114,7 @@ class _BearerClaims(OAuth2PasswordBearer):
             raise Unauthorized("Not authenticated: send an access token as `Authorization: Bearer`.")
         resources: Resources = request.app.state.resources
         claims = read_access_token(resources.codec, token)
-        await limit_user(request, claims.user_id)
+        await limit_user(request, claims)
         request.state.user_id = claims.user_id
         return claims
 

@@ -185,14 +185,20 @@ def validation_errors(raw: Sequence[Any]) -> list[dict[str, str]]:
     ]
 
 
+def media_type(request: Request) -> str:
+    """The request's media type, lower-cased and without parameters (media types are
+    case-insensitive: `Application/JSON; charset=UTF-8` is `application/json`)."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
 def _is_json_request(request: Request) -> bool:
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    content_type = media_type(request)
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
 
 
-async def _app_error_handler(request: Request, exc: Exception) -> Response:
+async def app_error_handler(request: Request, exc: Exception) -> Response:
     exc = cast(AppError, exc)
     return _error_response(
         request,
@@ -299,6 +305,6 @@ def install_exception_handlers(app: FastAPI) -> None:
     """Every error the app can raise, mapped once. Unhandled exceptions: see RequestContextMiddleware."""
     app.add_exception_handler(sa_exc.SQLAlchemyError, _database_error_handler)
     app.add_exception_handler(OSError, _database_error_handler)
-    app.add_exception_handler(AppError, _app_error_handler)
+    app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)

@@ -26,7 +26,8 @@ from app.core.middleware import (
     SecurityHeaders,
     TrustedHostMiddleware,
 )
-from app.core.ratelimit import Limits
+from app.core.ratelimit import Limits, refused_token_handler
+from app.core.security import InvalidAccessToken
 from app.core.shedding import LoadSheddingMiddleware
 
 log = structlog.get_logger("app")
@@ -80,6 +81,8 @@ def install(app: FastAPI, settings: Settings, *, docs_pages: Iterable[str] = ())
         in_flight=in_flight,
         headers=security.api,
     )
+    # A token the database refuses gives back what it was counted against its user (ratelimit).
+    app.add_exception_handler(InvalidAccessToken, refused_token_handler)
     if settings.metrics_enabled:
         app.add_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
 

@@ -2,7 +2,12 @@
 
 - Log-in and registration: per client address and per account email, each endpoint counted
   on its own (`rate_limit_auth_per_address`, `rate_limit_auth_per_account`).
-- Every authenticated request: per user (`rate_limit_per_user`).
+- Every authenticated request: per user (`rate_limit_per_user`), counted once its access token is
+  correctly signed and unexpired. A token the database then refuses (its login ended, its user was
+  deactivated or deleted) gives that request back to its user and is remembered by this process:
+  from then on it is counted under a key of its own (the token's), never its user's, and answered
+  401 without a query (429 once it is over the same number). Whoever holds a logged-out token
+  cannot spend its owner's allowance.
 
 A refused request gets 429 problem details with `Retry-After`. If Redis cannot be reached the
 request is still served: the check falls back to this process's own counters (limits hold per
@@ -21,17 +26,22 @@ from typing import Any
 
 import structlog
 from fastapi import Request
+from fastapi.responses import Response
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
 from app.core.config import Settings
-from app.core.exceptions import TooManyRequests
+from app.core.exceptions import TooManyRequests, app_error_handler, media_type
 from app.core.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
+from app.core.security import AccessClaims, InvalidAccessToken
 
 log = structlog.get_logger("app.ratelimit")
 
 KEY_PREFIX = "fastapi-ml-service:limits"
+# Access tokens the database refused, remembered by their `jti` until they expire (about 50 bytes
+# each); past this many the oldest is forgotten, and costs one query again if it comes back.
+REFUSED_TOKENS_KEPT = 4096
 
 
 class Limits:
@@ -74,6 +84,7 @@ class Limits:
             self._shared = (MovingWindowRateLimiter(self._redis), FixedWindowRateLimiter(self._redis))
         self._redis_down_until = 0.0
         self.redis_healthy = True
+        self.refused: dict[str, int] = {}  # jti -> expiry (epoch seconds)
 
     @property
     def shared(self) -> bool:
@@ -93,6 +104,25 @@ class Limits:
                     log.warning("rate_limit_redis_recovered")
                 return wait
         return await _hit(self._local[index], name, item, identifiers)
+
+    async def give_back(self, name: str, item: RateLimitItem, *identifiers: str) -> None:
+        """Undo one fixed-window `hit` (where Redis is down, on this process's counters, as the hit
+        was). A window that ended in between starts one lower: one request of grace, no more."""
+        limiter: RateLimiter = self._local[1]
+        if self._shared is not None and time.monotonic() >= self._redis_down_until:
+            limiter = self._shared[1]
+        try:
+            await limiter.storage.incr(item.key_for(name, *identifiers), item.get_expiry(), amount=-1)
+        except self._errors as exc:
+            self._redis_failed(exc)
+
+    def remember_refused(self, claims: AccessClaims) -> None:
+        if len(self.refused) >= REFUSED_TOKENS_KEPT:
+            now = time.time()
+            self.refused = {jti: exp for jti, exp in self.refused.items() if exp > now}
+            if len(self.refused) >= REFUSED_TOKENS_KEPT:
+                del self.refused[next(iter(self.refused))]  # the oldest entry
+        self.refused[claims.jti] = claims.expires_at
 
     def _redis_failed(self, exc: BaseException) -> None:
         RATE_LIMIT_STORAGE_ERRORS.inc()
@@ -166,8 +196,7 @@ def auth_rate_limit(endpoint: str) -> Callable[[Request], Awaitable[None]]:
 
 
 async def _account(request: Request) -> str | None:
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+    if media_type(request) in {"application/x-www-form-urlencoded", "multipart/form-data"}:
         value = (await request.form()).get("username")
     else:
         try:
@@ -178,10 +207,14 @@ async def _account(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def limit_user(request: Request, user_id: int) -> None:
+async def limit_user(request: Request, claims: AccessClaims) -> None:
     """The per-user limit, counted for every request whose access token is well-formed, correctly
     signed and unexpired (so nobody can spend another user's allowance with a forged `sub`), before
-    the token is checked against the database: an over-limit caller costs no query.
+    the token is checked against the database: an over-limit caller costs no query. Should the
+    database then refuse the token, `refused_token_handler` gives the request back.
+
+    A token this process has seen refused is counted under its own key instead and answered 401
+    here, before anything else is spent.
 
     Called by the authentication dependency (`app.api.deps.get_principal`) right after it has
     decoded the token, so the token is decoded once per request; a request without a valid token is
@@ -190,6 +223,32 @@ async def limit_user(request: Request, user_id: int) -> None:
     limits: Limits | None = getattr(request.app.state, "rate_limits", None)
     if limits is None or not limits.enabled or limits.per_user is None:
         return
-    wait = await limits.hit("user", limits.per_user, str(user_id), moving=False)
+    if claims.jti in limits.refused:
+        await _count_refused(limits, limits.per_user, claims)
+        raise InvalidAccessToken
+    wait = await limits.hit("user", limits.per_user, str(claims.user_id), moving=False)
     if wait is not None:
         raise _refuse("user", wait, "requests for this user")
+    request.state.counted_claims = claims
+
+
+async def _count_refused(limits: Limits, item: RateLimitItem, claims: AccessClaims) -> None:
+    wait = await limits.hit("refused-token", item, claims.jti, moving=False)
+    if wait is not None:
+        raise _refuse("refused_token", wait, "requests with this refused access token")
+
+
+async def refused_token_handler(request: Request, exc: Exception) -> Response:
+    """`InvalidAccessToken`'s handler. A token the database refused after it was counted against
+    its user (`limit_user`) gives that back, is remembered, and is counted under its own key; then
+    the usual 401 (or 429, when the refused token itself is over the limit)."""
+    claims: AccessClaims | None = getattr(request.state, "counted_claims", None)
+    limits: Limits | None = getattr(request.app.state, "rate_limits", None)
+    if claims is not None and limits is not None and limits.per_user is not None:
+        await limits.give_back("user", limits.per_user, str(claims.user_id))
+        limits.remember_refused(claims)
+        try:
+            await _count_refused(limits, limits.per_user, claims)
+        except TooManyRequests as refused:
+            exc = refused
+    return await app_error_handler(request, exc)

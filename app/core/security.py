@@ -16,6 +16,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from app.core.config import Settings
+from app.core.exceptions import Unauthorized
 
 REFRESH_TOKEN_BYTES = 32
 # Clock skew allowed on exp and nbf.
@@ -71,6 +72,14 @@ class AccessClaims:
 
 class InvalidToken(Exception):
     """The token is malformed, forged, expired or otherwise unusable."""
+
+
+class InvalidAccessToken(Unauthorized):
+    """The 401 for an access token that is not good: unusable (`InvalidToken`), or refused by the
+    database (its login session ended, its user deactivated or deleted)."""
+
+    def __init__(self) -> None:
+        super().__init__("The access token is invalid, expired or revoked.")
 
 
 class TokenCodec:

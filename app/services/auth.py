@@ -12,6 +12,7 @@ from app.core.db import autocommit
 from app.core.exceptions import Conflict, Unauthorized
 from app.core.security import (
     AccessClaims,
+    InvalidAccessToken,
     InvalidToken,
     PasswordHasher,
     TokenCodec,
@@ -36,11 +37,6 @@ class BadCredentials(Unauthorized):
 class InvalidRefreshToken(Unauthorized):
     def __init__(self) -> None:
         super().__init__("The refresh token is invalid, expired or already used.")
-
-
-class InvalidAccessToken(Unauthorized):
-    def __init__(self) -> None:
-        super().__init__("The access token is invalid, expired or revoked.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.db import autocommit, transaction
 from app.core.exceptions import NotFound, ValidationFailed
-from app.core.security import AccessClaims
+from app.core.security import AccessClaims, InvalidAccessToken
 from app.models.base import utcnow
 from app.repositories.items import Access, ItemRepository, ItemRow, NoCaller
-from app.services.auth import Caller, InvalidAccessToken
+from app.services.auth import Caller
 
 
 class ItemNotFound(NotFound):

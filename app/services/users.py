@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.exceptions import Conflict, NotFound, Unauthorized
-from app.core.security import PasswordHasher
+from app.core.security import InvalidAccessToken, PasswordHasher
 from app.models import User
 from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository
-from app.services.auth import Caller, EmailTaken, InvalidAccessToken
+from app.services.auth import Caller, EmailTaken
 
 
 class UserNotFound(NotFound):

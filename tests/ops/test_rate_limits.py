@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from app.core import metrics
-from tests.conftest import LogLines, assert_problem
+from tests.conftest import PASSWORD, LogLines, assert_problem
 from tests.faults.server import free_port
 from tests.ops.conftest import login, new_email, register, running_app, user
 
@@ -165,3 +166,108 @@ async def test_limits_are_shared_through_redis_and_recover_after_an_outage(datab
                 await asyncio.sleep(0.3)  # past redis_retry_interval
                 await _spend_and_check_shared(a, b)
                 assert app_a.state.rate_limits.redis_healthy
+
+
+@contextmanager
+def limit_storage(kind: str) -> Iterator[dict[str, Any]]:
+    """Settings for the per-process counters or for a private Redis."""
+    if kind == "memory":
+        yield {}
+        return
+    port = free_port()
+    with private_redis(port):
+        yield {"redis_url": f"redis://127.0.0.1:{port}/0"}
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_a_revoked_token_does_not_lock_its_owner_out(database_url: str, storage: str) -> None:
+    """Finding 1 of the outside attack: after logout, requests with the logged-out token (401 each)
+    spent the user's per-user allowance, and the owner's other, valid session got 429 everywhere."""
+    with limit_storage(storage) as redis:
+        settings = {**LIMITS, "rate_limit_per_user": "10/minute", **redis}
+        async with running_app(database_url, **settings) as (_, client):
+            email = new_email()
+            stolen = await user(client, email)
+            mine = {"Authorization": f"Bearer {(await login(client, email)).json()['access_token']}"}
+            assert (await client.post("/api/v1/auth/logout", headers=stolen)).status_code == 204
+            # The hot item routes (the token checked inside their statement) and the others (checked
+            # by the dependency), one by one and in a concurrent burst: far past the user's 10.
+            hot = [
+                lambda: client.get("/api/v1/items", headers=stolen),
+                lambda: client.post("/api/v1/items", headers=stolen, json={"title": "x"}),
+                lambda: client.get("/api/v1/items/1", headers=stolen),
+                lambda: client.get("/api/v2/items", headers=stolen),
+                lambda: client.get("/api/v1/users/me", headers=stolen),
+            ]
+            sequential = [(await request()).status_code for request in hot * 4]
+            burst = await asyncio.gather(*(client.get("/api/v1/users/me", headers=stolen) for _ in range(30)))
+            # The logout spent 1 of the user's 10 (the token was good then): 9 are left.
+            owner = [(await client.get("/api/v1/users/me", headers=mine)).status_code for _ in range(9)]
+            over = await client.get("/api/v1/items", headers=mine)
+    assert set(sequential[:10]) == {401}
+    # Refused tokens are counted under a key of their own (the token's): past the per-user number
+    # the stolen token gets 429 without reaching the database, and its owner is untouched.
+    assert set(sequential + [r.status_code for r in burst]) <= {401, 429}
+    assert burst[-1].status_code == 429
+    assert owner == [200] * 9
+    assert over.status_code == 429  # the owner's own 11th request: the per-user limit still holds
+
+
+async def test_a_forged_token_with_another_users_sub_spends_nobodys_allowance(database_url: str) -> None:
+    async with running_app(database_url, **{**LIMITS, "rate_limit_per_user": "5/minute"}) as (_, client):
+        victim = await user(client)
+        victim_id = (await client.get("/api/v1/users/me", headers=victim)).json()["id"]
+        now = int(time.time())
+        claims = {"sub": str(victim_id), "sid": "x", "jti": "y", "iat": now, "nbf": now, "exp": now + 600}
+        forged = jwt.encode(
+            {**claims, "iss": "fastapi-ml-service", "aud": "fastapi-ml-service"},
+            "not-the-service-key-" + "z" * 32,
+            algorithm="HS256",
+        )
+        statuses = {
+            (await client.get("/api/v1/items", headers={"Authorization": f"Bearer {forged}"})).status_code
+            for _ in range(20)
+        }
+        victims = [(await client.get("/api/v1/items", headers=victim)).status_code for _ in range(4)]
+    assert statuses == {401}
+    assert victims == [200] * 4  # 1 + 4 of 5: nothing of the allowance went to the forged token
+
+
+@pytest.mark.parametrize(
+    "media_type", ["Application/x-www-form-urlencoded", "APPLICATION/X-WWW-FORM-URLENCODED"]
+)
+async def test_log_in_with_a_media_type_in_capitals_is_answered_not_500(
+    database_url: str, media_type: str
+) -> None:
+    """Finding 2: media types are case-insensitive (RFC 9110); the per-account limiter matched them
+    case-sensitively, then read the consumed body as JSON: a 500 and a traceback per request."""
+    async with running_app(database_url, **LIMITS) as (_, client):
+        email = new_email()
+        assert (await register(client, email)).status_code == 201
+        form = f"username={email}&password={PASSWORD.replace(' ', '+')}"
+
+        async def log_in(body: str) -> httpx.Response:
+            return await client.post("/api/v1/auth/token", content=body, headers={"Content-Type": media_type})
+
+        good = await log_in(form)
+        wrong = await log_in(f"username={email}&password=wrong")
+        missing = await log_in(f"username={email}")
+        # The account's limit (3) is counted for the capitalised form too: the 4th attempt waits.
+        fourth = await log_in(form)
+    assert good.status_code == 200
+    assert wrong.status_code == 401
+    assert missing.status_code == 422
+    assert fourth.status_code == 429
+
+
+async def test_multipart_log_in_with_a_media_type_in_capitals(database_url: str) -> None:
+    async with running_app(database_url, **LIMITS) as (_, client):
+        email = new_email()
+        assert (await register(client, email)).status_code == 201
+        request = client.build_request(
+            "POST", "/api/v1/auth/token", files={"username": (None, email), "password": (None, PASSWORD)}
+        )
+        boundary = request.headers["content-type"].split("boundary=", 1)[1]
+        request.headers["content-type"] = f"Multipart/Form-Data; boundary={boundary}"
+        response = await client.send(request)
+    assert response.status_code == 200, response.text
