@@ -24,6 +24,7 @@ from app.core.logging import configure_logging
 from app.core.metrics import observe_model_batch
 from app.core.middleware import BodySizeLimitMiddleware
 from app.core.migrations import head_revision, upgrade_to_head
+from app.core.redirects import relative_slash_redirects
 from app.core.resources import Resources
 from app.core.security import PasswordHasher, TokenCodec
 from app.ml.registry import ModelRegistry, RegistrySettings
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if pages:
         _mount_docs(app, *pages)
+    relative_slash_redirects(app)
     return app
 
 
