@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.run import (
+from bench.harness import (
     LUA_STATUS_COUNTS,
     PYTHON,
     RESULTS,
@@ -451,45 +451,6 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['load_average'][0]:.1f} before, {results['load_average'][1]:.1f} after "
         "(the machine is shared: compare rows of one run, not absolute values).",
     ]
-    return "\n".join(lines)
-
-
-def in_process_markdown(data: dict[str, Any]) -> str:
-    """A summary of bench/bench_models.py's JSON (`--json`): the same questions without HTTP."""
-    lines = ["### In process, without HTTP (bench/bench_models.py)", ""]
-    lags = {
-        k.removeprefix("loop lag: "): v for k, v in data.get("gil", {}).items() if k.startswith("loop lag")
-    }
-    if lags:
-        lines += [
-            "How late a 1 ms asyncio timer fires while another thread of the same process calls the model "
-            "(ms): what every request of a web process would feel with the model on a thread.",
-            "",
-            "| Model called in the other thread | p50 | p99 | max |",
-            "|---|---|---|---|",
-            *(
-                f"| {k} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['max_ms']:.2f} |"
-                for k, v in lags.items()
-            ),
-            "",
-        ]
-    registry = data.get("registry", {})
-    if registry:
-        lines += [
-            "The registry called directly by 64 concurrent callers, one row each:",
-            "",
-            "| Model | batching | predictions/s | p50 ms | p99 ms | rows per runtime call |",
-            "|---|---|---|---|---|---|",
-        ]
-        for key, r in registry.items():
-            name, mode = key.split("/")
-            lines.append(
-                f"| {name} | {mode} | {r['req_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                f"| {r['mean_batch_rows']:.1f} |"
-            )
-        lines.append("")
-    if data.get("machine", {}).get("load"):
-        lines.append(f"In-process run: {data['machine']['load']}.")
     return "\n".join(lines)
 
 

@@ -4,10 +4,10 @@
 [--cprofile]`
 
 Builds the app the production way (`create_app` with ENVIRONMENT=production settings), runs its
-lifespan, seeds users and items like bench/run.py, then calls the ASGI app directly with `n`
-requests (`concurrency` at a time) on uvloop and prints the CPU microseconds per request, and with
-`--cprofile` the functions that cost most. Used to measure each hot-path change in isolation from
-the noise of a shared machine (CPU time, not wall time).
+lifespan, seeds users and items like bench/run.py (bench/harness.py's `seed`), then calls the ASGI
+app directly with `n` requests (`concurrency` at a time) on uvloop and prints the CPU microseconds
+per request, and with `--cprofile` the functions that cost most. Used to measure each hot-path
+change in isolation from the noise of a shared machine (CPU time, not wall time).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import run as bench_run
+from bench import harness
 
 
 def _scope(method: str, path: str, query: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -221,12 +221,12 @@ def main() -> None:
     import uvloop
 
     if args.db == "postgresql":
-        url = bench_run.postgres_url()
+        url = harness.postgres_url()
     else:
         url = f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp()) / 'profile.db'}"
-    env = bench_run.service_env(url, 8000)
-    bench_run.migrate(env)
-    users = bench_run.seed(url, env)
+    env = harness.service_env(url, 8000)
+    harness.migrate(env)
+    users = harness.seed(url, env)
     uvloop.run(main_async(args, url, env, users))
 
 
