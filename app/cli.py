@@ -60,6 +60,7 @@ async def _create_admin(settings: Settings, email: str, password: str) -> str:
 
             await upgrade_to_head(engine)
         async with create_session_factory(engine)() as session:
+            # body.email is already in the one normal form (app.core.emails), as at registration.
             user = await session.scalar(select(User).where(User.email == body.email))
             if user is None:
                 user = User(email=body.email, hashed_password=await hasher.hash(body.password))

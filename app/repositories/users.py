@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Row, Statements
+from app.core.emails import canonical_email
 from app.models import AuthSession, RefreshToken, User
 from app.models.base import utcnow
 
@@ -72,7 +73,8 @@ class UserRepository:
         return await self.session.get(User, user_id)
 
     async def get_by_email(self, email: str) -> User | None:
-        return await self.session.scalar(select(User).where(User.email == email))
+        """By the address as typed: looked up in its one normal form (app.core.emails)."""
+        return await self.session.scalar(select(User).where(User.email == canonical_email(email)))
 
     async def add(self, user: User) -> User:
         self.session.add(user)

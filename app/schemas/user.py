@@ -7,17 +7,16 @@ from typing import Annotated
 
 from pydantic import AfterValidator, EmailStr, Field
 
+from app.core.emails import normalise_email
 from app.schemas.common import NO_NULL_IN_SCHEMA, RequestModel, ResponseModel, reject_null
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
 
 
-def _normalise_email(value: str) -> str:
-    return value.strip().lower()
-
-
-Email = Annotated[EmailStr, AfterValidator(_normalise_email), Field(max_length=320)]
+# EmailStr checks the address (and documents `format: email`); `normalise_email` then gives the one
+# stored form (NFKC, lower-case, IDNA), the same as every other entry point (app.core.emails).
+Email = Annotated[EmailStr, AfterValidator(normalise_email), Field(max_length=320)]
 Password = Annotated[
     str,
     Field(

@@ -108,7 +108,9 @@ class AuthService:
         return user
 
     async def login(self, email: str, password: str) -> IssuedTokens:
-        user = await self.users.get_by_email(email.strip().lower())
+        # The repository looks the address up in its one normal form (app.core.emails), so either
+        # form a user types (full-width, punycode or Unicode domain) finds the account.
+        user = await self.users.get_by_email(email)
         # Verify even when the email is unknown (against a dummy hash): equal timing either way.
         valid = await self.hasher.verify(password, user.hashed_password if user else None)
         if user is None or not valid or not user.is_active:

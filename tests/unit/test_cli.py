@@ -138,3 +138,13 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main([])
     assert exited.value.code == 2
+
+
+def test_create_admin_normalises_the_email(database: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11, finding 4: the command stores and finds the one normal form, as registration does."""
+    full_width_root = "\uff32\uff2f\uff2f\uff34@xn--bcher-kva.example"
+    assert cli.main(["create-admin", "--email", full_width_root, "--password", "root pw!"]) == 0
+    assert "created" in capsys.readouterr().out
+    assert cli.main(["create-admin", "--email", "root@BÜCHER.example", "--password", "root pw!"]) == 0
+    assert "promoted" in capsys.readouterr().out
+    assert _users(database) == [("root@bücher.example", 1, 1)]
