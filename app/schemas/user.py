@@ -34,6 +34,15 @@ class UserCreate(RequestModel):
 
 # Fields left out stay as they are; none of them may be set to null.
 class UserUpdateMe(RequestModel):
+    # Changing the email changes what logs in: like a password change, it needs the current
+    # password (a stolen access token alone must not take the account over).
+    current_password: Annotated[
+        str,
+        Field(
+            max_length=PASSWORD_MAX_LENGTH,
+            description="The caller's current password; a wrong one is a 401 and changes nothing.",
+        ),
+    ]
     email: Annotated[Email | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
 
 

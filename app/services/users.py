@@ -70,6 +70,13 @@ class UserService:
         await self.session.commit()
         return user
 
+    async def update_me(self, user: User, current_password: str, values: dict[str, Any]) -> User:
+        """The caller's own changes: the current password first, as for a password change (a
+        stolen access token alone must not move the account to another email)."""
+        if not await self.hasher.verify(current_password, user.hashed_password):
+            raise WrongPassword
+        return await self.update(user, values)
+
     async def change_password(self, user: User, current: str, new: str) -> None:
         if not await self.hasher.verify(current, user.hashed_password):
             raise WrongPassword

@@ -25,7 +25,9 @@ async def test_read_me(client: httpx.AsyncClient, user_headers: Headers) -> None
 
 
 async def test_update_my_email(client: httpx.AsyncClient, user_headers: Headers) -> None:
-    response = await client.patch(ME, json={"email": "Alice.New@Example.com"}, headers=user_headers)
+    response = await client.patch(
+        ME, json={"email": "Alice.New@Example.com", "current_password": PASSWORD}, headers=user_headers
+    )
     assert response.status_code == 200, response.text
     assert response.json()["email"] == "alice.new@example.com"
     assert (await client.get(ME, headers=user_headers)).json()["email"] == "alice.new@example.com"
@@ -39,16 +41,18 @@ async def test_update_my_email(client: httpx.AsyncClient, user_headers: Headers)
 async def test_update_my_email_to_a_taken_one_is_409(
     client: httpx.AsyncClient, user_headers: Headers, other_headers: Headers
 ) -> None:
-    response = await client.patch(ME, json={"email": "BOB@example.com"}, headers=user_headers)
+    response = await client.patch(
+        ME, json={"email": "BOB@example.com", "current_password": PASSWORD}, headers=user_headers
+    )
     assert_problem(response, 409)
     # Nothing changed, and the session still works after the failed write.
     assert (await client.get(ME, headers=user_headers)).json()["email"] == "alice@example.com"
 
 
-async def test_update_me_with_an_empty_body_changes_nothing(
+async def test_update_me_with_only_the_password_changes_nothing(
     client: httpx.AsyncClient, user_headers: Headers
 ) -> None:
-    response = await client.patch(ME, json={}, headers=user_headers)
+    response = await client.patch(ME, json={"current_password": PASSWORD}, headers=user_headers)
     assert response.status_code == 200
     assert response.json()["email"] == "alice@example.com"
 
@@ -65,9 +69,31 @@ async def test_update_me_with_an_empty_body_changes_nothing(
 async def test_update_me_refuses_bad_and_privileged_fields(
     client: httpx.AsyncClient, user_headers: Headers, body: dict[str, object], field: str
 ) -> None:
-    response = await client.patch(ME, json=body, headers=user_headers)
+    response = await client.patch(ME, json={"current_password": PASSWORD, **body}, headers=user_headers)
     assert [e["field"] for e in assert_problem(response, 422)["errors"]] == [field]
     assert (await client.get(ME, headers=user_headers)).json()["is_admin"] is False
+
+
+# Issue 11, finding 4: changing one's email did not ask for the current password (a stolen access
+# token alone could move the account to the thief's address), as changing the password does.
+@pytest.mark.parametrize("body", [{"email": "mallory@example.com"}, {}])
+async def test_update_me_needs_the_current_password(
+    client: httpx.AsyncClient, user_headers: Headers, body: dict[str, object]
+) -> None:
+    response = await client.patch(ME, json=body, headers=user_headers)
+    assert [e["field"] for e in assert_problem(response, 422)["errors"]] == ["current_password"]
+    assert (await client.get(ME, headers=user_headers)).json()["email"] == "alice@example.com"
+
+
+async def test_update_me_with_a_wrong_current_password_is_401_and_changes_nothing(
+    client: httpx.AsyncClient, user_headers: Headers
+) -> None:
+    response = await client.patch(
+        ME, json={"email": "mallory@example.com", "current_password": "not my password"}, headers=user_headers
+    )
+    assert assert_problem(response, 401)["detail"] == "The current password is incorrect."
+    assert (await client.get(ME, headers=user_headers)).json()["email"] == "alice@example.com"
+    await login(client, "alice@example.com")
 
 
 # --- /users/me/password ---

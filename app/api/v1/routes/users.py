@@ -8,23 +8,25 @@ from pydantic import TypeAdapter
 from app.api.deps import AdminUser, CurrentUser, OffsetPageDep, UserServiceDep
 from app.api.v1 import PREFIX
 from app.core.exceptions import Forbidden
-from app.schemas.common import problem_responses
+from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.user import PasswordChange, UserPublic, UserUpdateAdmin, UserUpdateMe
 
-router = APIRouter(prefix=f"{PREFIX}/users", tags=["users"])
+router = APIRouter(
+    prefix=f"{PREFIX}/users", tags=["users"], responses=problem_responses(*AUTHENTICATED_ERRORS)
+)
 
 UserId = Path(ge=1, le=2**31 - 1, description="The user's id.")
 # A page's rows validated in one call (not one `model_validate` per row).
 UserList = TypeAdapter(list[UserPublic])
 
 
-@router.get("/me", summary="The caller's account", responses=problem_responses(401))
+@router.get("/me", summary="The caller's account")
 async def read_me(user: CurrentUser) -> UserPublic:
     return UserPublic.model_validate(user)
 
 
 @router.patch(
-    "/me", summary="Update the caller's account", responses=problem_responses(400, 401, 409, 415, 422)
+    "/me", summary="Update the caller's account", responses=problem_responses(409, *JSON_BODY_ERRORS)
 )
 async def update_me(body: UserUpdateMe, user: CurrentUser, users: UserServiceDep) -> UserPublic:
     updated = await users.update(await users.me(user), body.model_dump(exclude_unset=True))
@@ -34,15 +36,16 @@ async def update_me(body: UserUpdateMe, user: CurrentUser, users: UserServiceDep
 @router.post(
     "/me/password",
     status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,  # no body: no Content-Type either
     summary="Change the caller's password",
-    responses=problem_responses(400, 401, 415, 422),
+    responses=problem_responses(*JSON_BODY_ERRORS),
 )
 async def change_password(body: PasswordChange, user: CurrentUser, users: UserServiceDep) -> None:
     """Needs the current password. Every login session of the user ends; log in again."""
     await users.change_password(await users.me(user), body.current_password, body.new_password)
 
 
-@router.get("", summary="List users (admin)", responses=problem_responses(401, 403, 422))
+@router.get("", summary="List users (admin)", responses=problem_responses(403, 422))
 async def list_users(
     _admin: AdminUser, users: UserServiceDep, page: OffsetPageDep, response: Response
 ) -> list[UserPublic]:
@@ -54,7 +57,7 @@ async def list_users(
 @router.get(
     "/{user_id}",
     summary="Read a user (admin, or the user themself)",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(403, 404, 422),
 )
 async def read_user(user: CurrentUser, users: UserServiceDep, user_id: int = UserId) -> UserPublic:
     if user.id != user_id and not user.is_admin:
@@ -65,7 +68,7 @@ async def read_user(user: CurrentUser, users: UserServiceDep, user_id: int = Use
 @router.patch(
     "/{user_id}",
     summary="Update a user (admin)",
-    responses=problem_responses(400, 401, 403, 404, 409, 415, 422),
+    responses=problem_responses(403, 404, 409, *JSON_BODY_ERRORS),
 )
 async def update_user(
     body: UserUpdateAdmin, admin: AdminUser, users: UserServiceDep, user_id: int = UserId
@@ -79,8 +82,9 @@ async def update_user(
 @router.delete(
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,  # no body: no Content-Type either
     summary="Delete a user and their items (admin)",
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(403, 404, 409, 422),
 )
 async def delete_user(admin: AdminUser, users: UserServiceDep, user_id: int = UserId) -> None:
     await users.delete(await users.get(user_id), actor=admin)
