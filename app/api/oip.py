@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from app.api.deps import CurrentUser, InferenceDep, ResourcesDep
 from app.core.exceptions import PROBLEM_CONTENT_TYPE, BadRequest
+from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import ClassPrediction, RegressionPrediction
 from app.schemas.common import PROBLEM_REF
@@ -128,41 +129,16 @@ async def model_ready(
     return ModelReady(name=spec.name, ready=resources.registry.ready)
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for value in stack[-1]:
-            if isinstance(value, list):
-                stack.append(iter(value))
-                break
-            flat.append(value)
-        else:
-            stack.pop()
-    return flat
-
-
-def _rows(body: InferenceRequest, spec: ModelSpec) -> list[list[Any]]:
+def _rows(body: InferenceRequest, spec: ModelSpec) -> list[Any]:
     if len(body.inputs) != 1:
         raise BadRequest(f"Model {spec.name!r} takes one input tensor, `input`, of shape [batch, features].")
     tensor = body.inputs[0]
     if tensor.datatype not in NUMERIC:
         raise BadRequest(f"Input {tensor.name!r} must be numeric (FP32, FP64 or an integer type).")
-    width = len(spec.features)
-    shape = tensor.shape
-    if len(shape) == 1:
-        shape = [1, shape[0]]
-    if len(shape) != 2 or shape[1] != width or shape[0] < 1:
-        raise BadRequest(
-            f"Input {tensor.name!r} must have shape [batch, {width}] (features: "
-            f"{', '.join(spec.feature_names)}); got {tensor.shape}."
-        )
-    flat = _flatten(tensor.data)
-    if len(flat) != shape[0] * width:
-        raise BadRequest(
-            f"Input {tensor.name!r} has {len(flat)} values; shape {tensor.shape} needs {shape[0] * width}."
-        )
-    return [flat[i * width : (i + 1) * width] for i in range(shape[0])]
+    try:
+        return tensor_rows(tensor.name, tensor.datatype, tensor.shape, tensor.data, len(spec.features))
+    except TensorError as exc:
+        raise BadRequest(f"{exc} Features: {', '.join(spec.feature_names)}.") from None
 
 
 def _wants_binary(body: InferenceRequest) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -183,3 +184,106 @@ def validate_features(spec: ModelSpec, features: object, *, field: str = "featur
     _fill_row(spec, features, field, out[0], errors)
     errors.raise_if_any(spec)
     return out
+
+
+# --- Open Inference Protocol tensors -------------------------------------------------------------
+
+# Inclusive ranges of the protocol's integer datatypes (and FP16's largest finite value): a value
+# outside its declared datatype is refused, never wrapped or saturated.
+DATATYPE_RANGES: dict[str, tuple[int | float, int | float]] = {
+    "UINT8": (0, 2**8 - 1),
+    "UINT16": (0, 2**16 - 1),
+    "UINT32": (0, 2**32 - 1),
+    "UINT64": (0, 2**64 - 1),
+    "INT8": (-(2**7), 2**7 - 1),
+    "INT16": (-(2**15), 2**15 - 1),
+    "INT32": (-(2**31), 2**31 - 1),
+    "INT64": (-(2**63), 2**63 - 1),
+    "FP16": (-65504.0, 65504.0),
+}
+# float64 holds every integer up to this exactly; past it the 64-bit bounds are checked exactly on
+# the values as sent (only then: a rare, already suspicious input).
+_EXACT_IN_FLOAT64 = 2**53
+
+
+class TensorError(ValueError):
+    """A tensor whose shape, nesting or values do not match what it declares; the message names it."""
+
+
+def _nesting_problem(data: object, shape: list[int], depth: int = 0) -> str | None:
+    """Why `data` is not nested exactly as `shape` says (the slow path: only for refused input)."""
+    if depth == len(shape):
+        return "is nested deeper than its shape" if isinstance(data, list) else None
+    if not isinstance(data, list):
+        return f"has a value where its shape needs an array of {shape[depth]}"
+    if len({isinstance(item, list) for item in data}) == 2:
+        return "mixes values and arrays in one array"
+    if len(data) != shape[depth]:
+        return f"has an array of {len(data)} where its shape needs {shape[depth]}"
+    for item in data:
+        problem = _nesting_problem(item, shape, depth + 1)
+        if problem is not None:
+            return problem
+    return None
+
+
+def tensor_rows(name: str, datatype: str, shape: list[int], data: list[Any], width: int) -> list[Any]:
+    """The rows of an input tensor of shape [rows, width] whose `data` is row-major, either flat
+    (rows * width values) or nested exactly as the shape; values within `datatype`. TensorError
+    otherwise. The values themselves are left as sent: `validate_rows` refuses booleans, strings
+    and nulls by name afterwards.
+
+    One numpy conversion decides the nesting (its `ndim`/`shape`) and the range (min, max, and for
+    integer types "whole"), with no Python loop over the values on well-formed input."""
+    if len(shape) != 2 or shape[1] != width or shape[0] < 1:
+        raise TensorError(
+            f"Input {name!r} must have shape [rows, {width}] (a model takes rows of {width} "
+            f"features); got {shape}."
+        )
+    rows = shape[0]
+    try:
+        values: np.ndarray | None = np.array(data, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        values = None  # uneven nesting, or values that are no numbers: decided below
+    if values is None or values.ndim not in (1, 2):
+        flat = not any(isinstance(v, list) for v in data)
+        problem = None if flat else _nesting_problem(data, shape)
+        if problem is not None:
+            raise TensorError(
+                f"Input {name!r} {problem}: data must be flat (row-major) or nested as its shape {shape}."
+            )
+        if flat and len(data) != rows * width:
+            raise TensorError(f"Input {name!r} has {len(data)} values; shape {shape} needs {rows * width}.")
+        return data if not flat else [data[i * width : (i + 1) * width] for i in range(rows)]
+    if values.ndim == 2:
+        if values.shape != (rows, width):
+            raise TensorError(
+                f"Input {name!r} has {values.size} values nested as {list(values.shape)} but its shape is "
+                f"{shape}: data must be flat (row-major) or nested as its shape."
+            )
+    elif values.size != rows * width:
+        raise TensorError(f"Input {name!r} has {values.size} values; shape {shape} needs {rows * width}.")
+    _check_range(name, datatype, values, data)
+    return data if values.ndim == 2 else [data[i * width : (i + 1) * width] for i in range(rows)]
+
+
+def _check_range(name: str, datatype: str, values: np.ndarray, data: list[Any]) -> None:
+    bounds = DATATYPE_RANGES.get(datatype)
+    if bounds is None or values.size == 0:
+        return
+    low, high = bounds
+    outside = f"Input {name!r} has values outside {datatype} ({low} to {high})."
+    # NaN (a JSON null became one) is left to validate_rows, which names it.
+    smallest = float(np.nanmin(values, initial=np.inf))
+    largest = float(np.nanmax(values, initial=-np.inf))
+    if datatype in ("INT64", "UINT64") and max(-smallest, largest) >= _EXACT_IN_FLOAT64:
+        # Past 2**53 float64 rounds (2**63 - 1 reads as 2**63): compare the values as sent.
+        flat = data if values.ndim == 1 else [v for row in data for v in row]
+        if any(isinstance(v, int | float) and not low <= v <= high for v in flat):
+            raise TensorError(outside)
+    elif smallest < low or largest > high:
+        raise TensorError(outside)
+    if datatype != "FP16" and not np.array_equal(values, np.trunc(values), equal_nan=True):
+        raise TensorError(
+            f"Input {name!r} has values that are not whole numbers; its datatype is {datatype}."
+        )

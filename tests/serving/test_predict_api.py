@@ -248,7 +248,7 @@ async def test_open_inference_protocol_in_process(ml_client: httpx.AsyncClient) 
     body = done.json()
     assert body["id"] == "r1"
     assert {o["name"]: o["data"] for o in body["outputs"]}["label"] == ["setosa", "virginica"]
-    flat = {**tensor, "shape": [4], "data": SETOSA}  # one row, flat: shape [features]
+    flat = {**tensor, "shape": [1, 4], "data": SETOSA}  # one row, flat (row-major): shape [rows, features]
     one = await ml_client.post(
         "/v2/models/iris/infer", json={"inputs": [flat], "outputs": [{"name": "label"}]}, headers=headers
     )
@@ -257,6 +257,7 @@ async def test_open_inference_protocol_in_process(ml_client: httpx.AsyncClient) 
         ({"inputs": [tensor, tensor]}, 400, "one input tensor"),
         ({"inputs": [{**tensor, "datatype": "BYTES"}]}, 400, "numeric"),
         ({"inputs": [{**tensor, "shape": [3, 4]}]}, 400, "values"),
+        ({"inputs": [{**tensor, "shape": [4], "data": SETOSA}]}, 400, "shape [rows, 4]"),
         ({"inputs": [tensor], "outputs": [{"name": "colour"}]}, 400, "Unknown output"),
         ({"inputs": [tensor], "parameters": {"binary_data_output": True}}, 400, "binary"),
         ({"inputs": [{**tensor, "data": [[1, 2, 3, "x"], SETOSA]}]}, 422, "inputs.0.data"),
