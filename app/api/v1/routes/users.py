@@ -29,7 +29,9 @@ async def read_me(user: CurrentUser) -> UserPublic:
     "/me", summary="Update the caller's account", responses=problem_responses(409, *JSON_BODY_ERRORS)
 )
 async def update_me(body: UserUpdateMe, user: CurrentUser, users: UserServiceDep) -> UserPublic:
-    updated = await users.update(await users.me(user), body.model_dump(exclude_unset=True))
+    """Needs the current password (401 if wrong, nothing changed)."""
+    values = body.model_dump(exclude_unset=True, exclude={"current_password"})
+    updated = await users.update_me(await users.me(user), body.current_password, values)
     return UserPublic.model_validate(updated)
 
 
