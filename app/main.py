@@ -13,7 +13,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app.api import health, oip
+from app.api import health, oip, openapi
 from app.api.v1.router import routers as v1_routers
 from app.api.v2.router import routers as v2_routers
 from app.core import operations, tracing
@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     operations.install(app, settings, docs_pages=pages or ())
     for router in (*v1_routers, *v2_routers, oip.router, health.router):
         app.include_router(router)
+    openapi.install(app, settings)
     if pages:
         _mount_docs(app, *pages)
     relative_slash_redirects(app)

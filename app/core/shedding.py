@@ -16,7 +16,7 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.exceptions import PROBLEM_CONTENT_TYPE, problem_body
+from app.core.exceptions import OIP_PREFIX, PROBLEM_CONTENT_TYPE, problem_body
 from app.core.metrics import HTTP_SHED, InFlight
 from app.core.middleware import REQUEST_ID_HEADER, incoming_request_id
 
@@ -71,22 +71,21 @@ class LoadSheddingMiddleware:
             log.warning("load_shed", shed=self._shed_since_log, max_in_flight=self.max_in_flight)
             self._shed_since_log = 0
             self._last_log = now
-        body = json.dumps(
-            problem_body(
-                503,
-                detail="The server is at capacity; retry shortly.",
-                instance=scope.get("path"),
-                code="overloaded",
-            ),
-            separators=(",", ":"),
-        ).encode()
+        detail = "The server is at capacity; retry shortly."
+        path = scope.get("path", "")
+        content_type = PROBLEM_CONTENT_TYPE
+        content: dict[str, object] = problem_body(503, detail=detail, instance=path, code="overloaded")
+        if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+            # The Open Inference Protocol's own error shape, as its routes answer (and document) it.
+            content_type, content = "application/json", {"error": detail}
+        body = json.dumps(content, separators=(",", ":")).encode()
         request_id = incoming_request_id(scope) or uuid.uuid4().hex
         await send(
             {
                 "type": "http.response.start",
                 "status": 503,
                 "headers": [
-                    (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                    (b"content-type", content_type.encode()),
                     (b"content-length", str(len(body)).encode()),
                     (b"retry-after", self.retry_after),
                     (REQUEST_ID_HEADER.encode(), request_id.encode()),

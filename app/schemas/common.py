@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
+
+from app.core.exceptions import PROBLEM_CONTENT_TYPE
 
 
 class RequestModel(BaseModel):
@@ -56,6 +60,29 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = Field(None, description="Validation errors, one per field.")
 
 
+# The component the document's error responses point at; app.api.openapi adds it (and FieldError)
+# to the document's components, since no route names Problem as a `model`.
+PROBLEM_REF = "#/components/schemas/Problem"
+
+# What every operation behind an access token can answer: no, bad or revoked token (401), the
+# per-user rate limit (429, counted before the database is touched), and load shedding or a
+# database outage (503). Routers whose every route needs a token declare these once.
+AUTHENTICATED_ERRORS = (401, 429, 503)
+# What every operation that reads a JSON body can answer: malformed JSON (400), a body over
+# MAX_REQUEST_BODY_BYTES (413), a body sent as another content type (415), invalid fields (422).
+JSON_BODY_ERRORS = (400, 413, 415, 422)
+
+_DESCRIPTIONS = {422: "Invalid fields, each named in `errors`.", 429: "A rate limit; see `Retry-After`."}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
-    """The `responses=` map for a route: each listed status documented as problem details."""
-    return {status: {"model": Problem, "content": {"application/problem+json": {}}} for status in statuses}
+    """The `responses=` map for a route: each listed status documented as problem details, under
+    `application/problem+json`, the media type the server sends (a schema under `application/json`
+    would leave generated clients unable to parse any error)."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": PROBLEM_REF}}},
+        }
+        for status in statuses
+    }

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from app.core.config import Settings
+from app.core.metrics import InFlight
+from app.core.shedding import LoadSheddingMiddleware
+from app.main import create_app
+from app.ml.manifest import load_manifest
 from tests.api.conftest import serve
 from tests.conftest import make_settings
 
@@ -110,13 +115,163 @@ def test_service_core_routes_are_in_the_document(openapi: dict[str, Any]) -> Non
         assert methods <= paths[path].keys(), path
 
 
+PROBLEM = {"schema": {"$ref": "#/components/schemas/Problem"}}
+OIP_ERROR = {"schema": {"$ref": "#/components/schemas/OipError"}}
+
+
+def _is_oip(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def test_error_responses_are_documented_as_problem_details(openapi: dict[str, Any]) -> None:
+    """Under the media type the server sends: a schema under `application/json` and an empty
+    `application/problem+json` left generated clients with `parsed=None` for every error."""
     for method, path, operation in _operations(openapi):
-        if path == "/v2" or path.startswith("/v2/"):
-            continue  # the Open Inference Protocol has its own error shape
         for code, response in operation["responses"].items():
-            if code.isdigit() and int(code) >= 400:
-                assert "application/problem+json" in response["content"], f"{method} {path} {code}"
+            if not (code.isdigit() and int(code) >= 400):
+                continue
+            where = f"{method} {path} {code}"
+            if _is_oip(path):
+                # The protocol's own shape first (what a generated client parses); problem details
+                # only where the body-size middleware answers before a route runs.
+                assert next(iter(response["content"].items())) == ("application/json", OIP_ERROR), where
+                also = {"application/problem+json": PROBLEM} if code in {"400", "413"} else {}
+                assert response["content"] == {"application/json": OIP_ERROR, **also}, where
+            else:
+                assert response["content"] == {"application/problem+json": PROBLEM}, where
+    problem = openapi["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail"} <= set(problem["required"])
+    assert "FieldError" in json.dumps(problem["properties"]["errors"])
+    assert openapi["components"]["schemas"]["FieldError"]["required"] == ["field", "message"]
+
+
+def test_every_status_the_service_can_answer_is_documented(openapi: dict[str, Any]) -> None:
+    for method, path, operation in _operations(openapi):
+        where = f"{method.upper()} {path}"
+        statuses = {int(code) for code in operation["responses"]}
+        if (method, path) != ("get", "/healthz"):  # the only operation load shedding never answers
+            assert 503 in statuses, f"{where}: load shedding (and a database outage) answer 503"
+        if operation.get("security"):
+            assert {401, 429} <= statuses, f"{where}: a token is refused (401) or over its user's limit (429)"
+        body = operation.get("requestBody", {}).get("content", {})
+        if body:
+            assert {400, 413, 422} <= statuses, f"{where} reads a body"
+        if "application/json" in body and not _is_oip(path):
+            assert 415 in statuses, f"{where} reads JSON: another content type is a 415"
+    for path in ("/api/v1/auth/register", "/api/v1/auth/token"):
+        assert "429" in openapi["paths"][path]["post"]["responses"], path
+
+
+async def test_a_204_documents_and_sends_no_content(
+    openapi: dict[str, Any], client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    no_content = [
+        (method, path, operation["responses"]["204"])
+        for method, path, operation in _operations(openapi)
+        if "204" in operation["responses"]
+    ]
+    assert len(no_content) == 4
+    for method, path, response in no_content:
+        assert "content" not in response, f"{method} {path}"
+    created = await client.post("/api/v1/items", json={"title": "x"}, headers=user_headers)
+    deleted = await client.delete(f"/api/v1/items/{created.json()['id']}", headers=user_headers)
+    logged_out = await client.post("/api/v1/auth/logout", headers=user_headers)
+    for response in (deleted, logged_out):
+        assert response.status_code == 204
+        assert "content-type" not in response.headers
+        assert response.content == b""
+
+
+def _document_with_models(database_url: str, **overrides: Any) -> dict[str, Any]:
+    document: dict[str, Any] = create_app(make_settings(database_url, ml_enabled=True, **overrides)).openapi()
+    return document
+
+
+def test_model_names_and_inputs_come_from_the_manifest(settings: Settings) -> None:
+    document = _document_with_models(settings.database_url)
+    manifest = load_manifest(settings.ml_model_dir)
+    names = [spec.name for spec in manifest.models]
+    schemas = document["components"]["schemas"]
+    for path in (
+        "/api/v1/models/{name}",
+        "/api/v1/models/{name}/predict",
+        "/v2/models/{name}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/infer",
+    ):
+        for operation in document["paths"][path].values():
+            (parameter,) = [p for p in operation["parameters"] if p["name"] == "name"]
+            assert parameter["schema"] == {"$ref": "#/components/schemas/ModelName"}, path
+    assert schemas["ModelName"]["enum"] == names
+    links = document["paths"]["/api/v1/models"]["get"]["responses"]["200"]["links"]
+    assert {link["parameters"]["name"] for link in links.values()} == {"$response.body#/0/name"}
+    # One row for the default and the heavy model: exactly their features, in order.
+    for path, model in (
+        ("/api/v1/predict", manifest.default_model),
+        ("/api/v1/predict-heavy", manifest.heavy_model),
+    ):
+        spec = next(s for s in manifest.models if s.name == model)
+        body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        features = schemas[body["$ref"].rsplit("/", 1)[1]]["properties"]["features"]
+        assert features["minItems"] == features["maxItems"] == len(spec.features), path
+        assert ", ".join(spec.feature_names) in features["description"]
+    # A batch: each row an array, or an object with every feature of one model.
+    media = document["paths"]["/api/v1/models/{name}/predict"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]
+    rows = schemas[media["schema"]["$ref"].rsplit("/", 1)[1]]["properties"]["rows"]["items"]["anyOf"]
+    objects = [schemas[r["$ref"].rsplit("/", 1)[1]] for r in rows if "$ref" in r]
+    assert sorted(o["required"] for o in objects) == sorted(list(s.feature_names) for s in manifest.models)
+    assert set(media["examples"]) == set(names)
+    assert errors_of(document) == []
+
+
+def errors_of(document: dict[str, Any]) -> list[str]:
+    return [str(error) for error in _validator().iter_errors(document)]
+
+
+def test_a_forks_models_are_the_ones_documented(settings: Settings, tmp_path: Path) -> None:
+    manifest = json.loads((settings.ml_model_dir / "manifest.json").read_text())
+    manifest["models"] = [{**manifest["models"][0], "name": "fork-model"}]
+    manifest["default_model"], manifest["heavy_model"] = "fork-model", None
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    document = _document_with_models(settings.database_url, ml_model_dir=tmp_path)
+    assert document["components"]["schemas"]["ModelName"]["enum"] == ["fork-model"]
+    assert "ForkModelRow" in document["components"]["schemas"]
+    # Models off: no model is served, so none is listed.
+    off = create_app(make_settings(settings.database_url)).openapi()
+    (parameter,) = off["paths"]["/api/v1/models/{name}"]["get"]["parameters"]
+    assert parameter["schema"]["type"] == "string"
+    assert "ModelName" not in off["components"]["schemas"]
+
+
+async def test_a_request_shed_under_v2_gets_the_protocols_error_shape() -> None:
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def never_called(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a shed request reaches no route")
+
+    in_flight = InFlight()
+    in_flight.value = 1
+    shedding = LoadSheddingMiddleware(never_called, max_in_flight=1, in_flight=in_flight)
+    for path, content_type, body in [
+        (
+            "/v2/models/iris/infer",
+            b"application/json",
+            {"error": "The server is at capacity; retry shortly."},
+        ),
+        ("/api/v1/items", b"application/problem+json", None),
+    ]:
+        sent.clear()
+        await shedding({"type": "http", "path": path, "headers": []}, None, send)  # type: ignore[arg-type]
+        start, message = sent
+        assert start["status"] == 503
+        assert (b"content-type", content_type) in start["headers"]
+        if body is not None:
+            assert json.loads(message["body"]) == body
 
 
 def test_no_schema_exposes_a_password_hash(openapi: dict[str, Any]) -> None:

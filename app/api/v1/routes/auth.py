@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from app.api.deps import AuthServiceDep, PrincipalDep
 from app.api.v1 import PREFIX
 from app.core.ratelimit import auth_rate_limit
 from app.schemas.auth import RefreshRequest, TokenPair
-from app.schemas.common import problem_responses
+from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.user import UserCreate, UserPublic
 from app.services.auth import IssuedTokens
 
@@ -30,7 +30,7 @@ def _pair(tokens: IssuedTokens) -> TokenPair:
     summary="Register a user",
     operation_id="register",
     responses={
-        **problem_responses(400, 409, 413, 415, 422, 429),
+        **problem_responses(409, 429, 503, *JSON_BODY_ERRORS),
         # OpenAPI links: how a client (or a stateful fuzzer) goes on from a response.
         201: {
             "links": {
@@ -57,7 +57,7 @@ async def register(body: UserCreate, auth: AuthServiceDep) -> UserPublic:
     summary="Log in (OAuth2 password flow)",
     operation_id="login",
     responses={
-        **problem_responses(400, 401, 415, 422, 429),
+        **problem_responses(400, 401, 413, 422, 429, 503),
         200: {
             "links": {
                 "Refresh": {
@@ -78,7 +78,7 @@ async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: Aut
     "/refresh",
     summary="Rotate a refresh token",
     operation_id="refresh",
-    responses=problem_responses(400, 401, 415, 422, 429),
+    responses=problem_responses(401, 429, 503, *JSON_BODY_ERRORS),
 )
 async def refresh(body: RefreshRequest, auth: AuthServiceDep) -> TokenPair:
     """Spend a refresh token for a new pair. A token used twice ends its whole login session."""
@@ -88,8 +88,9 @@ async def refresh(body: RefreshRequest, auth: AuthServiceDep) -> TokenPair:
 @router.post(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,  # no body: no Content-Type either
     summary="Log out",
-    responses=problem_responses(401),
+    responses=problem_responses(*AUTHENTICATED_ERRORS),
 )
 async def logout(principal: PrincipalDep, auth: AuthServiceDep) -> None:
     """End this login session: its refresh tokens and access tokens stop working."""

@@ -7,10 +7,12 @@ from pydantic import TypeAdapter
 
 from app.api.deps import CurrentUser, ItemServiceDep, OffsetPageDep, TokenClaims
 from app.api.v1 import PREFIX
-from app.schemas.common import problem_responses
+from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.item import ItemCreate, ItemPublic, ItemUpdate
 
-router = APIRouter(prefix=f"{PREFIX}/items", tags=["items"])
+router = APIRouter(
+    prefix=f"{PREFIX}/items", tags=["items"], responses=problem_responses(*AUTHENTICATED_ERRORS)
+)
 
 ItemId = Path(ge=1, le=2**31 - 1, description="The item's id.")
 # A page's rows validated in one call (not one `model_validate` per row).
@@ -21,7 +23,7 @@ ItemList = TypeAdapter(list[ItemPublic])
     "",
     summary="List the caller's items",
     responses={
-        **problem_responses(401, 422),
+        **problem_responses(422),
         200: {
             "headers": {
                 "X-Total-Count": {"description": "Items in all pages.", "schema": {"type": "integer"}}
@@ -42,22 +44,20 @@ async def list_items(
     "",
     status_code=status.HTTP_201_CREATED,
     summary="Create an item",
-    responses=problem_responses(400, 401, 413, 415, 422),
+    responses=problem_responses(*JSON_BODY_ERRORS),
 )
 async def create_item(body: ItemCreate, claims: TokenClaims, items: ItemServiceDep) -> ItemPublic:
     """The caller owns the new item; an `owner_id` in the body is refused."""
     return ItemPublic.model_validate(await items.create(claims, body.model_dump()))
 
 
-@router.get("/{item_id}", summary="Read an item", responses=problem_responses(401, 404, 422))
+@router.get("/{item_id}", summary="Read an item", responses=problem_responses(404, 422))
 async def read_item(claims: TokenClaims, items: ItemServiceDep, item_id: int = ItemId) -> ItemPublic:
     """Another user's item is a 404, the same as a missing one."""
     return ItemPublic.model_validate(await items.get(claims, item_id))
 
 
-@router.patch(
-    "/{item_id}", summary="Update an item", responses=problem_responses(400, 401, 404, 413, 415, 422)
-)
+@router.patch("/{item_id}", summary="Update an item", responses=problem_responses(404, *JSON_BODY_ERRORS))
 async def update_item(
     body: ItemUpdate, user: CurrentUser, items: ItemServiceDep, item_id: int = ItemId
 ) -> ItemPublic:
@@ -67,8 +67,9 @@ async def update_item(
 @router.delete(
     "/{item_id}",
     status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,  # no body: no Content-Type either
     summary="Delete an item",
-    responses=problem_responses(401, 404, 422),
+    responses=problem_responses(404, 422),
 )
 async def delete_item(user: CurrentUser, items: ItemServiceDep, item_id: int = ItemId) -> None:
     await items.delete(user, item_id)

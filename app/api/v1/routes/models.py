@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path
 from app.api.deps import CurrentUser, InferenceDep
 from app.api.v1 import PREFIX
 from app.ml.manifest import ModelSpec
-from app.schemas.common import problem_responses
+from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.prediction import (
     BatchPredictRequest,
     BatchPredictResponse,
@@ -17,7 +17,9 @@ from app.schemas.prediction import (
     row_fields,
 )
 
-router = APIRouter(prefix=f"{PREFIX}/models", tags=["models"])
+router = APIRouter(
+    prefix=f"{PREFIX}/models", tags=["models"], responses=problem_responses(*AUTHENTICATED_ERRORS)
+)
 
 ModelName = Path(min_length=1, max_length=64, description="The model's name.")
 
@@ -37,14 +39,12 @@ def model_info(spec: ModelSpec) -> ModelInfo:
     )
 
 
-@router.get("", summary="List the served models", responses=problem_responses(401))
+@router.get("", summary="List the served models")
 async def list_models(_user: CurrentUser, inference: InferenceDep) -> list[ModelInfo]:
     return [model_info(spec) for spec in inference.models()]
 
 
-@router.get(
-    "/{name}", summary="A model's metadata and input schema", responses=problem_responses(401, 404, 422)
-)
+@router.get("/{name}", summary="A model's metadata and input schema", responses=problem_responses(404, 422))
 async def read_model(_user: CurrentUser, inference: InferenceDep, name: str = ModelName) -> ModelInfo:
     return model_info(inference.model(name))
 
@@ -52,7 +52,7 @@ async def read_model(_user: CurrentUser, inference: InferenceDep, name: str = Mo
 @router.post(
     "/{name}/predict",
     summary="Predict one row or a batch",
-    responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503, 504),
+    responses=problem_responses(404, *JSON_BODY_ERRORS, 504),
 )
 async def predict_rows(
     body: BatchPredictRequest, user: CurrentUser, inference: InferenceDep, name: str = ModelName

@@ -7,12 +7,12 @@ from fastapi import APIRouter
 from app.api.deps import CurrentUser, InferenceDep
 from app.api.v1 import PREFIX
 from app.ml.predictions import PredictionResult
-from app.schemas.common import problem_responses
+from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.prediction import PredictRequest, PredictResponse, row_fields
 
-router = APIRouter(prefix=PREFIX, tags=["predictions"])
+router = APIRouter(prefix=PREFIX, tags=["predictions"], responses=problem_responses(*AUTHENTICATED_ERRORS))
 
-ERRORS = problem_responses(400, 401, 413, 415, 422, 429, 503, 504)
+ERRORS = problem_responses(*JSON_BODY_ERRORS, 504)
 
 
 def one_row(result: PredictionResult) -> PredictResponse:

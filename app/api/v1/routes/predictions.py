@@ -8,14 +8,18 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentUser, CursorQuery, PredictionHistoryDep
 from app.api.v1 import PREFIX
-from app.schemas.common import problem_responses
+from app.schemas.common import AUTHENTICATED_ERRORS, problem_responses
 from app.schemas.prediction import PredictionRecordPage
 
-router = APIRouter(prefix=f"{PREFIX}/predictions", tags=["predictions"])
+router = APIRouter(
+    prefix=f"{PREFIX}/predictions",
+    tags=["predictions"],
+    responses=problem_responses(*AUTHENTICATED_ERRORS),
+)
 
 
 @router.get(
-    "", summary="The caller's prediction records, newest first", responses=problem_responses(401, 403, 422)
+    "", summary="The caller's prediction records, newest first", responses=problem_responses(403, 422)
 )
 async def list_predictions(
     user: CurrentUser,

@@ -8,13 +8,15 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentUser, CursorQuery, ItemServiceDep
 from app.api.v2 import PREFIX
-from app.schemas.common import problem_responses
+from app.schemas.common import AUTHENTICATED_ERRORS, problem_responses
 from app.schemas.item import ItemPage
 
-router = APIRouter(prefix=f"{PREFIX}/items", tags=["items v2"])
+router = APIRouter(
+    prefix=f"{PREFIX}/items", tags=["items v2"], responses=problem_responses(*AUTHENTICATED_ERRORS)
+)
 
 
-@router.get("", summary="List the caller's items (cursor pages)", responses=problem_responses(401, 422))
+@router.get("", summary="List the caller's items (cursor pages)", responses=problem_responses(422))
 async def list_items(
     user: CurrentUser,
     items: ItemServiceDep,
