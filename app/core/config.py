@@ -98,6 +98,17 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest accepted request body; larger bodies get 413."
     )
+    max_request_headers: int = Field(
+        100,
+        ge=1,
+        description="Most request header lines accepted; more get 431 (Apache's and Envoy's default).",
+    )
+    max_request_header_bytes: int = Field(
+        32_768,
+        ge=1,
+        description="Largest total of request header names and values; larger get 431 (nginx's default "
+        "buffers hold 4 x 8 KiB).",
+    )
     docs_enabled: bool | None = Field(
         None, description="Serve /docs, /redoc and /openapi.json (unset: on except in production)."
     )

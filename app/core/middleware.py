@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from itertools import chain
 from typing import Any
 
 import structlog
@@ -88,11 +89,19 @@ class RequestContextMiddleware:
         access_log: bool = True,
         metrics: bool = True,
         security_headers: SecurityHeaders | None = None,
+        max_headers: int = 100,
+        max_header_bytes: int = 32_768,
+        refuse_preflights: bool = False,
     ) -> None:
         self.app = app
         self.access_log = access_log
         self.metrics = metrics
         self.security_headers = security_headers
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+        # No CORS origins configured: no CORS layer is installed, so a preflight would reach the
+        # router and get a bare 405. It is refused here instead, in the pass every request makes.
+        self.refuse_preflights = refuse_preflights
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,6 +127,10 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
         except Exception:  # noqa: BLE001 - the last resort: any error becomes a logged, generic 500
             error_log.exception("unhandled_error", path=scope.get("path"))
@@ -136,6 +149,39 @@ class RequestContextMiddleware:
                 REQUESTS.record(scope["method"], route, status, duration)
             if self.access_log:
                 _access_line(scope, route, status, duration, request_id)
+
+    def _refusal(self, scope: Scope) -> Response | None:
+        """431 for too many or too large headers (uvicorn's httptools parser has no limit of its
+        own): a length check and one sum. 400 for a CORS preflight when no origin is allowed."""
+        headers = scope["headers"]
+        if len(headers) > self.max_headers:
+            return _headers_too_large(scope, f"more than {self.max_headers} header fields")
+        if sum(map(len, chain.from_iterable(headers))) > self.max_header_bytes:
+            return _headers_too_large(scope, f"header fields larger than {self.max_header_bytes} bytes")
+        if self.refuse_preflights and scope["method"] == "OPTIONS":
+            request_headers = Headers(scope=scope)
+            if "origin" in request_headers and "access-control-request-method" in request_headers:
+                return refused_preflight("Disallowed CORS origin", {"Vary": "Origin"}, scope)
+        return None
+
+
+def _headers_too_large(scope: Scope, what: str) -> Response:
+    return problem_response(
+        431,
+        detail=f"The request has {what}.",
+        instance=scope.get("path"),
+        headers={"Connection": "close"},
+    )
+
+
+def refused_preflight(reason: str, headers: dict[str, str], scope: Scope | None = None) -> Response:
+    """The one answer to a refused CORS preflight: 400 problem details saying why."""
+    return problem_response(
+        400,
+        detail=f"CORS preflight refused: {reason}.",
+        headers=headers,
+        instance=None if scope is None else scope.get("path"),
+    )
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -263,6 +309,4 @@ class ProblemCORSMiddleware(CORSMiddleware):
             return response
         dropped = {"content-type", "content-length"}
         headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
-        return problem_response(
-            400, detail=f"CORS preflight refused: {bytes(response.body).decode()}.", headers=headers
-        )
+        return refused_preflight(bytes(response.body).decode(), headers)

@@ -72,6 +72,9 @@ def install(app: FastAPI, settings: Settings, *, docs_pages: Iterable[str] = ())
         access_log=settings.access_log,
         metrics=settings.metrics_enabled,
         security_headers=security,
+        max_headers=settings.max_request_headers,
+        max_header_bytes=settings.max_request_header_bytes,
+        refuse_preflights=not settings.cors_origins,
     )
     in_flight = metrics.InFlight()
     app.state.in_flight = in_flight

@@ -138,6 +138,27 @@ async def test_cors_only_for_configured_origins(database_url: str) -> None:
         assert "access-control-allow-origin" not in response.headers
 
 
+@pytest.mark.parametrize("path", ["/api/v1/items", "/healthz", "/api/v1/auth/token", "/nope"])
+async def test_a_preflight_without_configured_origins_is_the_400_problem(
+    database_url: str, path: str
+) -> None:
+    """Issue 11, finding 4: with CORS_ORIGINS unset a preflight reached the router and got a 405
+    (404 on an unknown path), not the refused-preflight 400 problem the docs describe."""
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    async with serve(make_settings(database_url, access_log=False)) as client:
+        refused = await client.options(path, headers=preflight)
+        problem = assert_problem(refused, 400)
+        assert problem["detail"] == "CORS preflight refused: Disallowed CORS origin."
+        assert "access-control-allow-origin" not in refused.headers
+        assert refused.headers["x-content-type-options"] == "nosniff"  # the request context ran
+        # An OPTIONS that is no preflight is still the router's business.
+        assert (await client.options(path)).status_code in (404, 405)
+    settings = make_settings(database_url, cors_origins=["https://other.example.com"], access_log=False)
+    async with serve(settings) as client:  # the same answer when origins are configured
+        configured = assert_problem(await client.options(path, headers=preflight), 400)
+        assert configured["detail"] == problem["detail"]
+
+
 async def test_a_host_outside_trusted_hosts_is_refused(database_url: str) -> None:
     settings = make_settings(database_url, trusted_hosts=["api.example.com"], access_log=False)
     async with serve(settings) as client:
