@@ -24,49 +24,74 @@ async def _exercise_every_route(client: httpx.AsyncClient, make_user: MakeUser) 
     pair = await login(client, "alice@example.com")
     secrets = [PASSWORD, pair["access_token"], pair["refresh_token"], alice["Authorization"].split()[1]]
 
-    calls: list[tuple[str, str, dict[str, object]]] = [
-        ("POST", "/api/v1/auth/register", {"json": {"email": "alice@example.com", "password": PASSWORD}}),
-        ("POST", "/api/v1/auth/register", {"json": {"email": "x@example.com", "password": "short"}}),
-        ("POST", "/api/v1/auth/token", {"data": {"username": "alice@example.com", "password": "wrong pass"}}),
-        ("GET", "/api/v1/users/me", {"headers": alice}),
-        ("PATCH", "/api/v1/users/me", {"headers": alice, "json": {"email": "root@example.com"}}),
-        ("PATCH", "/api/v1/users/me", {"headers": alice, "json": {"is_admin": True}}),
-        ("GET", "/api/v1/users", {"headers": admin}),
-        ("GET", f"/api/v1/users/{alice_id}", {"headers": admin}),
-        ("GET", f"/api/v1/users/{alice_id}", {"headers": alice}),
-        ("PATCH", f"/api/v1/users/{alice_id}", {"headers": admin, "json": {"is_admin": False}}),
-        ("POST", "/api/v1/items", {"headers": alice, "json": {"title": "t", "description": PASSWORD}}),
-        ("GET", "/api/v1/items", {"headers": alice}),
-        ("GET", "/api/v1/items", {"headers": admin}),
-        ("GET", "/api/v2/items", {"headers": admin}),
-        ("GET", "/api/v1/items/1", {"headers": alice}),
-        ("PATCH", "/api/v1/items/1", {"headers": alice, "json": {"title": "u"}}),
-        ("DELETE", "/api/v1/items/1", {"headers": alice}),
-        ("POST", "/api/v1/auth/refresh", {"json": {"refresh_token": pair["refresh_token"]}}),
-        ("POST", "/api/v1/auth/refresh", {"json": {"refresh_token": pair["refresh_token"]}}),
-        ("GET", "/api/v1/users/me", {"headers": {"Authorization": "Bearer garbage"}}),
+    item = await client.post("/api/v1/items", headers=alice, json={"title": "t", "description": PASSWORD})
+    assert item.status_code == 201, item.text
+    item_id = item.json()["id"]
+
+    # Each call with the status it must get: a sweep whose calls failed early (a 401 for a bad
+    # token, a 422 for a wrong body) would reach no code worth checking and prove nothing.
+    calls: list[tuple[int, str, str, dict[str, object]]] = [
         (
+            409,
+            "POST",
+            "/api/v1/auth/register",
+            {"json": {"email": "alice@example.com", "password": PASSWORD}},
+        ),
+        (422, "POST", "/api/v1/auth/register", {"json": {"email": "x@example.com", "password": "short"}}),
+        (
+            401,
+            "POST",
+            "/api/v1/auth/token",
+            {"data": {"username": "alice@example.com", "password": "wrong pass"}},
+        ),
+        (200, "GET", "/api/v1/users/me", {"headers": alice}),
+        (
+            409,
+            "PATCH",
+            "/api/v1/users/me",
+            {"headers": alice, "json": {"email": "root@example.com", "current_password": PASSWORD}},
+        ),
+        (422, "PATCH", "/api/v1/users/me", {"headers": alice, "json": {"is_admin": True}}),
+        (200, "GET", "/api/v1/users", {"headers": admin}),
+        (200, "GET", f"/api/v1/users/{alice_id}", {"headers": admin}),
+        (200, "GET", f"/api/v1/users/{alice_id}", {"headers": alice}),
+        (200, "PATCH", f"/api/v1/users/{alice_id}", {"headers": admin, "json": {"is_admin": False}}),
+        (201, "POST", "/api/v1/items", {"headers": alice, "json": {"title": "t", "description": PASSWORD}}),
+        (200, "GET", "/api/v1/items", {"headers": alice}),
+        (200, "GET", "/api/v1/items", {"headers": admin}),
+        (200, "GET", "/api/v2/items", {"headers": admin}),
+        (200, "GET", f"/api/v1/items/{item_id}", {"headers": alice}),
+        (200, "PATCH", f"/api/v1/items/{item_id}", {"headers": alice, "json": {"title": "u"}}),
+        (204, "DELETE", f"/api/v1/items/{item_id}", {"headers": alice}),
+        (200, "POST", "/api/v1/auth/refresh", {"json": {"refresh_token": pair["refresh_token"]}}),
+        (401, "POST", "/api/v1/auth/refresh", {"json": {"refresh_token": pair["refresh_token"]}}),
+        (401, "GET", "/api/v1/users/me", {"headers": {"Authorization": "Bearer garbage"}}),
+        (
+            401,
             "POST",
             "/api/v1/users/me/password",
             {"headers": alice, "json": {"current_password": "wrong pass", "new_password": PASSWORD + "2"}},
         ),
         (
+            204,
             "POST",
             "/api/v1/users/me/password",
             {"headers": alice, "json": {"current_password": PASSWORD, "new_password": PASSWORD + "2"}},
         ),
-        ("POST", "/api/v1/auth/logout", {"headers": admin}),
+        (204, "POST", "/api/v1/auth/logout", {"headers": admin}),
         (
+            204,
             "DELETE",
             f"/api/v1/users/{alice_id}",
             {"headers": await make_user("root2@example.com", admin=True)},
         ),
-        ("GET", "/readyz", {}),
-        ("GET", "/healthz", {}),
-        ("GET", "/openapi.json", {}),
+        (200, "GET", "/readyz", {}),
+        (200, "GET", "/healthz", {}),
+        (200, "GET", "/openapi.json", {}),
     ]
-    for method, path, kwargs in calls:
-        await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+    for expected, method, path, kwargs in calls:
+        response = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+        assert response.status_code == expected, (method, path, response.status_code, response.text[:300])
     return secrets
 
 

@@ -46,6 +46,10 @@ async def test_a_chunked_body_over_the_limit_is_413(client: httpx.AsyncClient, u
         "/api/v1/items", content=chunks(), headers={**user_headers, "Content-Type": "application/json"}
     )
     assert_problem(response, 413)
+    # Answered while the body was still streaming: the transport hands the app one chunk per
+    # receive(), and the app stopped asking at the chunk that crossed 1 MiB (11 + 16 x 64 KiB
+    # bytes), 24 chunks before the client would have finished.
+    assert chunks_sent == MAX_BODY // 65_536, chunks_sent
     assert (await client.get("/api/v1/items", headers=user_headers)).json() == []
 
 
