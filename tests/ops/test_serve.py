@@ -4,6 +4,7 @@ several workers, every log line JSON (uvicorn's own included)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import signal
 import time
@@ -201,3 +202,56 @@ async def test_two_workers_sum_metrics_log_json_and_drain_on_sigterm(tmp_path: P
     assert {"method", "route", "status", "duration_ms", "request_id", "user_id"} <= access[0].keys()
     assert any(str(line.get("event", "")).startswith("Stopping parent process") for line in lines)
     assert PASSWORD not in log
+
+
+def _get(connection: http.client.HTTPConnection, path: str) -> tuple[int, dict[str, str], bytes]:
+    connection.request("GET", path)
+    response = connection.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+async def test_readyz_answers_503_from_sigterm_on_while_an_accepted_request_finishes(tmp_path: Path) -> None:
+    """/readyz reads the app's own shutdown flag, set by the SIGTERM handler, not the lifespan's end.
+
+    uvicorn closes its listening socket and its idle connections at its next 0.1 s tick after the
+    signal, so a probe can only reach the app in that moment, on a connection it already holds.
+    The server is paused (SIGSTOP) while the SIGTERM and the probe are sent, so both are waiting
+    for it when it resumes: the probe then always lands in that moment, however loaded the machine.
+    Meanwhile a registration whose body is still being uploaded is in flight; it must finish."""
+    async with private_database(tmp_path) as database_url:
+        server = start_server(server_env(database_url, free_port()), tmp_path / "server.log")
+        try:
+            upload = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            probe = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            body = json.dumps({"email": "slow-upload@example.com", "password": PASSWORD}).encode()
+            upload.putrequest("POST", "/api/v1/auth/register")
+            upload.putheader("Content-Type", "application/json")
+            upload.putheader("Content-Length", str(len(body)))
+            upload.endheaders()
+            upload.send(body[:10])  # the server now waits for the rest of the body
+            deadline = time.monotonic() + 30
+            # In flight: the scrape itself plus the upload (the gauge is sampled at scrape time).
+            while _metric(_get(probe, "/metrics")[2].decode(), "http_requests_in_flight") < 2:
+                assert time.monotonic() < deadline, "the upload never reached the app"
+                await asyncio.sleep(0.05)
+            assert _get(probe, "/readyz")[0] == 200
+
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                server.process.send_signal(signal.SIGTERM)
+                probe.request("GET", "/readyz")
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            answer = probe.getresponse()
+            problem = json.loads(answer.read())
+            assert answer.status == 503, (problem, server.log_tail())
+            assert problem["detail"] == "Shutting down."
+            assert answer.getheader("Retry-After") == "1"
+
+            upload.send(body[10:])
+            registered = upload.getresponse()
+            assert registered.status == 201, registered.read()
+            assert json.loads(registered.read())["email"] == "slow-upload@example.com"
+            assert await asyncio.to_thread(server.process.wait, 30) == 0
+        finally:
+            server.stop()

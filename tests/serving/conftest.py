@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from tests.conftest import PASSWORD, empty_tables, make_settings
+from tests.ml.conftest import make_model_dir  # noqa: F401 - the fixture, for tests with edited manifests
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
