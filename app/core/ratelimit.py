@@ -32,6 +32,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
 from app.core.config import Settings
+from app.core.emails import canonical_email
 from app.core.exceptions import TooManyRequests, app_error_handler, media_type
 from app.core.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
 from app.core.security import AccessClaims, InvalidAccessToken
@@ -167,8 +168,9 @@ def client_address(request: Request) -> str:
 
 
 def account_key(email: str) -> str:
-    # Redis holds a digest, not the address itself.
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    # One key whichever form of the address was typed (full-width, punycode); Redis holds a digest,
+    # not the address itself.
+    return hashlib.sha256(canonical_email(email).encode()).hexdigest()[:32]
 
 
 def auth_rate_limit(endpoint: str) -> Callable[[Request], Awaitable[None]]:

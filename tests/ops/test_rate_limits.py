@@ -271,3 +271,18 @@ async def test_multipart_log_in_with_a_media_type_in_capitals(database_url: str)
         request.headers["content-type"] = f"Multipart/Form-Data; boundary={boundary}"
         response = await client.send(request)
     assert response.status_code == 200, response.text
+
+
+async def test_the_account_limit_holds_whichever_form_of_the_address_is_typed(database_url: str) -> None:
+    async with running_app(database_url, **LIMITS) as (_, client):
+        email = new_email()
+        assert (await register(client, email)).status_code == 201
+        full_width = "".join(chr(ord(c) + 0xFEE0) if c.isascii() and c.isalnum() else c for c in email)
+        shouting = email.upper()
+        statuses = [(await login(client, form, "wrong password")).status_code for form in (email, shouting)]
+        refused = await login(client, full_width, "wrong password")
+        also_refused = await login(client, email)
+    assert statuses == [401, 401]
+    # The third attempt at the same account, typed in full-width letters: still the account's limit.
+    assert refused.status_code == 401
+    assert also_refused.status_code == 429
