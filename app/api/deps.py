@@ -171,7 +171,15 @@ OffsetPageDep = Annotated[OffsetPage, Depends(get_offset_page)]
 
 async def get_inference(request: Request) -> InferenceService:
     resources: Resources = request.app.state.resources
-    return InferenceService(resources.registry, resources.prediction_log)
+    return InferenceService(resources.registry, resources.prediction_log, lambda: _disconnected(request))
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away. The body has been read by then, so the server's next
+    message is `http.disconnect` (uvicorn sends it when the connection closes, or once the
+    response is complete)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]

@@ -6,6 +6,7 @@ Every model-layer failure is translated here, once, into the service's error typ
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,13 @@ class ModelNotFound(NotFound):
 
 class PredictionError(AppError):
     status, code, title = 500, "prediction-failed", "Prediction Failed"
+
+
+class CallerGone(AppError):
+    """The caller went away before its prediction was computed; nobody reads this answer (the
+    status is nginx's "client closed request", for the access log)."""
+
+    status, code, title = 499, "client-closed-request", "Client Closed Request"
 
 
 def translate(exc: ml.ModelError) -> AppError:
@@ -68,9 +76,18 @@ def translate(exc: ml.ModelError) -> AppError:
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, prediction_log: PredictionLog) -> None:
+    """`caller_gone`, when given, returns once the caller has gone away (the API passes "the client
+    disconnected"): a prediction still queued then is withdrawn instead of computed for nobody."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        prediction_log: PredictionLog,
+        caller_gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self.registry = registry
         self.log = prediction_log
+        self.caller_gone = caller_gone
 
     def models(self) -> list[ModelSpec]:
         return self.registry.list()
@@ -113,7 +130,7 @@ class InferenceService:
         batch: bool,
     ) -> PredictionResult:
         try:
-            result = await call()
+            result = await self._unless_caller_gone(name, call())
         except ml.ModelError as exc:
             error = translate(exc)
             # Bad input and unknown models are the client's mistake, not a prediction: not logged.
@@ -136,3 +153,28 @@ class InferenceService:
             )
         )
         return result
+
+    async def _unless_caller_gone(self, name: str, work: Awaitable[PredictionResult]) -> PredictionResult:
+        if self.caller_gone is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(self.caller_gone())
+        try:
+            done, _ = await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            gone.cancel()
+        if task in done:
+            return task.result()
+        # The model layer takes a cancelled request out of its queue (app.ml.batching).
+        task.cancel()
+        try:
+            return await task  # it may have finished in the meantime
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise  # this request itself is being cancelled
+        metrics.observe_model_rejected(name, CallerGone.code)
+        raise CallerGone

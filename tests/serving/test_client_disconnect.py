@@ -65,12 +65,6 @@ async def _until_metric(
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: the web layer never notices the disconnect (uvicorn does not cancel the "
-    "request's task and no route or middleware listens for http.disconnect), so the queued "
-    "request stays queued and runs",
-)
 async def test_a_queued_request_whose_client_disconnects_is_never_computed(
     tmp_path: Path, make_model_dir: MakeModelDir
 ) -> None:
