@@ -21,13 +21,33 @@ _SECRET_KEYS = frozenset(
         "authorization",
         "secret_key",
         "cookie",
+        "set_cookie",
+        "api_key",
+        "x_api_key",
     }
 )
 
 
+def _is_secret(key: object) -> bool:
+    # As headers spell them too: `Authorization`, `X-API-Key`, `Set-Cookie`.
+    return isinstance(key, str) and key.lower().replace("-", "_") in _SECRET_KEYS
+
+
+def _redacted(value: Any) -> Any:
+    """`value` with every secret-named key of every mapping in it (nested too) redacted."""
+    if isinstance(value, dict):
+        return {k: "[redacted]" if _is_secret(k) else _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
+
+
 def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key in event.keys() & _SECRET_KEYS:
-        event[key] = "[redacted]"
+    for key, value in event.items():
+        if _is_secret(key):
+            event[key] = "[redacted]"
+        elif isinstance(value, dict | list | tuple):
+            event[key] = _redacted(value)
     return event
 
 

@@ -80,3 +80,22 @@ async def test_fields_named_like_secrets_are_redacted_by_key_name(
     assert line["user_id"] == 7  # other fields are kept as they are
     assert line["request_id"] == "r-1"
     assert "leaked" not in json.dumps(line)
+
+
+async def test_secrets_are_redacted_however_they_are_spelled_and_wherever_they_nest(
+    settings: Settings, log_lines: LogLines
+) -> None:
+    """Header spellings (`Authorization`, `X-API-Key`, `Set-Cookie`) and secrets inside a mapping a
+    line carries (a dict of headers, a list of bodies) are redacted too."""
+    create_app(settings)
+    log_lines()
+    structlog.get_logger("app").warning(
+        "nested_secrets",
+        Authorization="Bearer leaked-1",
+        headers={"X-API-Key": "leaked-2", "Set-Cookie": "leaked-3", "accept": "application/json"},
+        bodies=[{"email": "a@example.com", "password": "leaked-4"}],
+    )
+    (line,) = [line for line in log_lines() if line.get("event") == "nested_secrets"]
+    assert "leaked" not in json.dumps(line)
+    assert line["headers"]["accept"] == "application/json"
+    assert line["bodies"] == [{"email": "a@example.com", "password": "[redacted]"}]
