@@ -152,7 +152,8 @@ def _wants_binary(body: InferenceRequest) -> bool:
 @router.post(
     "/models/{name}/infer",
     summary="Inference",
-    responses=ERRORS,
+    # 500: the model itself failed on these inputs (PredictionFailed), the one 500 by design.
+    responses={**ERRORS, 500: {"model": OipError}},
     openapi_extra={
         "requestBody": {
             "required": True,

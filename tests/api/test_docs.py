@@ -160,6 +160,13 @@ def test_every_status_the_service_can_answer_is_documented(openapi: dict[str, An
             assert 415 in statuses, f"{where} reads JSON: another content type is a 415"
     for path in ("/api/v1/auth/register", "/api/v1/auth/token"):
         assert "429" in openapi["paths"][path]["post"]["responses"], path
+    # ... and none it cannot: refresh has no rate limit.
+    assert "429" not in openapi["paths"]["/api/v1/auth/refresh"]["post"]["responses"]
+    # A model that fails on its inputs is the one 500 by design (prediction-failed): documented where
+    # a prediction runs, so a generated client parses it.
+    for path in ("/api/v1/predict", "/api/v1/predict-heavy", "/api/v1/models/{name}/predict"):
+        assert "500" in openapi["paths"][path]["post"]["responses"], path
+    assert "500" in openapi["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
 
 
 async def test_a_204_documents_and_sends_no_content(

@@ -78,7 +78,8 @@ async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: Aut
     "/refresh",
     summary="Rotate a refresh token",
     operation_id="refresh",
-    responses=problem_responses(401, 429, 503, *JSON_BODY_ERRORS),
+    # No rate limit: a refresh token has 256 random bits, and each one works once.
+    responses=problem_responses(401, 503, *JSON_BODY_ERRORS),
 )
 async def refresh(body: RefreshRequest, auth: AuthServiceDep) -> TokenPair:
     """Spend a refresh token for a new pair. A token used twice ends its whole login session."""

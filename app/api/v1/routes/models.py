@@ -52,7 +52,7 @@ async def read_model(_user: CurrentUser, inference: InferenceDep, name: str = Mo
 @router.post(
     "/{name}/predict",
     summary="Predict one row or a batch",
-    responses=problem_responses(404, *JSON_BODY_ERRORS, 504),
+    responses=problem_responses(404, *JSON_BODY_ERRORS, 500, 504),
 )
 async def predict_rows(
     body: BatchPredictRequest, user: CurrentUser, inference: InferenceDep, name: str = ModelName

@@ -12,7 +12,8 @@ from app.schemas.prediction import PredictRequest, PredictResponse, row_fields
 
 router = APIRouter(prefix=PREFIX, tags=["predictions"], responses=problem_responses(*AUTHENTICATED_ERRORS))
 
-ERRORS = problem_responses(*JSON_BODY_ERRORS, 504)
+# 500: the model itself failed on these inputs (a prediction-failed problem), the one 500 by design.
+ERRORS = problem_responses(*JSON_BODY_ERRORS, 500, 504)
 
 
 def one_row(result: PredictionResult) -> PredictResponse:
