@@ -60,7 +60,7 @@ test: lint typecheck check-deploy pytest ## Everything CI checks
 fuzz: $(VENV_STAMP) ## Schema fuzzing: 500 examples per operation, stateless and stateful (schemathesis)
 	FUZZ_EXAMPLES=500 $(UV) run --no-sync pytest tests/fuzz -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(VENV_STAMP) ## The benchmark (~10 min): bench/results/latest.json, docs/performance.md and its plots
+bench: $(VENV_STAMP) ## The benchmark (~13 min): bench/results/latest.json, docs/performance.md and its plots
 	bash scripts/bench_tools.sh
 	$(UV) run --no-sync python -m bench.run
 

@@ -1,8 +1,9 @@
 """What the benchmark runners share: the machine, the servers they start, the databases they seed,
 wrk and its scripts, and the figures they compute and format.
 
-Imported by the runners (bench/run.py, bench/bench_serving.py, bench/profile_hot.py); it imports
-none of them, and no runner imports another (the project's import-linter contract for bench).
+Imported by the runners (bench/run.py, bench/bench_serving.py, bench/profile_hot.py,
+bench/pool_compare.py); it imports none of them, and no runner imports another (the project's
+import-linter contract for bench).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import harness
+from bench import harness, pool_variants
 
 
 def _scope(method: str, path: str, query: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -174,6 +174,8 @@ async def main_async(
         f"{statistics.median(per_request):.0f} us over {args.rounds} rounds of {args.n} (event-loop thread: "
         f"min {min(on_loop):.0f} us); statuses {counts}"
     )
+    if args.pool:
+        print(f"{args.pool}: {pool_variants.CALLS[0]} blocks, in {pool_variants.installed_in()}")
     if profiler:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
@@ -217,7 +219,12 @@ def main() -> None:
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the warm-up")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--pool", choices=pool_variants.VARIANTS, help="serve the hot paths' connections this way"
+    )
     args = parser.parse_args()
+    if args.pool:  # before anything imports the app's services
+        pool_variants.install(args.pool)
     import uvloop
 
     if args.db == "postgresql":

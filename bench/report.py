@@ -1,6 +1,6 @@
 """Turns bench/results/latest.json into docs/performance.md and its plots (matplotlib, Agg).
 
-`python -m bench.report [results.json]` rewrites the report from a saved run without re-running it.
+`python -m bench.report [results.json [DIR]]` rewrites the report (into docs/, or DIR) from a saved run.
 The hand-written part (what was profiled, where the remaining time goes) lives in bench/analysis.md
 and is included as it is.
 """
@@ -188,7 +188,7 @@ def endpoint_table(results: dict[str, Any], db: str) -> list[str]:
     return lines
 
 
-def plots(results: dict[str, Any]) -> None:
+def plots(results: dict[str, Any], docs: Path = DOCS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,7 +229,7 @@ def plots(results: dict[str, Any]) -> None:
     ax.set_title("Throughput per endpoint against the framework's ceiling (one worker, one core)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(DOCS / THROUGHPUT_PNG, dpi=110)
+    fig.savefig(docs / THROUGHPUT_PNG, dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -250,7 +250,7 @@ def plots(results: dict[str, Any]) -> None:
     ax.set_title("Latency distribution at a fixed rate of half the measured throughput (open loop)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / LATENCY_PNG, dpi=110)
+    fig.savefig(docs / LATENCY_PNG, dpi=110)
     plt.close(fig)
 
 
@@ -350,6 +350,9 @@ def render(results: dict[str, Any]) -> str:
         + ".",
         "",
     ]
+    pool = results.get("pool")
+    if pool:
+        out += [*pool_section(pool), ""]
     models = results.get("models")
     if models and models.get("markdown"):
         out += [
@@ -371,13 +374,60 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_report(results: dict[str, Any]) -> None:
-    DOCS.mkdir(exist_ok=True)
-    plots(results)
-    (DOCS / "performance.md").write_text(render(results))
-    print("wrote docs/performance.md and its plots", flush=True)
+POOL_KINDS = ("get_item", "list", "post")
+
+
+def pool_section(pool: dict[str, Any]) -> list[str]:
+    """bench/pool_compare.py's figures: each variant of the hot paths' connection hand-out."""
+    out = ["## The hot paths' connection hand-out, three ways (bench/pool_compare.py)", ""]
+    if "error" in pool:
+        return [*out, f"*bench/pool_compare.py failed: {pool['error']}*"]
+    settings = ", ".join(f"`{k}={v}`" for k, v in pool["pool"].items())
+    out += [
+        "How the hot paths (item read, list, create and the token check in them) get a PostgreSQL "
+        "connection: (a) the app's FIFO turnstile for `DB_POOL_SIZE` connections, a connection handed "
+        "straight on to the next waiter; (b) asyncpg's own pool (min = max = `DB_POOL_SIZE`, no reset "
+        "query); (c) SQLAlchemy's pool alone, a checkout and a return per request. bench/pool_variants.py "
+        "swaps each in for the app's `autocommit` (the app unchanged); the server is "
+        f"the production entry point with the flags above, {settings}. wrk at "
+        f"{pool['connections']} connections, a 1 s warm-up then {pool['duration_s']} s per figure; a fresh "
+        f"server per variant and round, the variants in turn for {pool['rounds']} round(s); median "
+        "(min-max) over the rounds. *Foreign* is CPU used by no process of ours that is still alive "
+        "when it is read: other tenants, and PostgreSQL backends that exited (opened and closed "
+        "connections).",
+        "",
+        "| Variant | Endpoint | req/s | p50 ms | p99 ms | server CPU µs/req | PostgreSQL cores "
+        "| foreign cores (max) | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, kinds in pool["variants"].items():
+        for kind in POOL_KINDS:
+            r = kinds.get(kind)
+            if r is None:
+                continue
+            pg = sorted(run["cpu"]["postgres_cores"] for run in r["runs"])
+            out.append(
+                f"| {pool['labels'].get(variant, variant)} | {LABELS[kind]} | {_mmm(r['rps'])} "
+                f"| {_mmm(r['p50_ms'], '{:.1f}')} | {_mmm(r['p99_ms'], '{:.1f}')} "
+                f"| {_mmm(r['server_cpu_us'])} | {pg[len(pg) // 2]:.2f} | {r['foreign_cores_max']:.2f} "
+                f"| {r['non_2xx'] + r['socket_errors']} |"
+            )
+    out += [
+        "",
+        f"Run in {pool['elapsed_s']:.0f} s by `{pool['command']}`; load average "
+        f"{pool['load_average'][0]:.1f} before, {pool['load_average'][1]:.1f} after.",
+    ]
+    return out
+
+
+def write_report(results: dict[str, Any], docs: Path = DOCS) -> None:
+    docs.mkdir(exist_ok=True)
+    plots(results, docs)
+    (docs / "performance.md").write_text(render(results))
+    print(f"wrote {docs / 'performance.md'} and its plots", flush=True)
 
 
 if __name__ == "__main__":
+    # python -m bench.report [results.json [docs dir]]
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results" / "latest.json"
-    write_report(json.loads(path.read_text()))
+    write_report(json.loads(path.read_text()), Path(sys.argv[2]) if len(sys.argv) > 2 else DOCS)

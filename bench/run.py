@@ -13,7 +13,10 @@ In one run, on this machine:
 3. Closed loop with wrk (64 connections, repeated; median, min, max) per endpoint; open loop at half
    the measured throughput (bench/openloop.py); 1,024 vs 64 connections; cold start (launch until
    /readyz is 200), median of 5; resident memory of the web worker after the load.
-4. bench/results/latest.json, docs/performance.md and the plots in docs/.
+4. On PostgreSQL, the hot paths' connection hand-out three ways side by side (bench/pool_compare.py:
+   the app's turnstile, asyncpg's pool, SQLAlchemy's pool alone; about 3 minutes, `--no-pool` skips
+   it); then the model-serving figures (bench/bench_serving.py, bench/bench_models.py).
+5. bench/results/latest.json, docs/performance.md and the plots in docs/.
 
 Server and load generator are pinned to different cores with taskset when there are two.
 """
@@ -75,10 +78,12 @@ class Profile:
     openloop_s: float
     cold_starts: int
     wide_s: int  # the 1,024-connection runs
+    pool_rounds: int  # bench/pool_compare.py: rounds of the three variants in turn
+    pool_s: int  # ... and seconds per wrk run
 
     @classmethod
     def make(cls, quick: bool) -> Profile:
-        return cls(3, 1, 4.0, 3, 3) if quick else cls(6, 3, 8.0, 5, 5)
+        return cls(3, 1, 4.0, 3, 3, 1, 3) if quick else cls(6, 3, 8.0, 5, 5, 3, 5)
 
 
 # --------------------------------------------------------------------------- phases
@@ -219,6 +224,22 @@ def run_models_bench(quick: bool) -> dict[str, Any] | None:
     return data
 
 
+def run_pool_compare(profile: Profile) -> dict[str, Any]:
+    """The hot paths' connection hand-out three ways, side by side (`python -m bench.pool_compare`,
+    its own server per variant and round, its own database): bench/results/pool.json."""
+    path = RESULTS / "pool.json"
+    path.unlink(missing_ok=True)
+    flags = ["--rounds", str(profile.pool_rounds), "--duration", str(profile.pool_s)]
+    print(f"pool: python -m bench.pool_compare {' '.join(flags)}", flush=True)
+    done = subprocess.run(
+        [PYTHON, "-m", "bench.pool_compare", *flags, "--out", str(path)], cwd=ROOT, check=False
+    )
+    if done.returncode != 0 or not path.exists():
+        return {"error": f"bench.pool_compare exited with {done.returncode}"}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short repeat of each (under 2 minutes)")
@@ -226,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="write only bench/results/*.json")
     parser.add_argument(
         "--no-models", action="store_true", help="skip bench/bench_serving.py and bench/bench_models.py"
+    )
+    parser.add_argument(
+        "--no-pool", action="store_true", help="skip bench/pool_compare.py (the connection hand-out)"
     )
     parser.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
     args = parser.parse_args(argv)
@@ -249,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         results["service"] = {}
         for db in [d.strip() for d in args.db.split(",") if d.strip()]:
             results["service"][db] = service(db, load, profile, server_pin, bare_rps)
+    if "postgresql" in results["service"] and not args.no_pool:
+        results["pool"] = run_pool_compare(profile)
     if not args.no_models:
         results["models"] = run_models_bench(args.quick)
     results["elapsed_s"] = round(time.perf_counter() - began, 1)
