@@ -42,9 +42,10 @@ create-admin: $(VENV_STAMP) ## Create or promote an admin: make create-admin EMA
 models: $(VENV_STAMP) ## Re-train the bundled models and rewrite ml_models/ (reproducible)
 	$(UV) run --no-sync python scripts/train_models.py
 
-lint: $(VENV_STAMP) ## ruff lint and format check
+lint: $(VENV_STAMP) ## ruff lint and format check; import-linter's architecture contracts (pyproject.toml)
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
+	$(UV) run --no-sync lint-imports
 
 typecheck: $(VENV_STAMP) ## mypy --strict on app/
 	$(UV) run --no-sync mypy

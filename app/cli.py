@@ -26,8 +26,8 @@ def _load_settings() -> Settings:
 
 
 async def _migrate(settings: Settings) -> None:
-    from app.core.db import create_engine
-    from app.core.migrations import upgrade_to_head
+    from app.db.engine import create_engine
+    from app.db.migrations import upgrade_to_head
 
     engine = create_engine(settings)
     try:
@@ -46,8 +46,8 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 async def _create_admin(settings: Settings, email: str, password: str) -> str:
     from sqlalchemy import select
 
-    from app.core.db import create_engine, create_session_factory
     from app.core.security import PasswordHasher
+    from app.db.engine import create_engine, create_session_factory
     from app.models import User
     from app.schemas.user import UserCreate
 
@@ -56,7 +56,7 @@ async def _create_admin(settings: Settings, email: str, password: str) -> str:
     hasher = PasswordHasher(settings)
     try:
         if settings.migrate_on_startup:
-            from app.core.migrations import upgrade_to_head
+            from app.db.migrations import upgrade_to_head
 
             await upgrade_to_head(engine)
         async with create_session_factory(engine)() as session:
@@ -92,7 +92,7 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
 def cmd_serve(_args: argparse.Namespace) -> int:
     """The production entry point: uvicorn with its own worker supervisor, every value from settings."""
     from app.core.logging import configure_logging
-    from app.core.server import serve
+    from app.server import serve
 
     settings = _load_settings()
     # The supervisor's own lines (workers started, died, restarted) as JSON too; each worker

@@ -16,18 +16,19 @@ from fastapi.staticfiles import StaticFiles
 from app.api import health, oip, openapi
 from app.api.v1.router import routers as v1_routers
 from app.api.v2.router import routers as v2_routers
-from app.core import operations, tracing
 from app.core.config import Settings, get_settings
-from app.core.db import create_engine, create_session_factory
-from app.core.exceptions import install_exception_handlers
 from app.core.logging import configure_logging
-from app.core.metrics import observe_model_batch
-from app.core.middleware import BodySizeLimitMiddleware
-from app.core.migrations import head_revision, upgrade_to_head
-from app.core.redirects import relative_slash_redirects
-from app.core.resources import Resources
 from app.core.security import PasswordHasher, TokenCodec
+from app.db.engine import create_engine, create_session_factory
+from app.db.migrations import head_revision, upgrade_to_head
+from app.http import operations
+from app.http.middleware import BodySizeLimitMiddleware
+from app.http.problems import install_exception_handlers
+from app.http.redirects import relative_slash_redirects
+from app.http.state import Resources
 from app.ml.registry import ModelRegistry, RegistrySettings
+from app.observability import tracing
+from app.observability.metrics import observe_model_batch
 from app.services.prediction_log import PredictionLog
 
 log = structlog.get_logger("app")

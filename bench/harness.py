@@ -307,8 +307,8 @@ def seed(database_url: str, env: dict[str, str]) -> list[dict[str, Any]]:
     from sqlalchemy import func, insert, select
 
     from app.core.config import Settings
-    from app.core.db import create_engine
     from app.core.security import TokenCodec
+    from app.db.engine import create_engine
     from app.models import AuthSession, Item, User
 
     settings = Settings(_env_file=None, database_url=database_url, secret_key=SECRET_KEY)  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-DB_MODULE = "app.core.db"  # where `autocommit`, `_OnDriver` and `_asyncpg_disconnects` live
+DB_MODULE = "app.db.statements"  # where `autocommit`, `_OnDriver` and `_asyncpg_disconnects` live
 VARIANTS = ("turnstile", "asyncpg_pool", "sqlalchemy_pool")
 
 CALLS = [0]  # hot-path blocks run by the installed variant in this process

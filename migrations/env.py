@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from app.core.config import get_settings
-from app.core.db import create_engine
+from app.db.engine import create_engine
 from app.models import Base
 from app.models.base import UTCDateTime
 

@@ -22,8 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
-from app.core.db import create_engine
-from app.core.migrations import upgrade_to_head
+from app.db.engine import create_engine
+from app.db.migrations import upgrade_to_head
 from app.main import create_app
 from app.models import Base
 

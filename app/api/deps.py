@@ -11,10 +11,10 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.exceptions import Forbidden, Unauthorized
-from app.core.ratelimit import limit_user
-from app.core.resources import Resources
+from app.core.errors import Forbidden, Unauthorized
 from app.core.security import AccessClaims
+from app.http.ratelimit import limit_user
+from app.http.state import Resources
 from app.services.auth import AuthService, Caller, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService

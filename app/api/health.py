@@ -7,7 +7,8 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.api.deps import ResourcesDep
-from app.core.exceptions import ServiceUnavailable, is_database_outage
+from app.core.errors import ServiceUnavailable
+from app.http.problems import is_database_outage
 from app.schemas.common import problem_responses
 
 router = APIRouter(tags=["health"])

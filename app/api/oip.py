@@ -1,6 +1,6 @@
 """Open Inference Protocol (KServe V2) over REST, JSON tensors: /v2 health, metadata and infer.
 
-Errors here use the protocol's shape, `{"error": "..."}` (see app.core.exceptions). Like every
+Errors here use the protocol's shape, `{"error": "..."}` (see app.http.problems). Like every
 model endpoint, these need a valid access token (tritonclient sends it via `headers=`).
 """
 
@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.api.deps import CurrentUser, InferenceDep, ResourcesDep
-from app.core.exceptions import PROBLEM_CONTENT_TYPE, BadRequest
+from app.core.errors import PROBLEM_CONTENT_TYPE, BadRequest
 from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import ClassPrediction, RegressionPrediction

@@ -238,7 +238,7 @@ class Settings(BaseSettings):
     def _rate_limit(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from limits import parse  # noqa: PLC0415 - only validated here, used by app.core.ratelimit
+        from limits import parse  # noqa: PLC0415 - only validated here, used by app.http.ratelimit
 
         try:
             parse(value)

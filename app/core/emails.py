@@ -1,6 +1,6 @@
 """The one normalisation of email addresses, used wherever an address enters or is looked up:
 registration, log-in, `/users/me`, admin updates, the `create-admin` command, the per-account
-rate-limit key (app.core.ratelimit) and the repository's lookup.
+rate-limit key (app.http.ratelimit) and the repository's lookup.
 
 NFKC folds compatibility forms (full-width letters to ASCII ones, ligatures), then lower-case, then
 email-validator's own normalisation: NFC for the local part, IDNA (UTS #46) for the domain. The

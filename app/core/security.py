@@ -16,7 +16,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from app.core.config import Settings
-from app.core.exceptions import Unauthorized
+from app.core.errors import Unauthorized
 
 REFRESH_TOKEN_BYTES = 32
 # Clock skew allowed on exp and nbf.

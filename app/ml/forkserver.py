@@ -1,7 +1,7 @@
 """The forkserver the process-pool models' workers fork from, startable before the app is imported.
 
 It imports scikit-learn and skops once (about a second, see `worker_preload`). Started by the
-server entry point before uvicorn imports the app (app.core.server), that second runs on another
+server entry point before uvicorn imports the app (app.server), that second runs on another
 core while the web process imports FastAPI and SQLAlchemy, instead of after them: start-up to
 ready is about a second shorter (docs/performance.md). Only the standard library is imported here.
 """

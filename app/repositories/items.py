@@ -1,7 +1,7 @@
 """Queries on items. Every query takes the owner: another user's item is simply not found.
 
 Core statements, built once at import with bind parameters and run by `Statements`
-(app.core.db): a request pays neither for building nor for compiling a statement, and reads return
+(app.db.statements): a request pays neither for building nor for compiling a statement, and reads return
 plain dicts, not ORM entities with their identity map and session (docs/performance.md).
 """
 
@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, update
 
-from app.core.db import Row, Statements
+from app.db.statements import Row, Statements
 from app.models import Item
 from app.models.base import utcnow
 from app.repositories.users import CALLER, caller_params

@@ -10,8 +10,8 @@ from sqlalchemy import Select, Table, bindparam, func, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import Row, Statements
 from app.core.emails import canonical_email
+from app.db.statements import Row, Statements
 from app.models import AuthSession, RefreshToken, User
 from app.models.base import utcnow
 

@@ -7,7 +7,7 @@ from http import HTTPStatus
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from app.core.exceptions import PROBLEM_CONTENT_TYPE
+from app.core.errors import PROBLEM_CONTENT_TYPE
 
 
 class RequestModel(BaseModel):

@@ -8,8 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.core.db import autocommit
-from app.core.exceptions import Conflict, Unauthorized
+from app.core.errors import Conflict, Unauthorized
 from app.core.security import (
     AccessClaims,
     InvalidAccessToken,
@@ -19,6 +18,7 @@ from app.core.security import (
     hash_refresh_token,
     new_refresh_token,
 )
+from app.db.statements import autocommit
 from app.models import AuthSession, User
 from app.models.base import utcnow
 from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository, active_in_session

@@ -10,8 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.core import metrics
-from app.core.exceptions import (
+from app.core.errors import (
     AppError,
     GatewayTimeout,
     NotFound,
@@ -23,6 +22,7 @@ from app.ml import errors as ml
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import PredictionResult
 from app.ml.registry import ModelRegistry
+from app.observability import metrics
 from app.services.prediction_log import PredictionEvent, PredictionLog
 
 

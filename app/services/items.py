@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.db import autocommit, transaction
-from app.core.exceptions import NotFound, ValidationFailed
+from app.core.errors import NotFound, ValidationFailed
 from app.core.security import AccessClaims, InvalidAccessToken
+from app.db.statements import autocommit, transaction
 from app.models.base import utcnow
 from app.repositories.items import Access, ItemRepository, ItemRow, NoCaller
 from app.services.auth import Caller

@@ -16,10 +16,10 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core import metrics
-from app.core.exceptions import Forbidden
+from app.core.errors import Forbidden
 from app.models import PredictionRecord
 from app.models.base import utcnow
+from app.observability import metrics
 from app.repositories.predictions import PredictionRepository
 from app.services.auth import Caller
 from app.services.items import decode_cursor, encode_cursor

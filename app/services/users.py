@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.exceptions import Conflict, NotFound, Unauthorized
+from app.core.errors import Conflict, NotFound, Unauthorized
 from app.core.security import InvalidAccessToken, PasswordHasher
 from app.models import User
 from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository

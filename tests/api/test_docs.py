@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from app.core.config import Settings
-from app.core.metrics import InFlight
-from app.core.shedding import LoadSheddingMiddleware
+from app.http.shedding import LoadSheddingMiddleware
 from app.main import create_app
 from app.ml.manifest import load_manifest
+from app.observability.metrics import InFlight
 from tests.api.conftest import serve
 from tests.conftest import make_settings
 

@@ -17,8 +17,8 @@ import pytest
 from fastapi import FastAPI
 from schemathesis.python import asgi
 
-from app.core.db import create_engine
-from app.core.ratelimit import Limits
+from app.db.engine import create_engine
+from app.http.ratelimit import Limits
 from app.main import create_app
 from tests.conftest import PASSWORD, empty_tables, make_settings
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.core import metrics
+from app.observability import metrics
 from tests.conftest import LogLines, assert_problem
 from tests.ops.conftest import new_email, register, running_app, user
 

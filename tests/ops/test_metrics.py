@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 
-from app.core import metrics
 from app.core.config import Settings
-from app.core.server import metrics_dir, supervised, uvicorn_options
+from app.observability import metrics
+from app.server import metrics_dir, supervised, uvicorn_options
 from tests.conftest import make_settings
 from tests.ops.conftest import running_app, user
 

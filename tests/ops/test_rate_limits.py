@@ -16,7 +16,7 @@ import httpx
 import jwt
 import pytest
 
-from app.core import metrics
+from app.observability import metrics
 from tests.conftest import PASSWORD, LogLines, assert_problem
 from tests.faults.server import free_port
 from tests.ops.conftest import login, new_email, register, running_app, user

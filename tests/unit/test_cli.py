@@ -11,7 +11,7 @@ import pytest
 
 from app import cli
 from app.core.config import Settings
-from app.core.migrations import head_revision
+from app.db.migrations import head_revision
 from tests.api.conftest import login, serve
 from tests.conftest import TEST_SECRET_KEY, make_settings
 
@@ -116,7 +116,7 @@ def test_serve_migrates_the_embedded_database_once_before_the_workers(
         started.append(settings)
         return 0
 
-    monkeypatch.setattr("app.core.server.serve", fake_serve)
+    monkeypatch.setattr("app.server.serve", fake_serve)
     # Set then removed, so monkeypatch restores it after the test (serve sets it); unset: "SQLite: yes".
     monkeypatch.setenv("AUTO_MIGRATE", "")
     monkeypatch.delenv("AUTO_MIGRATE")
@@ -129,7 +129,7 @@ def test_serve_leaves_postgresql_to_the_migrate_command(
     monkeypatch: pytest.MonkeyPatch, database: Path
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://nobody:nothing@127.0.0.1:1/nowhere")
-    monkeypatch.setattr("app.core.server.serve", lambda _settings: 0)
+    monkeypatch.setattr("app.server.serve", lambda _settings: 0)
     assert cli.main(["serve"]) == 0
     assert "AUTO_MIGRATE" not in os.environ
 

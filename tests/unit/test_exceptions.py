@@ -8,14 +8,9 @@ import sqlite3
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from app.core.exceptions import (
+from app.core.errors import AppError, Conflict, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
+from app.http.problems import (
     PROBLEM_CONTENT_TYPE,
-    AppError,
-    Conflict,
-    NotFound,
-    ServiceUnavailable,
-    Unauthorized,
-    ValidationFailed,
     is_database_outage,
     problem_body,
     problem_response,

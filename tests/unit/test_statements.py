@@ -1,4 +1,4 @@
-"""The statement runner of the hot paths (app.core.db.autocommit / transaction): on PostgreSQL it
+"""The statement runner of the hot paths (app.db.statements.autocommit / transaction): on PostgreSQL it
 runs the repositories' Core statements on asyncpg directly, so it must give exactly what SQLAlchemy
 gives, and treat a connection that dies under a statement as an outage (503), never a 500."""
 
@@ -14,10 +14,11 @@ from sqlalchemy import event, insert, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core import db as db_module
 from app.core.config import Settings
-from app.core.db import autocommit, create_engine, transaction
-from app.core.exceptions import is_database_outage
+from app.db import statements as db_module
+from app.db.engine import create_engine
+from app.db.statements import autocommit, transaction
+from app.http.problems import is_database_outage
 from app.models import AuthSession, User
 from app.models.base import utcnow
 from app.repositories.items import _INSERT_AS_CALLER, Access, ItemRepository

@@ -9,7 +9,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from app.api.deps import AuthServiceDep, PrincipalDep
 from app.api.v1 import PREFIX
-from app.core.ratelimit import auth_rate_limit
+from app.http.ratelimit import auth_rate_limit
 from app.schemas.auth import RefreshRequest, TokenPair
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.user import UserCreate, UserPublic

@@ -7,7 +7,7 @@ from pydantic import TypeAdapter
 
 from app.api.deps import AdminUser, CurrentUser, OffsetPageDep, UserServiceDep
 from app.api.v1 import PREFIX
-from app.core.exceptions import Forbidden
+from app.core.errors import Forbidden
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.user import PasswordChange, UserPublic, UserUpdateAdmin, UserUpdateMe
 

@@ -16,9 +16,10 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.exceptions import OIP_PREFIX, PROBLEM_CONTENT_TYPE, problem_body
-from app.core.metrics import HTTP_SHED, InFlight
-from app.core.middleware import REQUEST_ID_HEADER, incoming_request_id
+from app.core.errors import PROBLEM_CONTENT_TYPE
+from app.http.middleware import REQUEST_ID_HEADER, incoming_request_id
+from app.http.problems import OIP_PREFIX, problem_body
+from app.observability.metrics import HTTP_SHED, InFlight
 
 log = structlog.get_logger("app.shedding")
 

@@ -19,8 +19,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.exceptions import problem_response
-from app.core.metrics import REQUESTS
+from app.http.problems import problem_response
+from app.observability.metrics import REQUESTS
 
 log = structlog.get_logger("app.access")
 error_log = structlog.get_logger("app.error")

@@ -1,4 +1,5 @@
-"""The one error envelope: domain errors and every framework error rendered as RFC 9457 problems."""
+"""The one error envelope: domain errors and every framework error rendered as RFC 9457 problems
+(the Open Inference Protocol's `{"error"}` under /v2)."""
 
 from __future__ import annotations
 
@@ -16,81 +17,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 
+from app.core.errors import (
+    PROBLEM_CONTENT_TYPE,
+    PROBLEM_TYPE_BASE,
+    AppError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+
 log = structlog.get_logger(__name__)
-
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-PROBLEM_TYPE_BASE = "https://fastapi-ml-service.dev/problems/"
-
-
-class AppError(Exception):
-    """A failure the client should hear about. Services raise these; one handler renders them.
-
-    `code` becomes the problem `type` (a stable, documented identifier clients can switch on).
-    """
-
-    status: int = 500
-    code: str = "internal-error"
-    title: str = "Internal Server Error"
-
-    def __init__(
-        self,
-        detail: str | None = None,
-        *,
-        headers: dict[str, str] | None = None,
-        errors: Sequence[dict[str, str]] | None = None,
-    ) -> None:
-        super().__init__(detail or self.title)
-        self.detail = detail or self.title
-        self.headers = headers or {}
-        self.errors = list(errors) if errors is not None else None
-
-
-class BadRequest(AppError):
-    status, code, title = 400, "bad-request", "Bad Request"
-
-
-class Unauthorized(AppError):
-    status, code, title = 401, "unauthorized", "Unauthorized"
-
-    def __init__(self, detail: str = "Not authenticated", **kwargs: Any) -> None:
-        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
-        super().__init__(detail, **kwargs)
-
-
-class Forbidden(AppError):
-    status, code, title = 403, "forbidden", "Forbidden"
-
-
-class NotFound(AppError):
-    status, code, title = 404, "not-found", "Not Found"
-
-
-class Conflict(AppError):
-    status, code, title = 409, "conflict", "Conflict"
-
-
-class PayloadTooLarge(AppError):
-    status, code, title = 413, "payload-too-large", "Content Too Large"
-
-
-class UnsupportedMediaType(AppError):
-    status, code, title = 415, "unsupported-media-type", "Unsupported Media Type"
-
-
-class ValidationFailed(AppError):
-    status, code, title = 422, "validation-error", "Unprocessable Content"
-
-
-class TooManyRequests(AppError):
-    status, code, title = 429, "rate-limited", "Too Many Requests"
-
-
-class ServiceUnavailable(AppError):
-    status, code, title = 503, "service-unavailable", "Service Unavailable"
-
-
-class GatewayTimeout(AppError):
-    status, code, title = 504, "timeout", "Gateway Timeout"
 
 
 _CODES_BY_STATUS: dict[int, type[AppError]] = {

@@ -21,7 +21,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from app.core.config import Settings
-from app.core.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from app.observability.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 log = structlog.get_logger("app.server")
 
@@ -52,7 +52,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "port": settings.port,
         "workers": settings.web_concurrency,
         # Counted by uvicorn over open connections and running tasks: the backstop above the
-        # app's own, lower, in-flight limit (app.core.shedding), which answers a 503 problem.
+        # app's own, lower, in-flight limit (app.http.shedding), which answers a 503 problem.
         "limit_concurrency": settings.limit_concurrency,
         "backlog": settings.backlog,
         "timeout_graceful_shutdown": settings.timeout_graceful_shutdown,

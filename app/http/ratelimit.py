@@ -33,9 +33,10 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 
 from app.core.config import Settings
 from app.core.emails import canonical_email
-from app.core.exceptions import TooManyRequests, app_error_handler, media_type
-from app.core.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
+from app.core.errors import TooManyRequests
 from app.core.security import AccessClaims, InvalidAccessToken
+from app.http.problems import app_error_handler, media_type
+from app.observability.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
 
 log = structlog.get_logger("app.ratelimit")
 

@@ -18,17 +18,17 @@ import structlog
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core import metrics, tracing
 from app.core.config import Settings
-from app.core.middleware import (
+from app.core.security import InvalidAccessToken
+from app.http.middleware import (
     ProblemCORSMiddleware,
     RequestContextMiddleware,
     SecurityHeaders,
     TrustedHostMiddleware,
 )
-from app.core.ratelimit import Limits, refused_token_handler
-from app.core.security import InvalidAccessToken
-from app.core.shedding import LoadSheddingMiddleware
+from app.http.ratelimit import Limits, refused_token_handler
+from app.http.shedding import LoadSheddingMiddleware
+from app.observability import metrics, tracing
 
 log = structlog.get_logger("app")
 

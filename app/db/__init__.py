@@ -1,0 +1,1 @@
+"""The database: engine, the statement runner, the one access object services get, migrations."""

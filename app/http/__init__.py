@@ -1,0 +1,1 @@
+"""HTTP plumbing: middleware, load shedding, rate limits, problem details, redirects, app state."""
