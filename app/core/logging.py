@@ -116,3 +116,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     # Our middleware writes the access line (with route template and request id); uvicorn's would
     # be a second, poorer copy.
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic announces each of its autogenerate plugins ("setup plugin alembic.autogenerate...",
+    # seven INFO lines) whenever it loads, on every start-up that migrates; its "Running upgrade"
+    # lines (alembic.runtime.migration) stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

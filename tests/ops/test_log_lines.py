@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import structlog
@@ -18,6 +19,7 @@ from app.core.config import Settings
 from app.core.logging import configure_logging
 from app.main import create_app
 from tests.conftest import LogLines
+from tests.faults.server import free_port, server_env, start_server
 
 
 class RecordingStdout(io.StringIO):
@@ -99,3 +101,17 @@ async def test_secrets_are_redacted_however_they_are_spelled_and_wherever_they_n
     assert "leaked" not in json.dumps(line)
     assert line["headers"]["accept"] == "application/json"
     assert line["bodies"] == [{"email": "a@example.com", "password": "[redacted]"}]
+
+
+def test_start_up_migration_logs_its_upgrades_but_not_alembics_plugin_lines(tmp_path: Path) -> None:
+    """`make run`'s start-up on an empty SQLite file migrates it: alembic's "Running upgrade" lines
+    are useful and stay; its seven "setup plugin alembic.autogenerate..." lines are noise and go.
+    A real process: alembic announces its plugins once, when first imported."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    env = server_env(database_url, free_port(), LOG_LEVEL="INFO", AUTO_MIGRATE="true")
+    server = start_server(env, tmp_path / "server.log")
+    server.stop()
+    log = server.log_path.read_text()
+    events = [str(json.loads(line).get("event", "")) for line in log.splitlines() if line.strip()]
+    assert any(event.startswith("Running upgrade") for event in events), log[-3000:]
+    assert not [event for event in events if "setup plugin" in event], log[-3000:]

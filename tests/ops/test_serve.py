@@ -255,3 +255,60 @@ async def test_readyz_answers_503_from_sigterm_on_while_an_accepted_request_fini
             assert await asyncio.to_thread(server.process.wait, 30) == 0
         finally:
             server.stop()
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (Linux /proc): the model workers' forkserver, the
+    resource tracker."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("ml_enabled", ["false", "true"])
+async def test_one_worker_exits_0_without_interpreter_teardown_losing_nothing(
+    tmp_path: Path, ml_enabled: str
+) -> None:
+    """After a clean drain the one-worker server ends with os._exit(0) (app.server._exit_now): the
+    log still ends with the lifespan's `stopped` and uvicorn's "Finished server process" (flushed
+    first), and with the models on, their forkserver and the resource tracker do not outlive it."""
+    async with private_database(tmp_path) as database_url:
+        env = server_env(database_url, free_port(), LOG_LEVEL="INFO", ML_ENABLED=ml_enabled)
+        server = start_server(env, tmp_path / "server.log")
+        try:
+            async with httpx.AsyncClient(base_url=server.base_url) as client:
+                for _ in range(20):
+                    assert (await client.get("/healthz")).status_code == 200
+            helpers = _children(server.process.pid)
+            if ml_enabled == "true":
+                assert helpers, "no forkserver started: the test proves nothing about it"
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            exit_code = await asyncio.to_thread(server.process.wait, 30)
+            print(f"SIGTERM to exit: {time.monotonic() - signalled:.3f} s (ML_ENABLED={ml_enabled})")
+        finally:
+            server.stop()
+    log = server.log_path.read_text()
+    assert exit_code == 0, log[-3000:]
+    events = [str(line.get("event", "")) for line in _lines(log)]
+    finished = f"Finished server process [{server.process.pid}]"
+    assert events[-3:] == ["stopped", "Application shutdown complete.", finished], events[-6:]
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in helpers):
+        assert time.monotonic() < deadline, [pid for pid in helpers if _alive(pid)]
+        await asyncio.sleep(0.05)
