@@ -44,37 +44,25 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 
 async def _create_admin(settings: Settings, email: str, password: str) -> str:
-    from sqlalchemy import select
-
     from app.core.security import PasswordHasher
-    from app.db.engine import create_engine, create_session_factory
-    from app.models import User
+    from app.db.database import Database
+    from app.db.engine import create_engine
     from app.schemas.user import UserCreate
+    from app.services.users import UserService
 
     body = UserCreate(email=email, password=password)
-    engine = create_engine(settings)
+    db = Database(create_engine(settings))
     hasher = PasswordHasher(settings)
     try:
         if settings.migrate_on_startup:
             from app.db.migrations import upgrade_to_head
 
-            await upgrade_to_head(engine)
-        async with create_session_factory(engine)() as session:
-            # body.email is already in the one normal form (app.core.emails), as at registration.
-            user = await session.scalar(select(User).where(User.email == body.email))
-            if user is None:
-                user = User(email=body.email, hashed_password=await hasher.hash(body.password))
-                session.add(user)
-                outcome = "created"
-            else:
-                outcome = "promoted"
-            user.is_admin = True
-            user.is_active = True
-            await session.commit()
-            return f"admin {body.email} {outcome} (id {user.id})"
+            await upgrade_to_head(db.engine)
+        user, created = await UserService(db, hasher).ensure_admin(body.email, body.password)
+        return f"admin {body.email} {'created' if created else 'promoted'} (id {user.id})"
     finally:
         hasher.close()
-        await engine.dispose()
+        await db.dispose()
 
 
 def cmd_create_admin(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 import fastapi_offline
 import structlog
 from fastapi import FastAPI
+from fastapi.middleware import Middleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -18,17 +19,29 @@ from app.api.v1.router import routers as v1_routers
 from app.api.v2.router import routers as v2_routers
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
-from app.core.security import PasswordHasher, TokenCodec
-from app.db.engine import create_engine, create_session_factory
+from app.core.security import InvalidAccessToken, PasswordHasher, TokenCodec
+from app.db.database import Database
+from app.db.engine import create_engine
 from app.db.migrations import head_revision, upgrade_to_head
-from app.http import operations
-from app.http.middleware import BodySizeLimitMiddleware
+from app.http.lifecycle import running
+from app.http.limiter import Limits
+from app.http.middleware import (
+    DOCS_PATHS,
+    BodySizeLimitMiddleware,
+    ProblemCORSMiddleware,
+    RequestContextMiddleware,
+    SecurityHeaders,
+    TrustedHostMiddleware,
+    script_hashes,
+)
 from app.http.problems import install_exception_handlers
+from app.http.ratelimit import refused_token_handler
 from app.http.redirects import relative_slash_redirects
-from app.http.state import Resources
+from app.http.shedding import LoadSheddingMiddleware
+from app.http.state import Resources, State, state_of
 from app.ml.registry import ModelRegistry, RegistrySettings
 from app.observability import tracing
-from app.observability.metrics import observe_model_batch
+from app.observability.metrics import InFlight, Sampler, observe_model_batch
 from app.services.prediction_log import PredictionLog
 
 log = structlog.get_logger("app")
@@ -39,7 +52,11 @@ DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+    """Opens what the app holds (`Resources`) before the first request, and closes it, in reverse
+    order of need, after the last: in-flight predictions finish, their records are written, then
+    the database goes away."""
+    state = state_of(app)
+    settings = state.settings
     key, generated_at = settings.signing_key()
     if generated_at:
         log.warning(
@@ -47,47 +64,51 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             path=generated_at,
             hint="set SECRET_KEY; production refuses to start without it",
         )
-    engine = create_engine(settings)
+    db = Database(create_engine(settings))
     hasher = PasswordHasher(settings)
-    session_factory = create_session_factory(engine)
     registry = ModelRegistry(registry_settings(settings), on_batch=observe_model_batch)
     prediction_log = PredictionLog(
-        session_factory,
+        db,
         queue_size=settings.prediction_log_queue_size,
         batch_size=settings.prediction_log_batch_size,
         flush_interval_s=settings.prediction_log_flush_ms / 1000,
     )
+    limits = Limits(settings)
+    sampler = Sampler(state.in_flight, db.engine.pool, settings.db_pool_size)
+    sampler.queue_depth_sources.append(lambda: _queue_depths(registry))
     try:
         if settings.migrate_on_startup:
-            await upgrade_to_head(engine)
+            await upgrade_to_head(db.engine)
         if settings.ml_enabled:
             # Every model verified (sha256) and loaded before the first request is accepted; a
             # missing or corrupt file ends the start-up here with one line naming it.
             await registry.start()
         prediction_log.start()
-        app.state.resources = Resources(
-            settings=settings,
-            engine=engine,
-            session_factory=session_factory,
+        state.started = Resources(
+            db=db,
             hasher=hasher,
             codec=TokenCodec(settings, key),
             registry=registry,
             prediction_log=prediction_log,
+            limits=limits,
+            sampler=sampler,
             migration_head=head_revision(),
         )
-        app.state.shutting_down = False
-        log.info("started", environment=settings.environment, database=engine.url.get_backend_name())
-        # Rate-limit storage, metrics sampler, tracing, SIGTERM flag; closed before the pools below.
-        async with operations.running(app, engine, queue_depths=lambda: _queue_depths(registry)):
+        state.shutting_down = False
+        log.info("started", environment=settings.environment, database=db.engine.url.get_backend_name())
+        async with running(state):  # sampler, tracing, the SIGTERM flag, the tuned GC
             yield
-        app.state.shutting_down = True
     finally:
-        # Reverse order of need: in-flight predictions finish, their records are written, then
-        # the database goes away.
+        state.shutting_down = True
         await registry.close()
         await prediction_log.close()
+        sampler.close()
+        await limits.close()
+        if state.tracing is not None:
+            state.tracing.shutdown()
         hasher.close()
-        await engine.dispose()
+        await db.dispose()
+        state.started = None
         log.info("stopped")
 
 
@@ -112,27 +133,67 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, json=settings.log_json)
     docs = settings.show_docs
     tracer = tracing.setup(settings)
+    state = State(settings=settings, tracing=tracer, in_flight=InFlight())
+    pages = _docs_pages(settings.app_name) if docs else None
+    security = SecurityHeaders(
+        hsts_max_age=settings.hsts_max_age,
+        docs_paths=DOCS_PATHS if docs else frozenset(),
+        docs_script_hashes=script_hashes(pages or ()),
+    )
+    # Every middleware, outermost first: shedding answers before anything at all is spent; the
+    # request context adds ids, security headers, metrics, the access line, the header limits and
+    # the last-resort 500 to everything inside it; trusted hosts refuse foreign Host headers; CORS
+    # answers preflights; the body limit counts what the routes read.
+    middleware = [
+        Middleware(
+            LoadSheddingMiddleware,
+            max_in_flight=settings.max_requests_in_flight,
+            in_flight=state.in_flight,
+            headers=security.api,
+        ),
+        Middleware(
+            RequestContextMiddleware,
+            access_log=settings.access_log,
+            metrics=settings.metrics_enabled,
+            security_headers=security,
+            max_headers=settings.max_request_headers,
+            max_header_bytes=settings.max_request_header_bytes,
+            refuse_preflights=not settings.cors_origins,
+        ),
+    ]
+    if "*" not in settings.trusted_hosts:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed=settings.trusted_hosts))
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                ProblemCORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "X-Total-Count", "Retry-After"],
+                max_age=600,
+            )
+        )
+    middleware.append(Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes))
     app = FastAPI(
         telemetry=tracing.fastapi_config(tracer),
         title=settings.app_name,
         version="1.0.0",
         summary="Serves machine-learning models to authenticated users.",
         lifespan=lifespan,
+        middleware=middleware,
         openapi_url="/openapi.json" if docs else None,
         docs_url=None,
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.tracing = tracer
+    app.state.service = state
     install_exception_handlers(app)
-    pages = _docs_pages(app.title) if docs else None
-    # Added last = outermost. Body size innermost; operations.install adds CORS, trusted hosts, the
-    # request context (id, security headers, metrics, access log, last-resort 500) and, outermost,
-    # load shedding; also /metrics (before the routers are included).
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
-    operations.install(app, settings, docs_pages=pages or ())
+    # A token the database refuses gives back what it was counted against its user (ratelimit).
+    app.add_exception_handler(InvalidAccessToken, refused_token_handler)
     for router in (*v1_routers, *v2_routers, oip.router, health.router):
         app.include_router(router)
+    if settings.metrics_enabled:
+        app.add_route("/metrics", health.metrics, methods=["GET"], include_in_schema=False)
     openapi.install(app, settings)
     if pages:
         _mount_docs(app, *pages)

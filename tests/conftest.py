@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.db.engine import create_engine
 from app.db.migrations import upgrade_to_head
+from app.http.state import state_of
 from app.main import create_app
 from app.models import Base
 
@@ -98,7 +99,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         try:
             yield application
         finally:
-            await empty_tables(application.state.resources.engine)
+            await empty_tables(state_of(application).resources.db.engine)
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def make_user(client: httpx.AsyncClient, app: FastAPI) -> MakeUser:
         response = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
         assert response.status_code == 201, response.text
         if admin:
-            async with app.state.resources.engine.begin() as conn:
+            async with state_of(app).resources.db.engine.begin() as conn:
                 await conn.execute(
                     text("UPDATE users SET is_admin = :yes WHERE email = :email"),
                     {"yes": True, "email": email.lower()},

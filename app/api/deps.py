@@ -1,122 +1,56 @@
-"""The shared dependencies: settings, the one DB session, the current user, pagination."""
+"""The shared dependencies: the caller (or an access token's unverified claims), the services,
+pagination. Each has one name.
+
+Every dependency here is `async def`, even those that never await: FastAPI runs a plain `def`
+dependency in the thread pool, a thread hand-off per dependency per request (measured in
+docs/performance.md). None of them blocks, so they run on the event loop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.config import Settings
 from app.core.errors import Forbidden, Unauthorized
-from app.core.security import AccessClaims
+from app.core.security import UnverifiedClaims
 from app.http.ratelimit import limit_user
-from app.http.state import Resources
+from app.http.state import state_of
 from app.services.auth import AuthService, Caller, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService
 from app.services.prediction_log import PredictionHistory
 from app.services.users import UserService
 
-# Every dependency here is `async def`, even those that never await: FastAPI runs a plain `def`
-# dependency in the thread pool, a thread hand-off per dependency per request (measured in
-# docs/performance.md). None of them blocks, so they run on the event loop.
-
-
-async def get_resources(request: Request) -> Resources:
-    resources: Resources = request.app.state.resources
-    return resources
-
-
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
-
-
-async def get_settings(request: Request) -> Settings:
-    resources: Resources = request.app.state.resources
-    return resources.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-# Requests that change nothing (RFC 9110 safe methods).
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One ORM session per request, for the routes that need one (accounts, log-in, the prediction
-    history). Services commit what they change before the response is built; whatever was not
-    committed is rolled back when the session closes.
-
-    On PostgreSQL a safe request's session runs in autocommit: each of its statements sees what was
-    committed before it started, exactly as under the READ COMMITTED transaction it would otherwise
-    open, without the BEGIN and ROLLBACK round trips around it (docs/performance.md).
-    """
-    resources: Resources = request.app.state.resources
-    async with resources.session_factory() as session:
-        if request.method in SAFE_METHODS and resources.engine.dialect.name == "postgresql":
-            await session.connection(execution_options=_AUTOCOMMIT)
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
-
-
-async def get_auth_service(session: SessionDep, request: Request) -> AuthService:
-    resources: Resources = request.app.state.resources
-    return AuthService(
-        session,
-        resources.hasher,
-        resources.codec,
-        timedelta(seconds=resources.settings.refresh_token_expire_seconds),
-    )
-
-
-AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
-
-
-async def get_user_service(session: SessionDep, request: Request) -> UserService:
-    return UserService(session, request.app.state.resources.hasher)
-
-
-UserServiceDep = Annotated[UserService, Depends(get_user_service)]
-
-
-async def get_item_service(request: Request) -> ItemService:
-    # No session: the item operations take a pooled connection each, for their statements only.
-    return ItemService(request.app.state.resources.engine)
-
-
-ItemServiceDep = Annotated[ItemService, Depends(get_item_service)]
+# The largest page any list returns (`limit`), and the furthest an offset page reaches.
+PAGE_SIZE_MAX = 100
+OFFSET_MAX = 1_000_000
 
 
 class _BearerClaims(OAuth2PasswordBearer):
-    """The claims of the request's access token: present, well-formed, correctly signed, unexpired,
-    for this issuer and audience, and counted against the user's rate limit; not yet checked
-    against the database.
+    """The request's access token, present, well-formed, correctly signed, unexpired, for this
+    issuer and audience, and counted against its user's rate limit; not yet checked against the
+    database: `UnverifiedClaims`, which only a repository statement that checks them can read.
 
     For the hot item routes only (read one, list, create), whose one statement checks the user and
-    login session itself (app.services.items): a route that takes these claims must hand them to
-    such a statement. Every other route takes the caller (`CurrentUser`). Both are the one OAuth2
-    password flow of the OpenAPI document (Swagger UI's Authorize button).
+    login session itself (app.repositories.items). Every other route takes the caller
+    (`CurrentUser`). Both are the one OAuth2 password flow of the OpenAPI document (Swagger UI's
+    Authorize button).
     """
 
     def __init__(self) -> None:
         super().__init__(tokenUrl="/api/v1/auth/token", scheme_name="OAuth2PasswordBearer", auto_error=False)
 
-    async def __call__(self, request: Request) -> AccessClaims:  # type: ignore[override]
+    async def __call__(self, request: Request) -> UnverifiedClaims:  # type: ignore[override]
         scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("Not authenticated: send an access token as `Authorization: Bearer`.")
-        resources: Resources = request.app.state.resources
-        claims = read_access_token(resources.codec, token)
+        claims = read_access_token(state_of(request).resources.codec, token)
         await limit_user(request, claims)
         request.state.user_id = claims.user_id
-        return claims
+        return UnverifiedClaims(claims)
 
 
 class _BearerCaller(_BearerClaims):
@@ -128,18 +62,17 @@ class _BearerCaller(_BearerClaims):
 
     async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
         claims = await super().__call__(request)
-        return await authenticate(request.app.state.resources.engine, claims)
+        return await authenticate(state_of(request).resources.db, claims)
 
 
 get_claims = _BearerClaims()
-get_principal = _BearerCaller()
+get_caller = _BearerCaller()
 
-# The access token's claims, for the routes whose statement checks them (see _BearerClaims).
-TokenClaims = Annotated[AccessClaims, Depends(get_claims)]
+# An access token's claims, unverified: for the routes whose statement checks them (see above).
+TokenClaims = Annotated[UnverifiedClaims, Depends(get_claims)]
 
-# The caller and their login session (`session_id`); one name for each use.
-PrincipalDep = Annotated[Caller, Depends(get_principal)]
-CurrentUser = Annotated[Caller, Depends(get_principal)]
+# The authenticated caller and their login session (`session_id`).
+CurrentUser = Annotated[Caller, Depends(get_caller)]
 
 
 async def get_admin(user: CurrentUser) -> Caller:
@@ -151,26 +84,39 @@ async def get_admin(user: CurrentUser) -> Caller:
 AdminUser = Annotated[Caller, Depends(get_admin)]
 
 
-class OffsetPage:
-    __slots__ = ("limit", "offset")
-
-    def __init__(self, offset: int = 0, limit: int = 20) -> None:
-        self.offset = offset
-        self.limit = limit
+async def get_auth_service(request: Request) -> AuthService:
+    resources = state_of(request).resources
+    refresh_lifetime = timedelta(seconds=state_of(request).settings.refresh_token_expire_seconds)
+    return AuthService(resources.db, resources.hasher, resources.codec, refresh_lifetime)
 
 
-async def get_offset_page(
-    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=100, description="Items to return (at most 100).")] = 20,
-) -> OffsetPage:
-    return OffsetPage(offset, limit)
+AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
 
 
-OffsetPageDep = Annotated[OffsetPage, Depends(get_offset_page)]
+async def get_user_service(request: Request) -> UserService:
+    resources = state_of(request).resources
+    return UserService(resources.db, resources.hasher)
+
+
+UserServiceDep = Annotated[UserService, Depends(get_user_service)]
+
+
+async def get_item_service(request: Request) -> ItemService:
+    return ItemService(state_of(request).resources.db)
+
+
+ItemServiceDep = Annotated[ItemService, Depends(get_item_service)]
+
+
+async def get_prediction_history(request: Request) -> PredictionHistory:
+    return PredictionHistory(state_of(request).resources.db)
+
+
+PredictionHistoryDep = Annotated[PredictionHistory, Depends(get_prediction_history)]
 
 
 async def get_inference(request: Request) -> InferenceService:
-    resources: Resources = request.app.state.resources
+    resources = state_of(request).resources
     return InferenceService(resources.registry, resources.prediction_log, lambda: _disconnected(request))
 
 
@@ -185,12 +131,29 @@ async def _disconnected(request: Request) -> None:
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 
 
-async def get_prediction_history(session: SessionDep) -> PredictionHistory:
-    return PredictionHistory(session)
+class OffsetPage:
+    __slots__ = ("limit", "offset")
+
+    def __init__(self, offset: int = 0, limit: int = 20) -> None:
+        self.offset = offset
+        self.limit = limit
 
 
-PredictionHistoryDep = Annotated[PredictionHistory, Depends(get_prediction_history)]
+async def get_offset_page(
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX, description="Items to skip.")] = 0,
+    limit: Annotated[
+        int, Query(ge=1, le=PAGE_SIZE_MAX, description=f"Items to return (at most {PAGE_SIZE_MAX}).")
+    ] = 20,
+) -> OffsetPage:
+    return OffsetPage(offset, limit)
 
+
+OffsetPageDep = Annotated[OffsetPage, Depends(get_offset_page)]
+
+# The size of a cursor page.
+PageLimit = Annotated[
+    int, Query(ge=1, le=PAGE_SIZE_MAX, description=f"Items to return (at most {PAGE_SIZE_MAX}).")
+]
 
 # The opaque cursor of every cursor-paginated list: what `next_cursor` returned, nothing else.
 CursorQuery = Annotated[

@@ -1,14 +1,17 @@
-"""Liveness and readiness probes (unversioned: they belong to the deployment, not the API)."""
+"""Liveness and readiness probes, and the metrics scrape (unversioned: they belong to the
+deployment, not the API)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from app.api.deps import ResourcesDep
 from app.core.errors import ServiceUnavailable
 from app.http.problems import is_database_outage
+from app.http.state import state_of
+from app.observability.metrics import exposition
 from app.schemas.common import problem_responses
 
 router = APIRouter(tags=["health"])
@@ -32,15 +35,17 @@ async def healthz() -> HealthStatus:
 
 
 @router.get("/readyz", summary="Readiness: able to serve traffic", responses=problem_responses(503))
-async def readyz(request: Request, resources: ResourcesDep) -> ReadinessStatus:
+async def readyz(request: Request) -> ReadinessStatus:
     """Database reachable and migrated to the head revision, every model loaded. 503 until then."""
-    if getattr(request.app.state, "shutting_down", False):
+    state = state_of(request)
+    if state.shutting_down:
         raise ServiceUnavailable("Shutting down.", headers={"Retry-After": "1"})
-    models_enabled = resources.settings.ml_enabled
+    resources = state.resources
+    models_enabled = state.settings.ml_enabled
     if models_enabled and not resources.registry.ready:
         raise ServiceUnavailable("The models are not loaded.", headers={"Retry-After": "1"})
     try:
-        async with resources.engine.connect() as conn:
+        async with resources.db.engine.connect() as conn:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     except Exception as exc:
         if is_database_outage(exc):
@@ -55,3 +60,10 @@ async def readyz(request: Request, resources: ResourcesDep) -> ReadinessStatus:
         )
     models = f"{len(resources.registry.list())} loaded" if models_enabled else "disabled"
     return ReadinessStatus(status="ready", database="ok", migrations=str(version), models=models)
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics (`METRICS_ENABLED`). Keep it off the public ingress: it names routes and load,
+    not users."""
+    state_of(request).resources.sampler.sample()
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.api.deps import CurrentUser, InferenceDep, ResourcesDep
+from app.api.deps import CurrentUser, InferenceDep
 from app.core.errors import PROBLEM_CONTENT_TYPE, BadRequest
 from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
@@ -97,16 +97,16 @@ async def live(_user: CurrentUser) -> Live:
 
 
 @router.get("/health/ready", summary="Server ready", responses=ERRORS)
-async def ready(_user: CurrentUser, resources: ResourcesDep, response: Response) -> Ready:
-    is_ready = resources.registry.ready
+async def ready(_user: CurrentUser, inference: InferenceDep, response: Response) -> Ready:
+    is_ready = inference.ready
     if not is_ready:
         response.status_code = 503
     return Ready(ready=is_ready)
 
 
 @router.get("", summary="Server metadata", responses=ERRORS)
-async def server_metadata(_user: CurrentUser, resources: ResourcesDep) -> ServerMetadata:
-    return ServerMetadata(name=resources.settings.app_name, version="1.0.0", extensions=[])
+async def server_metadata(_user: CurrentUser, request: Request) -> ServerMetadata:
+    return ServerMetadata(name=request.app.title, version=request.app.version, extensions=[])
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
@@ -122,11 +122,9 @@ async def model_metadata(_user: CurrentUser, inference: InferenceDep, name: str 
 
 
 @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
-async def model_ready(
-    _user: CurrentUser, inference: InferenceDep, resources: ResourcesDep, name: str = ModelName
-) -> ModelReady:
+async def model_ready(_user: CurrentUser, inference: InferenceDep, name: str = ModelName) -> ModelReady:
     spec = inference.model(name)
-    return ModelReady(name=spec.name, ready=resources.registry.ready)
+    return ModelReady(name=spec.name, ready=inference.ready)
 
 
 def _rows(body: InferenceRequest, spec: ModelSpec) -> list[Any]:

@@ -226,7 +226,6 @@ class Settings(BaseSettings):
     )
 
     # --- pagination ---
-    page_size_max: int = Field(100, ge=1, description="Largest page a list endpoint returns.")
 
     @field_validator("cors_origins", "trusted_hosts", mode="before")
     @classmethod

@@ -70,6 +70,25 @@ class AccessClaims:
     expires_at: int
 
 
+class UnverifiedClaims:
+    """An access token that is well-formed, correctly signed and unexpired, whose user and login
+    session are not yet checked against the database: the user may have been deactivated or
+    deleted, the session ended by a logout.
+
+    Opaque on purpose. Nothing reads the user from it but the repository statements that check it
+    in the same round trip as their work (`app.repositories.users.Access`), so no route or service
+    can take it for an authenticated caller (mypy refuses `claims.user_id`; tests/unit/
+    test_unverified_claims.py), and every route that takes it is called with an ended login's token
+    by tests/security/test_api2_authentication.py, which fails unless the answer is 401. It comes
+    from `app.api.deps.TokenClaims`; every other route takes the caller (`CurrentUser`) instead.
+    """
+
+    __slots__ = ("_claims",)
+
+    def __init__(self, claims: AccessClaims) -> None:
+        self._claims = claims
+
+
 class InvalidToken(Exception):
     """The token is malformed, forged, expired or otherwise unusable."""
 

@@ -6,9 +6,12 @@ request id, security headers, metrics and access log is done in one layer, one `
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from itertools import chain
 from typing import Any
 
@@ -310,3 +313,16 @@ class ProblemCORSMiddleware(CORSMiddleware):
         dropped = {"content-type", "content-length"}
         headers = {k: v for k, v in response.headers.items() if k.lower() not in dropped}
         return refused_preflight(bytes(response.body).decode(), headers)
+
+
+DOCS_PATHS = frozenset({"/docs", "/redoc"})
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def script_hashes(pages: Iterable[str]) -> tuple[str, ...]:
+    """CSP sha256 sources of the inline scripts of these HTML pages."""
+    return tuple(
+        base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        for page in pages
+        for script in _INLINE_SCRIPT.findall(page)
+    )

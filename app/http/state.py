@@ -1,27 +1,59 @@
-"""Everything the lifespan opens once per process and closes at shutdown, kept on `app.state`."""
+"""The app's one state, typed: what `create_app` makes (settings, tracing, the in-flight counter,
+the shutdown flag) and what the lifespan opens once per process and closes at shutdown
+(`Resources`). Read with `state_of(request)` (or `state_of(app)`), never with `getattr`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
 
 from app.core.config import Settings
 from app.core.security import PasswordHasher, TokenCodec
+from app.db.database import Database
+from app.http.limiter import Limits
+from app.observability.metrics import InFlight, Sampler
+from app.observability.tracing import Tracing
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from app.ml.registry import ModelRegistry
     from app.services.prediction_log import PredictionLog
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Resources:
-    settings: Settings
-    engine: AsyncEngine
-    session_factory: async_sessionmaker[AsyncSession]
+    """Opened by the lifespan before the first request, closed after the last."""
+
+    db: Database
     hasher: PasswordHasher
     codec: TokenCodec
     registry: ModelRegistry
     prediction_log: PredictionLog
-    migration_head: str | None = None
+    limits: Limits
+    sampler: Sampler
+    migration_head: str | None
+
+
+@dataclass(slots=True, eq=False)
+class State:
+    settings: Settings
+    tracing: Tracing | None
+    in_flight: InFlight
+    # From SIGTERM (or the end of the lifespan) on: /readyz answers 503 while requests drain.
+    shutting_down: bool = False
+    started: Resources | None = None
+
+    @property
+    def resources(self) -> Resources:
+        if self.started is None:
+            raise RuntimeError("the app's lifespan has not started (or has ended)")
+        return self.started
+
+
+def state_of(app_or_connection: Starlette | HTTPConnection) -> State:
+    """The app's `State` (kept as the one attribute `service` of Starlette's attribute bag)."""
+    app = app_or_connection.app if isinstance(app_or_connection, HTTPConnection) else app_or_connection
+    return cast(State, app.state.service)

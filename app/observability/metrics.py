@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -33,8 +32,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from starlette.requests import Request
-from starlette.responses import Response
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -268,11 +265,3 @@ def exposition() -> bytes:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     return generate_latest(registry)
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    """GET /metrics. Keep it off the public ingress: it names routes and load, not users."""
-    sampler: Sampler | None = getattr(request.app.state, "metrics_sampler", None)
-    if sampler is not None:
-        sampler.sample()
-    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -8,17 +8,26 @@ plain dicts, not ORM entities with their identity map and session (docs/performa
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, update
 
-from app.db.statements import Row, Statements
+from app.db.statements import Statements
 from app.models import Item
 from app.models.base import utcnow
-from app.repositories.users import CALLER, caller_params
+from app.repositories.users import CALLER, Access, NoCaller
 
-# An item as the API shows it: id, owner_id, title, description, created_at, updated_at.
-ItemRow = Row
+
+class ItemRow(TypedDict):
+    """An item as the API shows it."""
+
+    id: int
+    owner_id: int
+    title: str
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
 
 _items = cast(Table, Item.__table__)
 _c = _items.c
@@ -87,19 +96,6 @@ _INSERT_AS_CALLER = (
 )
 
 
-class Access:
-    """An access token's claims as the hot statements need them: checked by the statement itself."""
-
-    __slots__ = ("params",)
-
-    def __init__(self, user_id: int, session_id: str, now: datetime) -> None:
-        self.params = caller_params(user_id, session_id, now)
-
-
-class NoCaller(Exception):
-    """The access token's user is inactive or gone, or its login session revoked or expired."""
-
-
 def _scope(owner_id: int | None, **params: Any) -> tuple[bool, dict[str, Any]]:
     if owner_id is not None:
         params["b_owner"] = owner_id
@@ -116,7 +112,7 @@ class ItemRepository:
         if row is None:
             raise NoCaller
         del row["caller_id"]
-        return None if row["id"] is None else row
+        return None if row["id"] is None else cast(ItemRow, row)
 
     async def page_as(self, access: Access, offset: int, limit: int) -> tuple[list[ItemRow], int]:
         """A page of what the caller may read and its total; `NoCaller` if the token is no longer good."""
@@ -134,27 +130,27 @@ class ItemRepository:
         rows = await self.db.all(_INSERT_AS_CALLER, params)
         if not rows:
             raise NoCaller
-        return rows[0]
+        return cast(ItemRow, rows[0])
 
     async def get(self, item_id: int, owner_id: int | None) -> ItemRow | None:
         """The item if `owner_id` owns it (`None`: any owner, for admins)."""
         owned, params = _scope(owner_id, b_id=item_id)
-        return await self.db.one(_GET[owned], params)
+        return cast(ItemRow | None, await self.db.one(_GET[owned], params))
 
     async def page(self, owner_id: int | None, offset: int, limit: int) -> list[ItemRow]:
         """A page of `owner_id`'s items (`None`: everyone's), in id order."""
         owned, params = _scope(owner_id, b_offset=offset, b_limit=limit)
-        return await self.db.all(_PAGE[owned], params)
+        return cast(list[ItemRow], await self.db.all(_PAGE[owned], params))
 
     async def after(self, owner_id: int | None, after_id: int, limit: int) -> list[ItemRow]:
         """Keyset page: items with an id above `after_id`, in id order."""
         owned, params = _scope(owner_id, b_after=after_id, b_limit=limit)
-        return await self.db.all(_AFTER[owned], params)
+        return cast(list[ItemRow], await self.db.all(_AFTER[owned], params))
 
     async def update(self, item_id: int, owner_id: int, values: dict[str, Any]) -> ItemRow | None:
         """Sets `values` (and updated_at) on the owner's item; None if there is no such item."""
         params = {**values, "updated_at": utcnow(), "b_id": item_id, "b_owner": owner_id}
-        return await self.db.one(_UPDATE, params)
+        return cast(ItemRow | None, await self.db.one(_UPDATE, params))
 
     async def delete(self, item_id: int, owner_id: int) -> bool:
         """Whether the owner's item existed (and is now deleted)."""

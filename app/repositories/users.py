@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from sqlalchemy import Select, Table, bindparam, func, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.emails import canonical_email
-from app.db.statements import Row, Statements
+from app.core.security import UnverifiedClaims
+from app.db.statements import Statements
 from app.models import AuthSession, RefreshToken, User
 from app.models.base import utcnow
 
@@ -53,16 +54,40 @@ CALLER = _in_live_session(
 ).subquery("caller")
 
 
-def caller_params(user_id: int, session_id: str, now: datetime) -> dict[str, Any]:
-    """The parameters of `CALLER` (and of `active_in_session`)."""
-    return {"b_user": user_id, "b_session": session_id, "b_now": now}
+class CallerRow(TypedDict):
+    """The user behind a live access token, as the token check reads it (never the password hash)."""
+
+    id: int
+    email: str
+    is_active: bool
+    is_admin: bool
+    created_at: datetime
 
 
-async def active_in_session(db: Statements, user_id: int, session_id: str, now: datetime) -> Row | None:
+class Access:
+    """An access token's claims as the checking statements take them: `CALLER`'s parameters. The one
+    reader of `UnverifiedClaims` (app.core.security): whatever runs with an `Access` checks the
+    token's user and login session in its own statement, at every request."""
+
+    __slots__ = ("params", "session_id")
+
+    def __init__(self, claims: UnverifiedClaims) -> None:
+        token = claims._claims
+        self.session_id = token.session_id
+        self.params = {"b_user": token.user_id, "b_session": token.session_id, "b_now": utcnow()}
+
+
+class NoCaller(Exception):
+    """The access token's user is inactive or gone, or its login session revoked or expired."""
+
+
+async def active_in_session(db: Statements, access: Access) -> CallerRow:
     """One round trip per authenticated request, so a logout, a deactivation or a deletion ends
-    the user's access tokens at their next request, on every replica. The user's id, email,
-    is_active, is_admin and created_at."""
-    return await db.one(_ACTIVE_IN_SESSION, caller_params(user_id, session_id, now))
+    the user's access tokens at their next request, on every replica; `NoCaller` if it did."""
+    row = await db.one(_ACTIVE_IN_SESSION, access.params)
+    if row is None:
+        raise NoCaller
+    return cast(CallerRow, row)
 
 
 class UserRepository:

@@ -6,8 +6,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-
 from app.core.errors import Conflict, Unauthorized
 from app.core.security import (
     AccessClaims,
@@ -15,13 +13,21 @@ from app.core.security import (
     InvalidToken,
     PasswordHasher,
     TokenCodec,
+    UnverifiedClaims,
     hash_refresh_token,
     new_refresh_token,
 )
-from app.db.statements import autocommit
+from app.db.database import Database
 from app.models import AuthSession, User
 from app.models.base import utcnow
-from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository, active_in_session
+from app.repositories.users import (
+    Access,
+    DuplicateEmail,
+    NoCaller,
+    SessionRepository,
+    UserRepository,
+    active_in_session,
+)
 
 
 class EmailTaken(Conflict):
@@ -62,16 +68,18 @@ def read_access_token(codec: TokenCodec, access_token: str) -> AccessClaims:
         raise InvalidAccessToken from exc
 
 
-async def authenticate(engine: AsyncEngine, claims: AccessClaims) -> Caller:
+async def authenticate(db: Database, claims: UnverifiedClaims) -> Caller:
     """The active user behind these claims, if their login session is neither revoked nor expired:
     one statement on a connection of its own, at every request (no cache), so a logout, a
     deactivation or a deletion refuses the very next request on every replica."""
-    async with autocommit(engine) as db:
-        row = await active_in_session(db, claims.user_id, claims.session_id, utcnow())
-    if row is None:
-        raise InvalidAccessToken
+    access = Access(claims)
+    try:
+        async with db.statements() as statements:
+            row = await active_in_session(statements, access)
+    except NoCaller:
+        raise InvalidAccessToken from None
     return Caller(
-        row["id"], row["email"], row["is_active"], row["is_admin"], row["created_at"], claims.session_id
+        row["id"], row["email"], row["is_active"], row["is_admin"], row["created_at"], access.session_id
     )
 
 
@@ -83,34 +91,38 @@ class IssuedTokens:
 
 
 class AuthService:
+    """Each operation opens the ORM session its queries need and commits its changes; password
+    hashing runs outside it, so no connection waits on Argon2."""
+
     def __init__(
         self,
-        session: AsyncSession,
+        db: Database,
         hasher: PasswordHasher,
         codec: TokenCodec,
         refresh_lifetime: timedelta,
     ) -> None:
-        self.session = session
-        self.users = UserRepository(session)
-        self.sessions = SessionRepository(session)
+        self.db = db
         self.hasher = hasher
         self.codec = codec
         self.refresh_lifetime = refresh_lifetime
 
     async def register(self, email: str, password: str, *, is_admin: bool = False) -> User:
         hashed = await self.hasher.hash(password)
-        try:
-            user = await self.users.add(User(email=email, hashed_password=hashed, is_admin=is_admin))
-        except DuplicateEmail as exc:
-            await self.session.rollback()
-            raise EmailTaken from exc
-        await self.session.commit()
+        async with self.db.session() as session:
+            try:
+                user = await UserRepository(session).add(
+                    User(email=email, hashed_password=hashed, is_admin=is_admin)
+                )
+            except DuplicateEmail as exc:
+                raise EmailTaken from exc
+            await session.commit()
         return user
 
     async def login(self, email: str, password: str) -> IssuedTokens:
         # The repository looks the address up in its one normal form (app.core.emails), so either
         # form a user types (full-width, punycode or Unicode domain) finds the account.
-        user = await self.users.get_by_email(email)
+        async with self.db.session(read_only=True) as session:
+            user = await UserRepository(session).get_by_email(email)
         # Verify even when the email is unknown (against a dummy hash): equal timing either way.
         valid = await self.hasher.verify(password, user.hashed_password if user else None)
         if user is None or not valid or not user.is_active:
@@ -119,31 +131,39 @@ class AuthService:
             id=uuid.uuid4().hex, user_id=user.id, expires_at=utcnow() + self.refresh_lifetime
         )
         refresh = new_refresh_token()
-        await self.sessions.create(auth_session, hash_refresh_token(refresh))
-        await self.session.commit()
+        async with self.db.session() as session:
+            await SessionRepository(session).create(auth_session, hash_refresh_token(refresh))
+            await session.commit()
         return self._issue(user.id, auth_session.id, refresh)
 
     async def refresh(self, refresh_token: str) -> IssuedTokens:
-        found = await self.sessions.find_token(hash_refresh_token(refresh_token))
-        if found is None:
-            raise InvalidRefreshToken
-        token, auth_session, user = found
-        if auth_session.revoked_at is not None or auth_session.expires_at <= utcnow() or not user.is_active:
-            raise InvalidRefreshToken
-        if token.used_at is not None or not await self.sessions.spend(token.id):
-            # A spent token came back: it was stolen or replayed. End the whole login session, so
-            # whoever holds the newest token of the family (possibly the thief) is logged out too.
-            await self.sessions.revoke(auth_session.id)
-            await self.session.commit()
-            raise InvalidRefreshToken
-        refresh = new_refresh_token()
-        await self.sessions.add_token(auth_session.id, hash_refresh_token(refresh))
-        await self.session.commit()
+        async with self.db.session() as session:
+            sessions = SessionRepository(session)
+            found = await sessions.find_token(hash_refresh_token(refresh_token))
+            if found is None:
+                raise InvalidRefreshToken
+            token, auth_session, user = found
+            if (
+                auth_session.revoked_at is not None
+                or auth_session.expires_at <= utcnow()
+                or not user.is_active
+            ):
+                raise InvalidRefreshToken
+            if token.used_at is not None or not await sessions.spend(token.id):
+                # A spent token came back: it was stolen or replayed. End the whole login session, so
+                # whoever holds the newest token of the family (possibly the thief) is logged out too.
+                await sessions.revoke(auth_session.id)
+                await session.commit()
+                raise InvalidRefreshToken
+            refresh = new_refresh_token()
+            await sessions.add_token(auth_session.id, hash_refresh_token(refresh))
+            await session.commit()
         return self._issue(user.id, auth_session.id, refresh)
 
     async def logout(self, session_id: str) -> None:
-        await self.sessions.revoke(session_id)
-        await self.session.commit()
+        async with self.db.session() as session:
+            await SessionRepository(session).revoke(session_id)
+            await session.commit()
 
     def _issue(self, user_id: int, session_id: str, refresh: str) -> IssuedTokens:
         access, _ = self.codec.issue(user_id, session_id)

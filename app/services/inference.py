@@ -89,6 +89,11 @@ class InferenceService:
         self.log = prediction_log
         self.caller_gone = caller_gone
 
+    @property
+    def ready(self) -> bool:
+        """Every model loaded (and none being replaced)."""
+        return self.registry.ready
+
     def models(self) -> list[ModelSpec]:
         return self.registry.list()
 

@@ -8,13 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from app.core.errors import NotFound, ValidationFailed
-from app.core.security import AccessClaims, InvalidAccessToken
-from app.db.statements import autocommit, transaction
-from app.models.base import utcnow
-from app.repositories.items import Access, ItemRepository, ItemRow, NoCaller
+from app.core.security import InvalidAccessToken, UnverifiedClaims
+from app.db.database import Database
+from app.repositories.items import ItemRepository, ItemRow
+from app.repositories.users import Access, NoCaller
 from app.services.auth import Caller
 
 
@@ -59,10 +57,6 @@ def decode_cursor(cursor: str) -> int:
     return int(match[1])
 
 
-def _access(claims: AccessClaims) -> Access:
-    return Access(claims.user_id, claims.session_id, utcnow())
-
-
 class ItemService:
     """Each operation takes a pooled connection for itself (`autocommit`: one round trip per
     statement, no session); an update's read and write share one transaction.
@@ -72,57 +66,57 @@ class ItemService:
     session itself (app.repositories.items), so the check and the work cost one round trip, and a
     token that is no longer good is refused (401) exactly as `authenticate` refuses it."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     @staticmethod
     def _scope(user: Caller) -> int | None:
         """Admins read every item; everyone else only their own."""
         return None if user.is_admin else user.id
 
-    async def get(self, claims: AccessClaims, item_id: int) -> ItemRow:
+    async def get(self, claims: UnverifiedClaims, item_id: int) -> ItemRow:
         try:
-            async with autocommit(self.engine) as db:
-                item = await ItemRepository(db).get_as(_access(claims), item_id)
+            async with self.db.statements() as statements:
+                item = await ItemRepository(statements).get_as(Access(claims), item_id)
         except NoCaller:
             raise InvalidAccessToken from None
         if item is None:
             raise ItemNotFound
         return item
 
-    async def page(self, claims: AccessClaims, offset: int, limit: int) -> tuple[Sequence[ItemRow], int]:
+    async def page(self, claims: UnverifiedClaims, offset: int, limit: int) -> tuple[Sequence[ItemRow], int]:
         try:
-            async with autocommit(self.engine) as db:
-                return await ItemRepository(db).page_as(_access(claims), offset, limit)
+            async with self.db.statements() as statements:
+                return await ItemRepository(statements).page_as(Access(claims), offset, limit)
         except NoCaller:
             raise InvalidAccessToken from None
 
     async def cursor_page(self, user: Caller, cursor: str | None, limit: int) -> CursorPage:
         after = decode_cursor(cursor) if cursor else 0
         # One extra row tells whether another page exists without a count query.
-        async with autocommit(self.engine) as db:
-            rows = await ItemRepository(db).after(self._scope(user), after, limit + 1)
+        async with self.db.statements() as statements:
+            rows = await ItemRepository(statements).after(self._scope(user), after, limit + 1)
         has_more = len(rows) > limit
         rows = rows[:limit]
         return CursorPage(rows, encode_cursor(rows[-1]["id"]) if has_more and rows else None)
 
-    async def create(self, claims: AccessClaims, values: dict[str, Any]) -> ItemRow:
+    async def create(self, claims: UnverifiedClaims, values: dict[str, Any]) -> ItemRow:
         # One INSERT: committed (on its own) before the response is built.
         try:
-            async with autocommit(self.engine) as db:
-                return await ItemRepository(db).add_as(_access(claims), values)
+            async with self.db.statements() as statements:
+                return await ItemRepository(statements).add_as(Access(claims), values)
         except NoCaller:
             raise InvalidAccessToken from None
 
     async def update(self, user: Caller, item_id: int, values: dict[str, Any]) -> ItemRow:
         """Only the owner may change an item, admins included. Fields sent with the value they
         already have change nothing, and an update that changes nothing leaves `updated_at` alone."""
-        async with transaction(self.engine) as db:  # committed at the end of the block
-            items = ItemRepository(db)
+        async with self.db.transaction() as statements:  # committed at the end of the block
+            items = ItemRepository(statements)
             item = await items.get(item_id, user.id)
             if item is None:
                 raise ItemNotFound
-            changed = {key: value for key, value in values.items() if item[key] != value}
+            changed = {key: value for key, value in values.items() if item.get(key) != value}
             if not changed:
                 return item
             updated = await items.update(item_id, user.id, changed)
@@ -132,7 +126,7 @@ class ItemService:
 
     async def delete(self, user: Caller, item_id: int) -> None:
         """Only the owner may delete an item, admins included."""
-        async with autocommit(self.engine) as db:
-            deleted = await ItemRepository(db).delete(item_id, user.id)
+        async with self.db.statements() as statements:
+            deleted = await ItemRepository(statements).delete(item_id, user.id)
         if not deleted:
             raise ItemNotFound

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.errors import Forbidden
+from app.db.database import Database
 from app.models import PredictionRecord
 from app.models.base import utcnow
 from app.observability import metrics
@@ -43,13 +43,13 @@ class PredictionEvent:
 class PredictionLog:
     def __init__(
         self,
-        session_factory: async_sessionmaker[AsyncSession],
+        db: Database,
         *,
         queue_size: int,
         batch_size: int,
         flush_interval_s: float,
     ) -> None:
-        self._session_factory = session_factory
+        self._db = db
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
@@ -104,7 +104,7 @@ class PredictionLog:
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         try:
-            async with self._session_factory() as session:
+            async with self._db.session() as session:
                 await PredictionRepository(session).add_many(batch)
                 await session.commit()
             self.written += len(batch)
@@ -129,8 +129,8 @@ class PredictionLog:
 class PredictionHistory:
     """Reading the log: a user's own records, or (admins) anyone's, newest first, by cursor."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        self.records = PredictionRepository(session)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def page(
         self, user: Caller, *, user_filter: int | None, cursor: str | None, limit: int
@@ -139,7 +139,8 @@ class PredictionHistory:
             raise Forbidden("Only admins may read other users' predictions.")
         owner = user.id if user_filter is None else user_filter
         before = decode_cursor(cursor) if cursor else None
-        rows = await self.records.before(owner, before, limit + 1)
+        async with self.db.session(read_only=True) as session:
+            rows = await PredictionRepository(session).before(owner, before, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, (encode_cursor(rows[-1].id) if more and rows else None)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import text, update
 
 from app.core.config import Settings
+from app.http.state import state_of
 from app.models import AuthSession
 from tests.api.conftest import bearer, login
 from tests.conftest import PASSWORD, TEST_SECRET_KEY, MakeUser, assert_problem
@@ -115,7 +116,7 @@ async def test_login_of_a_deactivated_user_is_refused(
     client: httpx.AsyncClient, make_user: MakeUser, app: FastAPI
 ) -> None:
     await make_user("ivan@example.com")
-    async with app.state.resources.engine.begin() as conn:
+    async with state_of(app).resources.db.engine.begin() as conn:
         await conn.execute(
             text("UPDATE users SET is_active = :no WHERE email = 'ivan@example.com'"), {"no": False}
         )
@@ -185,7 +186,7 @@ async def test_an_expired_refresh_token_is_refused(
     await make_user("lena@example.com")
     pair = await login(client, "lena@example.com")
     # The login session (the refresh-token family) ran out a minute ago.
-    async with app.state.resources.engine.begin() as conn:
+    async with state_of(app).resources.db.engine.begin() as conn:
         await conn.execute(update(AuthSession).values(expires_at=_minutes_ago(1)))
     assert_problem(await client.post(REFRESH, json={"refresh_token": pair["refresh_token"]}), 401)
 
@@ -195,7 +196,7 @@ async def test_refresh_of_a_deactivated_user_is_refused(
 ) -> None:
     await make_user("mia@example.com")
     pair = await login(client, "mia@example.com")
-    async with app.state.resources.engine.begin() as conn:
+    async with state_of(app).resources.db.engine.begin() as conn:
         await conn.execute(text("UPDATE users SET is_active = :no"), {"no": False})
     assert_problem(await client.post(REFRESH, json={"refresh_token": pair["refresh_token"]}), 401)
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy import exc as sa_exc
 
 from app.core.config import Settings
+from app.http.state import state_of
 from app.main import create_app
 from tests.api.conftest import serve
 from tests.conftest import PASSWORD, Headers, LogLines, assert_problem, make_settings
@@ -78,7 +79,7 @@ def small_body_settings(settings: Settings) -> Settings:
 
 
 async def test_body_over_the_limit_by_content_length_is_413(client: httpx.AsyncClient, app: FastAPI) -> None:
-    limit = app.state.settings.max_request_body_bytes
+    limit = state_of(app).settings.max_request_body_bytes
     body = json.dumps({"email": "big@example.com", "password": "p" * limit}).encode()
     response = await client.post(REGISTER, content=body, headers={"Content-Type": "application/json"})
     problem = assert_problem(response, 413)

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.core.config import Settings
+from app.http.state import state_of
 from app.main import create_app
 from tests.api.conftest import bearer, login, serve, user_id
 from tests.conftest import PASSWORD, LogLines, MakeUser
@@ -113,7 +114,7 @@ async def test_no_response_contains_a_password_hash(client: httpx.AsyncClient, m
 async def test_the_sweep_would_see_a_hash(make_user: MakeUser, app: FastAPI) -> None:
     """Control: the hashes are in the database and look like the strings the sweep looks for."""
     await make_user("carl@example.com")
-    async with app.state.resources.engine.connect() as conn:
+    async with state_of(app).resources.db.engine.connect() as conn:
         stored = await conn.scalar(text("SELECT hashed_password FROM users"))
     assert stored.startswith("$argon2")
 

@@ -18,7 +18,8 @@ from fastapi import FastAPI
 from schemathesis.python import asgi
 
 from app.db.engine import create_engine
-from app.http.ratelimit import Limits
+from app.http.limiter import Limits
+from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import PASSWORD, empty_tables, make_settings
 
@@ -86,7 +87,7 @@ class FuzzTarget:
         """
         response = self.client.post(path, **kwargs)
         if response.status_code == 429:
-            self.app.state.rate_limits = Limits(self.app.state.settings)
+            state_of(self.app).resources.limits = Limits(state_of(self.app).settings)
             response = self.client.post(path, **kwargs)
         return response
 

@@ -11,6 +11,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import PASSWORD, Headers, empty_tables, make_settings
 
@@ -28,7 +29,7 @@ async def running_app(
                 yield app, client
         finally:
             await empty_tables(
-                app.state.resources.engine
+                state_of(app).resources.db.engine
             )  # the next test starts from empty tables, as with `app`
 
 

@@ -9,6 +9,7 @@ import gc
 from asgi_lifespan import LifespanManager
 
 from app.core.config import Settings
+from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import empty_tables
 
@@ -22,7 +23,7 @@ async def test_the_heap_is_frozen_while_serving_and_released_at_shutdown(setting
         # full collections no longer walk.
         assert gc.get_freeze_count() > 10_000
         assert gc.get_threshold() == (settings.gc_gen0_threshold, *before[1:])
-        await empty_tables(application.state.resources.engine)
+        await empty_tables(state_of(application).resources.db.engine)
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from app.http.state import state_of
 from app.observability import metrics
 from tests.conftest import LogLines, assert_problem
 from tests.ops.conftest import new_email, register, running_app, user
@@ -124,7 +125,7 @@ async def test_past_the_in_flight_limit_requests_get_an_immediate_503_problem(da
     ) as (app, client):
         shed_before = metrics.HTTP_SHED._value.get()
         slow = [asyncio.create_task(register(client, new_email())) for _ in range(2)]
-        await _wait_for(lambda: app.state.in_flight.value == 2)
+        await _wait_for(lambda: state_of(app).in_flight.value == 2)
         shed = await client.get("/api/v1/items", headers={"x-request-id": "caller-id-1"})
         probe = await client.get("/healthz")
         scrape = await client.get("/metrics")
@@ -174,7 +175,7 @@ async def test_shedding_counts_only_what_is_in_flight(database_url: str) -> None
                 "/api/v1/auth/register", content=b"{", headers={"content-type": "application/json"}
             )
             assert bad.status_code == 400
-        assert app.state.in_flight.value == 0
+        assert state_of(app).in_flight.value == 0
         assert (await client.get("/healthz")).status_code == 200
 
 

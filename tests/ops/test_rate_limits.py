@@ -16,6 +16,7 @@ import httpx
 import jwt
 import pytest
 
+from app.http.state import state_of
 from app.observability import metrics
 from tests.conftest import PASSWORD, LogLines, assert_problem
 from tests.faults.server import free_port
@@ -104,7 +105,7 @@ async def test_unreachable_redis_fails_open_logged_and_counted(
         assert (await login(client, email)).status_code == 200
         # Served, with this process's own counters standing in: the account limit still holds.
         statuses = [(await login(client, email)).status_code for _ in range(3)]
-        assert not app.state.rate_limits.redis_healthy
+        assert not state_of(app).resources.limits.redis_healthy
     assert statuses == [200, 200, 429]
     assert metrics.RATE_LIMIT_STORAGE_ERRORS._value.get() > errors
     warnings = [line for line in log_lines() if line["event"] == "rate_limit_redis_unavailable"]
@@ -161,11 +162,11 @@ async def test_limits_are_shared_through_redis_and_recover_after_an_outage(datab
             assert (await register(a, email)).status_code == 201
             assert (await login(a, email)).status_code == 200
             assert (await login(b, email)).status_code == 200
-            assert not app_a.state.rate_limits.redis_healthy
+            assert not state_of(app_a).resources.limits.redis_healthy
             with private_redis(port):
                 await asyncio.sleep(0.3)  # past redis_retry_interval
                 await _spend_and_check_shared(a, b)
-                assert app_a.state.rate_limits.redis_healthy
+                assert state_of(app_a).resources.limits.redis_healthy
 
 
 @contextmanager

@@ -18,8 +18,9 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from app.api.deps import get_admin, get_claims, get_principal
+from app.api.deps import get_admin, get_caller, get_claims
 from app.core.config import Settings
+from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import empty_tables
 
@@ -51,7 +52,7 @@ class RouteInfo:
 
     @property
     def needs_token(self) -> bool:
-        return self.checks_token_in_its_statement or _depends_on(self.route.dependant, get_principal)
+        return self.checks_token_in_its_statement or _depends_on(self.route.dependant, get_caller)
 
     @property
     def checks_token_in_its_statement(self) -> bool:
@@ -118,4 +119,4 @@ async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                 yield client
         finally:
-            await empty_tables(application.state.resources.engine)
+            await empty_tables(state_of(application).resources.db.engine)

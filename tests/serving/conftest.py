@@ -10,6 +10,7 @@ import pytest_asyncio
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import PASSWORD, empty_tables, make_settings
 from tests.ml.conftest import make_model_dir  # noqa: F401 - the fixture, for tests with edited manifests
@@ -24,7 +25,7 @@ async def ml_app(database_url: str) -> AsyncIterator[FastAPI]:
         try:
             yield application
         finally:
-            await empty_tables(application.state.resources.engine)
+            await empty_tables(state_of(application).resources.db.engine)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from app.http.state import state_of
 from tests.conftest import assert_problem
 from tests.ml.conftest import MakeModelDir, model_entry
 from tests.ops.conftest import running_app, user
@@ -49,7 +50,7 @@ async def test_a_prediction_past_its_time_limit_answers_504(
         assert "1 ms" in problem["detail"]
         heavy = await client.post("/api/v1/predict-heavy", json={"features": ROW}, headers=headers)
         assert_problem(heavy, 504)
-        assert app.state.resources.registry.metrics()[HEAVY].stats.timeouts == 2
+        assert state_of(app).resources.registry.metrics()[HEAVY].stats.timeouts == 2
 
 
 async def test_a_full_model_queue_answers_503_with_retry_after(
@@ -67,7 +68,7 @@ async def test_a_full_model_queue_answers_503_with_retry_after(
     async with running_app(
         database_url, ml_enabled=True, ml_model_dir=model_dir, ml_process_workers=1, rate_limit_enabled=False
     ) as (app, client):
-        registry = app.state.resources.registry
+        registry = state_of(app).resources.registry
         headers = await user(client)
 
         async def predict() -> httpx.Response:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sklearn.datasets import load_iris
 from sqlalchemy import select
 
+from app.http.state import state_of
 from app.ml.manifest import load_manifest
 from app.models import PredictionRecord
 from tests.conftest import assert_problem
@@ -206,7 +207,7 @@ async def test_models_with_log_inputs_false_keep_their_inputs_out_of_the_records
 ) -> None:
     """breast_cancer and diabetes are medical data (`log_inputs: false` in the manifest): their
     records keep the model, the row count and the outcome, never the values sent."""
-    registry = ml_app.state.resources.registry
+    registry = state_of(ml_app).resources.registry
     headers = await login(ml_client, "log-medical@example.com")
     sent: dict[str, list[list[float]]] = {}
     for name in ("breast_cancer", "diabetes"):
@@ -233,7 +234,7 @@ async def test_models_with_log_inputs_false_keep_their_inputs_out_of_the_records
     for value in ("0.123456", "0.654321", "1.123456"):
         assert value not in json.dumps(records)
     # Not stored either, whatever the API shows.
-    async with ml_app.state.resources.session_factory() as session:
+    async with state_of(ml_app).resources.db.session() as session:
         stored = (
             await session.scalars(
                 select(PredictionRecord.inputs).where(PredictionRecord.id.in_([r["id"] for r in records]))
@@ -266,7 +267,7 @@ async def test_a_killed_model_worker_is_replaced_and_later_requests_succeed(
     ml_client: httpx.AsyncClient, ml_app: FastAPI
 ) -> None:
     headers = await login(ml_client, "worker-kill@example.com")
-    registry = ml_app.state.resources.registry
+    registry = state_of(ml_app).resources.registry
     heavy = registry.heavy_model
     width = len(registry.get(heavy).features)
     before = registry.worker_pids(heavy)

@@ -5,6 +5,7 @@ gives, and treat a connection that dies under a statement as an outage (503), ne
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,13 +16,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
+from app.core.security import AccessClaims, UnverifiedClaims
 from app.db import statements as db_module
 from app.db.engine import create_engine
 from app.db.statements import autocommit, transaction
 from app.http.problems import is_database_outage
 from app.models import AuthSession, User
 from app.models.base import utcnow
-from app.repositories.items import _INSERT_AS_CALLER, Access, ItemRepository
+from app.repositories.items import _INSERT_AS_CALLER, ItemRepository
+from app.repositories.users import Access
 from tests.conftest import empty_tables
 
 
@@ -56,7 +59,8 @@ async def _owner(engine: AsyncEngine) -> tuple[int, Access]:
         await conn.execute(
             insert(AuthSession).values(id=session, user_id=owner, expires_at=utcnow() + timedelta(hours=1))
         )
-    return owner, Access(owner, session, utcnow())
+    claims = AccessClaims(owner, session, "j" * 32, int(time.time()) + 3600)
+    return owner, Access(UnverifiedClaims(claims))
 
 
 async def test_autocommit_and_transaction_return_the_same_rows(engine: AsyncEngine) -> None:

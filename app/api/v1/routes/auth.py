@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from app.api.deps import AuthServiceDep, PrincipalDep
+from app.api.deps import AuthServiceDep, CurrentUser
 from app.api.v1 import PREFIX
 from app.http.ratelimit import auth_rate_limit
 from app.schemas.auth import RefreshRequest, TokenPair
@@ -93,6 +93,6 @@ async def refresh(body: RefreshRequest, auth: AuthServiceDep) -> TokenPair:
     summary="Log out",
     responses=problem_responses(*AUTHENTICATED_ERRORS),
 )
-async def logout(principal: PrincipalDep, auth: AuthServiceDep) -> None:
+async def logout(user: CurrentUser, auth: AuthServiceDep) -> None:
     """End this login session: its refresh tokens and access tokens stop working."""
-    await auth.logout(principal.session_id)
+    await auth.logout(user.session_id)

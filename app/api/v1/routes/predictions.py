@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentUser, CursorQuery, PredictionHistoryDep
+from app.api.deps import CurrentUser, CursorQuery, PageLimit, PredictionHistoryDep
 from app.api.v1 import PREFIX
 from app.schemas.common import AUTHENTICATED_ERRORS, problem_responses
 from app.schemas.prediction import PredictionRecordPage
@@ -25,7 +25,7 @@ async def list_predictions(
     user: CurrentUser,
     history: PredictionHistoryDep,
     cursor: CursorQuery = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="Records to return (at most 100).")] = 20,
+    limit: PageLimit = 20,
     user_id: Annotated[
         int | None,
         Query(ge=1, le=2**31 - 1, description="Admins: another user's records (default: the caller's)."),

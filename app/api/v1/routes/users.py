@@ -31,7 +31,7 @@ async def read_me(user: CurrentUser) -> UserPublic:
 async def update_me(body: UserUpdateMe, user: CurrentUser, users: UserServiceDep) -> UserPublic:
     """Needs the current password (401 if wrong, nothing changed)."""
     values = body.model_dump(exclude_unset=True, exclude={"current_password"})
-    updated = await users.update_me(await users.me(user), body.current_password, values)
+    updated = await users.update_me(user, body.current_password, values)
     return UserPublic.model_validate(updated)
 
 
@@ -44,7 +44,7 @@ async def update_me(body: UserUpdateMe, user: CurrentUser, users: UserServiceDep
 )
 async def change_password(body: PasswordChange, user: CurrentUser, users: UserServiceDep) -> None:
     """Needs the current password. Every login session of the user ends; log in again."""
-    await users.change_password(await users.me(user), body.current_password, body.new_password)
+    await users.change_password(user, body.current_password, body.new_password)
 
 
 @router.get("", summary="List users (admin)", responses=problem_responses(403, 422))
@@ -76,8 +76,7 @@ async def update_user(
     body: UserUpdateAdmin, admin: AdminUser, users: UserServiceDep, user_id: int = UserId
 ) -> UserPublic:
     """Deactivating a user ends all their login sessions at once."""
-    target = await users.get(user_id)
-    updated = await users.update(target, body.model_dump(exclude_unset=True), actor=admin)
+    updated = await users.update(user_id, body.model_dump(exclude_unset=True), actor=admin)
     return UserPublic.model_validate(updated)
 
 
@@ -89,4 +88,4 @@ async def update_user(
     responses=problem_responses(403, 404, 409, 422),
 )
 async def delete_user(admin: AdminUser, users: UserServiceDep, user_id: int = UserId) -> None:
-    await users.delete(await users.get(user_id), actor=admin)
+    await users.delete(user_id, actor=admin)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Query
-
-from app.api.deps import CurrentUser, CursorQuery, ItemServiceDep
+from app.api.deps import CurrentUser, CursorQuery, ItemServiceDep, PageLimit
 from app.api.v2 import PREFIX
 from app.schemas.common import AUTHENTICATED_ERRORS, problem_responses
 from app.schemas.item import ItemPage
@@ -21,7 +19,7 @@ async def list_items(
     user: CurrentUser,
     items: ItemServiceDep,
     cursor: CursorQuery = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="Items to return (at most 100).")] = 20,
+    limit: PageLimit = 20,
 ) -> ItemPage:
     """Pages follow item ids, so an item created while a client pages never shifts or repeats a page."""
     page = await items.cursor_page(user, cursor, limit)
