@@ -12,8 +12,8 @@ interpreter free every module one by one (see `_exit_now`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -112,7 +112,7 @@ def serve(settings: Settings) -> int:
         server.run()
     if not server.started:
         return STARTUP_FAILURE
-    if drained_cleanly(server) and not _coverage_running():
+    if drained_cleanly(server):
         _exit_now(0)
     return 0
 
@@ -125,13 +125,6 @@ def drained_cleanly(server: uvicorn.Server) -> bool:
     return server.started and not server.force_exit and lifespan is not None and not lifespan.should_exit
 
 
-def _coverage_running() -> bool:
-    """Whether coverage.py measures this process (subprocess coverage: COVERAGE_PROCESS_START and
-    its .pth file): it saves its data in an atexit handler, which `os._exit` would skip."""
-    coverage = sys.modules.get("coverage")
-    return coverage is not None and coverage.Coverage.current() is not None
-
-
 def _exit_now(code: int) -> None:
     """End the process without the interpreter's teardown, once everything of ours is closed.
 
@@ -139,19 +132,14 @@ def _exit_now(code: int) -> None:
     use to anyone: freeing the heap of every imported module (scikit-learn, SQLAlchemy, pydantic, FastAPI,
     ...) object by object. Measured in docs/deployment.md ("Graceful shutdown").
 
-    What `os._exit` skips, and why nothing is lost:
-    - the logging handlers' flush (`logging.shutdown`): done here, then stdout and stderr flushed;
-    - multiprocessing's atexit (`util._exit_function`): it joins or terminates child processes,
-      but the lifespan already closed the model pools, so there are none. The forkserver and the
-      resource tracker are not children: they exit when the pipe to this process closes, which
-      the kernel does at any exit (as it would after a SIGKILL);
-    - `weakref.finalize(atexit=True)` callbacks: none is registered (checked at this point);
-    - OpenTelemetry's provider shutdown: the lifespan already exported and shut it down;
-    - prometheus multiprocess files: the lifespan already marked this process dead;
-    - coverage.py's data of a measured subprocess: not skipped, `serve` returns normally then.
-    Non-daemon threads are not waited for either; the lifespan has stopped every pool we start.
+    The exit hooks still run first (`atexit`: logging's flush, multiprocessing's, coverage.py's
+    data of a measured subprocess, an embedder's own), then stdout and stderr are flushed; only the
+    teardown of the modules is skipped. Nothing of ours is left for it: the lifespan closed the
+    model pools (multiprocessing has no children to join; the forkserver and the resource tracker
+    exit when the pipe to this process closes, as at any exit), exported and shut the tracer down,
+    marked this process's metrics files dead, and disposed of the engine.
     """
-    logging.shutdown()
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

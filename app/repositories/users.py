@@ -72,7 +72,7 @@ class Access:
     __slots__ = ("params", "session_id")
 
     def __init__(self, claims: UnverifiedClaims) -> None:
-        token = claims._claims
+        token = claims._claims  # the one reader, by design (tests/unit/test_unverified_claims.py)
         self.session_id = token.session_id
         self.params = {"b_user": token.user_id, "b_session": token.session_id, "b_now": utcnow()}
 

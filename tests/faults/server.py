@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,12 +86,18 @@ class Server:
                 self.kill()
 
 
-def start_server(env: dict[str, str], log_path: Path, *, timeout: float = 40.0) -> Server:
-    """Start `python -m app.cli serve` and wait until /healthz answers."""
+def start_server(
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    timeout: float = 40.0,
+    args: Sequence[str] = ("-m", "app.cli", "serve"),
+) -> Server:
+    """Start `python -m app.cli serve` (or python with other `args`) and wait until /healthz answers."""
     port = int(env["PORT"])
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
+            [sys.executable, *args],
             cwd=ROOT,
             env=env,
             stdout=log,

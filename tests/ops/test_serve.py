@@ -312,3 +312,28 @@ async def test_one_worker_exits_0_without_interpreter_teardown_losing_nothing(
     while any(_alive(pid) for pid in helpers):
         assert time.monotonic() < deadline, [pid for pid in helpers if _alive(pid)]
         await asyncio.sleep(0.05)
+
+
+EMBEDDER = """
+import atexit, pathlib, sys
+atexit.register(lambda: pathlib.Path(sys.argv[1]).write_text("exit hooks ran"))
+from app.cli import main
+sys.exit(main(["serve"]))
+"""
+
+
+async def test_exit_hooks_still_run_when_the_teardown_is_skipped(tmp_path: Path) -> None:
+    """A program that embeds the server (the benchmark's pool variants write their counts at exit;
+    coverage.py saves a measured subprocess's data at exit) still has its atexit hooks run: only
+    the modules' teardown is skipped. Skipping the hooks too broke `make bench`'s pool phase."""
+    marker = tmp_path / "hooks-ran"
+    async with private_database(tmp_path) as database_url:
+        env = server_env(database_url, free_port())
+        server = start_server(env, tmp_path / "server.log", args=("-c", EMBEDDER, str(marker)))
+        try:
+            server.process.send_signal(signal.SIGTERM)
+            exit_code = await asyncio.to_thread(server.process.wait, 30)
+        finally:
+            server.stop()
+    assert exit_code == 0, server.log_path.read_text()[-2000:]
+    assert marker.read_text() == "exit hooks ran"
