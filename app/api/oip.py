@@ -13,11 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.api.deps import CurrentUser, InferenceDep
-from app.core.errors import PROBLEM_CONTENT_TYPE, BadRequest
+from app.core.errors import BadRequest
 from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import ClassPrediction, RegressionPrediction
-from app.schemas.common import PROBLEM_REF
 from app.schemas.oip import (
     InferenceRequest,
     InferenceResponse,
@@ -43,21 +42,10 @@ class BinaryDataUnsupported(BadRequest):
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
-# Errors in the protocol's shape, under application/json. Two can also come, before a route runs,
-# from the body-size middleware as problem details: 413 for a declared Content-Length over the
-# limit, 400 for an unreadable one (or a Host header outside TRUSTED_HOSTS). `application/json` is
-# listed first: it is what a generated client parses.
-_ALSO_PROBLEM = (400, 413)
+# Errors in the protocol's shape, under application/json: also those that middleware answers
+# before a route runs (body and header limits, trusted hosts, shedding; app.http.problems).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {
-        "model": OipError,
-        **(
-            {"content": {"application/json": {}, PROBLEM_CONTENT_TYPE: {"schema": {"$ref": PROBLEM_REF}}}}
-            if status in _ALSO_PROBLEM
-            else {}
-        ),
-    }
-    for status in (400, 401, 404, 413, 422, 429, 503, 504)
+    status: {"model": OipError} for status in (400, 401, 404, 413, 422, 429, 503, 504)
 }
 ModelName = Path(min_length=1, max_length=64)
 NUMERIC = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}

@@ -22,7 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.problems import problem_response
+from app.http.problems import error_response, problem_response
 from app.observability.metrics import REQUESTS
 
 log = structlog.get_logger("app.access")
@@ -139,7 +139,8 @@ class RequestContextMiddleware:
             error_log.exception("unhandled_error", path=scope.get("path"))
             if not started:
                 status = 500
-                response = problem_response(
+                response = error_response(
+                    scope.get("path", ""),
                     500,
                     detail=f"An unexpected error occurred; quote request id {request_id}.",
                     instance=scope.get("path"),
@@ -169,7 +170,8 @@ class RequestContextMiddleware:
 
 
 def _headers_too_large(scope: Scope, what: str) -> Response:
-    return problem_response(
+    return error_response(
+        scope.get("path", ""),
         431,
         detail=f"The request has {what}.",
         instance=scope.get("path"),
@@ -243,8 +245,11 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = -1
                 if declared < 0:
-                    await problem_response(
-                        400, detail="Content-Length is not a number.", instance=scope.get("path")
+                    await error_response(
+                        scope.get("path", ""),
+                        400,
+                        detail="Content-Length is not a number.",
+                        instance=scope.get("path"),
                     )(scope, receive, send)
                     return
                 if declared > self.max_bytes:
@@ -270,7 +275,8 @@ class BodySizeLimitMiddleware:
         return f"The request body is larger than {self.max_bytes} bytes."
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await problem_response(
+        await error_response(
+            scope.get("path", ""),
             413,
             detail=self._detail,
             instance=scope.get("path"),
@@ -298,8 +304,11 @@ class TrustedHostMiddleware:
         if host in self.exact or (self.suffixes and host.endswith(self.suffixes)):
             await self.app(scope, receive, send)
             return
-        await problem_response(
-            400, detail="The Host header is not one this service answers to.", instance=scope.get("path")
+        await error_response(
+            scope.get("path", ""),
+            400,
+            detail="The Host header is not one this service answers to.",
+            instance=scope.get("path"),
         )(scope, receive, send)
 
 

@@ -98,7 +98,16 @@ OIP_PREFIX = "/v2"
 def _error_response(
     request: Request, status: int, *, headers: dict[str, str] | None = None, **fields: Any
 ) -> Response:
-    path = request.url.path
+    return error_response(request.url.path, status, headers=headers, **fields)
+
+
+def error_response(
+    path: str, status: int, *, headers: dict[str, str] | None = None, **fields: Any
+) -> Response:
+    """The error answer for a request to `path`, in the shape its API promises: the protocol's
+    `{"error"}` under /v2, problem details elsewhere. Middleware that answers before a route
+    runs (body and header limits, trusted hosts, the last-resort 500) uses it too, so a client
+    of either API parses one shape whatever refused it."""
     if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
         message = fields.get("detail") or fields.get("title") or HTTPStatus(status).phrase
         errors = fields.get("errors")

@@ -336,3 +336,23 @@ async def test_a_413_carries_the_request_id(client: httpx.AsyncClient) -> None:
     )
     assert_problem(response, 413)
     assert response.headers["x-request-id"] == "big-1"
+
+
+async def test_middleware_refusals_under_v2_come_in_the_protocols_error_shape(settings: Settings) -> None:
+    """A client of the Open Inference Protocol parses `{"error": ...}`; the refusals that middleware
+    makes before a route runs (a body over the limit by Content-Length, too many headers, a Host
+    outside TRUSTED_HOSTS) came as problem details under /v2. Elsewhere they still are."""
+    limited = make_settings(
+        settings.database_url, max_request_body_bytes=64, max_request_headers=20, trusted_hosts=["testserver"]
+    )
+    infer = "/v2/models/iris/infer"
+    async with serve(limited) as client:
+        too_big = await client.post(infer, content=b"{" + b" " * 100 + b"}")
+        many_headers = await client.get("/v2", headers={f"x-h{i}": "1" for i in range(30)})
+        foreign_host = await client.get("/v2", headers={"Host": "evil.com"})
+        api_too_big = await client.post(REGISTER, content=b"{" + b" " * 100 + b"}")
+    for response, status in ((too_big, 413), (many_headers, 431), (foreign_host, 400)):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert set(response.json()) == {"error"}, response.text
+    assert_problem(api_too_big, 413)
