@@ -64,6 +64,14 @@ def request_for(kind: str, users: list[dict[str, Any]], rng: random.Random) -> t
             (b"content-length", str(len(body)).encode()),
         ]
         return _scope("POST", "/api/v1/items", "", headers), body
+    if kind == "predict":
+        body = b'{"features":[5.1,3.5,1.4,0.2]}'
+        headers = [
+            *auth,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        return _scope("POST", "/api/v1/predict", "", headers), body
     if kind == "me":
         return _scope("GET", "/api/v1/users/me", "", auth), b""
     if kind == "noauth":

@@ -160,26 +160,26 @@ class InferenceService:
         return result
 
     async def _unless_caller_gone(self, name: str, work: Awaitable[PredictionResult]) -> PredictionResult:
-        if self.caller_gone is None:
+        """`work`, unless the caller goes away first: then this request's task is cancelled where
+        it waits (the model layer takes a cancelled request out of its queue, app.ml.batching) and
+        `CallerGone` raised. One watcher task per prediction, nothing else: the prediction runs in
+        the request's own task (a second task and `asyncio.wait` cost ~60 µs more per request)."""
+        request = asyncio.current_task()
+        if self.caller_gone is None or request is None:
             return await work
-        task = asyncio.ensure_future(work)
-        gone = asyncio.ensure_future(self.caller_gone())
+        watcher = asyncio.get_running_loop().create_task(_cancel_when(self.caller_gone, request))
         try:
-            done, _ = await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            task.cancel()
+            return await work
+        except asyncio.CancelledError:
+            # Ours (the caller left), and nobody else's (a server shutting down): a CallerGone.
+            if watcher.done() and not watcher.cancelled() and request.uncancel() == 0:
+                metrics.observe_model_rejected(name, CallerGone.code)
+                raise CallerGone from None
             raise
         finally:
-            gone.cancel()
-        if task in done:
-            return task.result()
-        # The model layer takes a cancelled request out of its queue (app.ml.batching).
-        task.cancel()
-        try:
-            return await task  # it may have finished in the meantime
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not task.cancelled() or (current is not None and current.cancelling()):
-                raise  # this request itself is being cancelled
-        metrics.observe_model_rejected(name, CallerGone.code)
-        raise CallerGone
+            watcher.cancel()
+
+
+async def _cancel_when(gone: Callable[[], Awaitable[object]], request: asyncio.Task[Any]) -> None:
+    await gone()
+    request.cancel()
