@@ -47,6 +47,11 @@ def _scope(method: str, path: str, query: str, headers: list[tuple[bytes, bytes]
     }
 
 
+def _post(path: str, body: bytes, auth: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], bytes]:
+    length = (b"content-length", str(len(body)).encode())
+    return _scope("POST", path, "", [*auth, (b"content-type", b"application/json"), length]), body
+
+
 def request_for(kind: str, users: list[dict[str, Any]], rng: random.Random) -> tuple[dict[str, Any], bytes]:
     user = rng.choice(users)
     auth = [(b"authorization", f"Bearer {user['token']}".encode())]
@@ -57,21 +62,9 @@ def request_for(kind: str, users: list[dict[str, Any]], rng: random.Random) -> t
     if kind == "list_v2":
         return _scope("GET", "/api/v2/items", "limit=20", auth), b""
     if kind == "post":
-        body = b'{"title":"profiled","description":"profile_hot"}'
-        headers = [
-            *auth,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        return _scope("POST", "/api/v1/items", "", headers), body
+        return _post("/api/v1/items", b'{"title":"profiled","description":"profile_hot"}', auth)
     if kind == "predict":
-        body = b'{"features":[5.1,3.5,1.4,0.2]}'
-        headers = [
-            *auth,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        return _scope("POST", "/api/v1/predict", "", headers), body
+        return _post("/api/v1/predict", b'{"features":[5.1,3.5,1.4,0.2]}', auth)
     if kind == "me":
         return _scope("GET", "/api/v1/users/me", "", auth), b""
     if kind == "noauth":

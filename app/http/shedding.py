@@ -9,16 +9,14 @@ its own timeout while the worker's memory and database pool queue grow.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.errors import PROBLEM_CONTENT_TYPE
 from app.http.middleware import REQUEST_ID_HEADER, incoming_request_id
-from app.http.problems import OIP_PREFIX, problem_body
+from app.http.problems import error_response
 from app.observability.metrics import HTTP_SHED, InFlight
 
 log = structlog.get_logger("app.shedding")
@@ -43,7 +41,7 @@ class LoadSheddingMiddleware:
         self.app = app
         self.max_in_flight = max_in_flight
         self.in_flight = in_flight
-        self.retry_after = str(retry_after).encode()
+        self.retry_after = str(retry_after)
         self.headers = headers or []
         self._shed_since_log = 0
         self._last_log = 0.0
@@ -54,7 +52,7 @@ class LoadSheddingMiddleware:
             return
         counter = self.in_flight
         if counter.value >= self.max_in_flight and scope["path"] not in EXEMPT_PATHS:
-            await self._shed(scope, send)
+            await self._shed(scope, receive, send)
             return
         counter.value += 1
         try:
@@ -62,7 +60,7 @@ class LoadSheddingMiddleware:
         finally:
             counter.value -= 1
 
-    async def _shed(self, scope: Scope, send: Send) -> None:
+    async def _shed(self, scope: Scope, receive: Receive, send: Send) -> None:
         HTTP_SHED.inc()
         # One log line per second at most: under overload a line per request would cost more CPU
         # than the 503 itself. The counter above carries the exact number.
@@ -72,26 +70,16 @@ class LoadSheddingMiddleware:
             log.warning("load_shed", shed=self._shed_since_log, max_in_flight=self.max_in_flight)
             self._shed_since_log = 0
             self._last_log = now
-        detail = "The server is at capacity; retry shortly."
         path = scope.get("path", "")
-        content_type = PROBLEM_CONTENT_TYPE
-        content: dict[str, object] = problem_body(503, detail=detail, instance=path, code="overloaded")
-        if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
-            # The Open Inference Protocol's own error shape, as its routes answer (and document) it.
-            content_type, content = "application/json", {"error": detail}
-        body = json.dumps(content, separators=(",", ":")).encode()
         request_id = incoming_request_id(scope) or uuid.uuid4().hex
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", self.retry_after),
-                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
-                    *self.headers,
-                ],
-            }
+        # In the shape of the API asked (problem details, or the protocol's `{"error"}` under /v2).
+        response = error_response(
+            path,
+            503,
+            code="overloaded",
+            detail="The server is at capacity; retry shortly.",
+            instance=path,
+            headers={"Retry-After": self.retry_after, REQUEST_ID_HEADER: request_id},
         )
-        await send({"type": "http.response.body", "body": body})
+        response.raw_headers.extend(self.headers)
+        await response(scope, receive, send)
