@@ -19,7 +19,7 @@ from app.api.v1.router import routers as v1_routers
 from app.api.v2.router import routers as v2_routers
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
-from app.core.security import InvalidAccessToken, PasswordHasher, TokenCodec
+from app.core.security import ApiKeyCodec, InvalidAccessToken, InvalidApiKey, PasswordHasher, TokenCodec
 from app.db.database import Database
 from app.db.engine import create_engine
 from app.db.migrations import head_revision, upgrade_to_head
@@ -42,6 +42,7 @@ from app.http.state import Resources, State, state_of
 from app.ml.registry import ModelRegistry, RegistrySettings
 from app.observability import tracing
 from app.observability.metrics import InFlight, Sampler, observe_model_batch
+from app.services.api_keys import KeyRing
 from app.services.prediction_log import PredictionLog
 
 log = structlog.get_logger("app")
@@ -74,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         flush_interval_s=settings.prediction_log_flush_ms / 1000,
     )
     limits = Limits(settings)
+    keys = KeyRing(db, ApiKeyCodec(key), flush_interval_s=settings.api_key_usage_flush_seconds)
     sampler = Sampler(state.in_flight, db.engine.pool, settings.db_pool_size)
     sampler.queue_depth_sources.append(lambda: _queue_depths(registry))
     try:
@@ -84,10 +86,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             # missing or corrupt file ends the start-up here with one line naming it.
             await registry.start()
         prediction_log.start()
+        keys.start()
         state.started = Resources(
             db=db,
             hasher=hasher,
             codec=TokenCodec(settings, key),
+            keys=keys,
             registry=registry,
             prediction_log=prediction_log,
             limits=limits,
@@ -102,6 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.shutting_down = True
         await registry.close()
         await prediction_log.close()
+        await keys.close()
         sampler.close()
         await limits.close()
         if state.tracing is not None:
@@ -190,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_exception_handlers(app)
     # A token the database refuses gives back what it was counted against its user (ratelimit).
     app.add_exception_handler(InvalidAccessToken, refused_token_handler)
+    app.add_exception_handler(InvalidApiKey, refused_token_handler)
     for router in (*v1_routers, *v2_routers, oip.router, health.router):
         app.include_router(router)
     if settings.metrics_enabled:

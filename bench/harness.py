@@ -282,6 +282,7 @@ def service_env(database_url: str, port: int) -> dict[str, str]:
             # The per-user limit stays on (its cost is part of every request measured here) but high
             # enough that 8 users at thousands of requests a second are never refused by it.
             "RATE_LIMIT_PER_USER": "100000000/minute",
+            "RATE_LIMIT_PER_API_KEY": "100000000/minute",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -297,19 +298,21 @@ def migrate(env: dict[str, str]) -> None:
 
 
 def seed(database_url: str, env: dict[str, str]) -> list[dict[str, Any]]:
-    """N_USERS users with N_ITEMS items between them (bulk SQL), and an access token per user.
+    """N_USERS users with N_ITEMS items between them (bulk SQL), and an access token and an API key
+    (scopes `items:read predict`) per user.
 
-    The tokens are the service's own: a login session row plus a JWT from `TokenCodec`, with the
-    server's key. Logging in through the API would spend Argon2 time and the login rate limit on
-    set-up; one real login is still made through the API as a check (see `check_login`)."""
+    The tokens and keys are the service's own: a login session row plus a JWT from `TokenCodec`,
+    and an `api_keys` row with its hash from `ApiKeyCodec`, with the server's key. Logging in through
+    the API would spend Argon2 time and the login rate limit on set-up; one real login is still made
+    through the API as a check (see `check_login`)."""
     from pwdlib import PasswordHash
     from pwdlib.hashers.argon2 import Argon2Hasher
     from sqlalchemy import func, insert, select
 
     from app.core.config import Settings
-    from app.core.security import TokenCodec
+    from app.core.security import API_KEY_SHOWN_CHARS, ApiKeyCodec, TokenCodec
     from app.db.engine import create_engine
-    from app.models import AuthSession, Item, User
+    from app.models import ApiKey, AuthSession, Item, User
 
     settings = Settings(_env_file=None, database_url=database_url, secret_key=SECRET_KEY)  # type: ignore[arg-type]
     settings.access_token_expire_seconds = int(env["ACCESS_TOKEN_EXPIRE_SECONDS"])
@@ -323,6 +326,7 @@ def seed(database_url: str, env: dict[str, str]) -> list[dict[str, Any]]:
         )
     ).hash(PASSWORD)
     codec = TokenCodec(settings, SECRET_KEY)
+    key_codec = ApiKeyCodec(SECRET_KEY)
     per_user = N_ITEMS // N_USERS
 
     async def run() -> list[dict[str, Any]]:
@@ -358,7 +362,20 @@ def seed(database_url: str, env: dict[str, str]) -> list[dict[str, Any]]:
                         insert(AuthSession), [{"id": session_id, "user_id": owner_id, "expires_at": expires}]
                     )
                     token, _ = codec.issue(owner_id, session_id)
-                    users.append({"id": owner_id, "token": token, "lo": lo, "hi": hi})
+                    key, key_hash = key_codec.new()
+                    await conn.execute(
+                        insert(ApiKey),
+                        [
+                            {
+                                "user_id": owner_id,
+                                "name": "bench",
+                                "prefix": key[:API_KEY_SHOWN_CHARS],
+                                "key_hash": key_hash,
+                                "scopes": "items:read predict",
+                            }
+                        ],
+                    )
+                    users.append({"id": owner_id, "token": token, "key": key, "lo": lo, "hi": hi})
                 return users
         finally:
             await engine.dispose()
@@ -487,9 +504,16 @@ local users = %(users)s
 local kind = "%(kind)s"
 local features = "%(features)s"
 
+-- `<kind>_key`: the same request, authenticated by the user's API key instead of the access token.
+local credential = "token"
+if string.sub(kind, -4) == "_key" then
+  kind = string.sub(kind, 1, -5)
+  credential = "key"
+end
+
 function request()
   local u = users[math.random(#users)]
-  local h = {["Authorization"] = "Bearer " .. u.token}
+  local h = {["Authorization"] = "Bearer " .. u[credential]}
   if kind == "get_item" then
     return wrk.format("GET", "/api/v1/items/" .. math.random(u.lo, u.hi), h)
   elseif kind == "list" then
@@ -547,7 +571,11 @@ class Load:
         self.server_pid: int | None = None  # whose CPU time is the server's in `cpu`
 
     def lua(self, kind: str, users: list[dict[str, Any]], features: list[float] | None) -> Path:
-        table = "{" + ",".join(f'{{token="{u["token"]}",lo={u["lo"]},hi={u["hi"]}}}' for u in users) + "}"
+        table = (
+            "{"
+            + ",".join(f'{{token="{u["token"]}",key="{u["key"]}",lo={u["lo"]},hi={u["hi"]}}}' for u in users)
+            + "}"
+        )
         path = self.workdir / f"{kind}.lua"
         path.write_text(LUA % {"users": table, "kind": kind, "features": json.dumps(features or [])})
         return path
@@ -611,6 +639,20 @@ def closed(  # noqa: PLR0917 - the call sites pass them in this order
     """A 1 s warm-up, then `repeats` wrk runs of `duration` seconds: median, min and max."""
     load.wrk(url, connections, 1, script)  # warm-up: connections, caches, the statement cache
     return summarize_runs([load.wrk(url, connections, duration, script) for _ in range(repeats)])
+
+
+def closed_pair(  # noqa: PLR0917 - as `closed`
+    load: Load, url: str, duration: int, repeats: int, scripts: tuple[Path, Path], connections: int = 64
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two variants of one request side by side: warmed up both, then their runs alternated (A B A B
+    ...), so a machine that slows down mid-way slows both alike."""
+    for script in scripts:
+        load.wrk(url, connections, 1, script)
+    runs: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    for _ in range(repeats):
+        for runs_of, script in zip(runs, scripts, strict=True):
+            runs_of.append(load.wrk(url, connections, duration, script))
+    return summarize_runs(runs[0]), summarize_runs(runs[1])
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """CPU cost of one request through the whole app, with no server and no network: for profiling.
 
 `python -m bench.profile_hot [--db postgresql|sqlite] [--kind get_item] [-n 3000] [--concurrency 16]
-[--cprofile]`
+[--cprofile]` (a kind ending in `_key`, such as `get_item_key`, sends the user's API key instead of
+the access token)
 
 Builds the app the production way (`create_app` with ENVIRONMENT=production settings), runs its
 lifespan, seeds users and items like bench/run.py (bench/harness.py's `seed`), then calls the ASGI
@@ -54,7 +55,11 @@ def _post(path: str, body: bytes, auth: list[tuple[bytes, bytes]]) -> tuple[dict
 
 def request_for(kind: str, users: list[dict[str, Any]], rng: random.Random) -> tuple[dict[str, Any], bytes]:
     user = rng.choice(users)
-    auth = [(b"authorization", f"Bearer {user['token']}".encode())]
+    # `<kind>_key`: the same request, authenticated by the user's API key instead of the token.
+    credential = "token"
+    if kind.endswith("_key"):
+        kind, credential = kind.removesuffix("_key"), "key"
+    auth = [(b"authorization", f"Bearer {user[credential]}".encode())]
     if kind == "get_item":
         return _scope("GET", f"/api/v1/items/{rng.randint(user['lo'], user['hi'])}", "", auth), b""
     if kind == "list":

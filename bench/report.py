@@ -24,6 +24,8 @@ LABELS = {
     "list_v2": "GET /api/v2/items (20)",
     "post": "POST /api/v1/items",
     "predict": "POST /api/v1/predict",
+    "get_item_key": "GET /api/v1/items/{id} (API key)",
+    "predict_key": "POST /api/v1/predict (API key)",
 }
 GUIDE = {
     "throughput": ("8k req/s", "18k req/s"),

@@ -43,6 +43,7 @@ from bench.harness import (
     base_env,
     check_login,
     closed,
+    closed_pair,
     cores,
     free_port,
     in_process_markdown,
@@ -66,7 +67,11 @@ ENDPOINTS = {
     "list_v2": "GET /api/v2/items (20)",
     "post": "POST /api/v1/items",
     "predict": "POST /api/v1/predict",
+    "get_item_key": "GET /api/v1/items/{id} (API key)",
+    "predict_key": "POST /api/v1/predict (API key)",
 }
+# Measured side by side with the kind they repeat by API key (runs alternated: `closed_pair`).
+KEY_PAIRS = {"get_item": "get_item_key", "predict": "predict_key"}
 # Issue 5's targets, as fractions of the bare-FastAPI ceiling.
 THROUGHPUT_TARGETS = {"get_item": 0.40, "list": 0.25, "post": 0.25}
 
@@ -115,6 +120,23 @@ def reference(load: Load, kind: str, profile: Profile, server_pin: list[str]) ->
     return result
 
 
+def endpoint(  # noqa: PLR0917
+    load: Load,
+    base: str,
+    profile: Profile,
+    kind: str,
+    users: list[dict[str, Any]],
+    features: list[float] | None,
+) -> dict[str, dict[str, Any]]:
+    """One endpoint's closed loop; with its API-key twin beside it (`KEY_PAIRS`), runs alternated."""
+    if kind not in KEY_PAIRS:
+        script = load.lua(kind, users, features)
+        return {kind: closed(load, base, profile.duration, profile.repeats, script)}
+    scripts = (load.lua(kind, users, features), load.lua(KEY_PAIRS[kind], users, features))
+    outcomes = closed_pair(load, base, profile.duration, profile.repeats, scripts)
+    return dict(zip((kind, KEY_PAIRS[kind]), outcomes, strict=True))
+
+
 def service(db: str, load: Load, profile: Profile, server_pin: list[str], bare_rps: float) -> dict[str, Any]:
     database_url = (
         postgres_url() if db == "postgresql" else f"sqlite+aiosqlite:///{load.workdir / 'bench.db'}"
@@ -135,22 +157,22 @@ def service(db: str, load: Load, profile: Profile, server_pin: list[str], bare_r
         load.server_pid = server.pid
         check_login(port)
         token = users[0]["token"]
-        kinds = [k for k in ENDPOINTS if k != "predict"]
+        kinds = [k for k in ENDPOINTS if k not in {"predict", *KEY_PAIRS.values()}]
         if route_exists(port, token, "POST", "/api/v1/predict"):
             kinds.append("predict")
         else:
             result["predict_absent"] = True
         base = f"http://127.0.0.1:{port}/"
         for kind in kinds:
-            outcome = closed(load, base, profile.duration, profile.repeats, load.lua(kind, users, features))
-            result["endpoints"][kind] = outcome
-            print(
-                f"  {db} {kind}: {outcome['rps']['median']:.0f} req/s "
-                f"({outcome['rps']['median'] / bare_rps:.0%} of the ceiling), "
-                f"p50 {outcome['p50_ms']['median']} ms,"
-                f" p99 {outcome['p99_ms']['median']} ms, non-2xx {outcome['non_2xx']}",
-                flush=True,
-            )
+            for name, outcome in endpoint(load, base, profile, kind, users, features).items():
+                result["endpoints"][name] = outcome
+                print(
+                    f"  {db} {name}: {outcome['rps']['median']:.0f} req/s "
+                    f"({outcome['rps']['median'] / bare_rps:.0%} of the ceiling), "
+                    f"p50 {outcome['p50_ms']['median']} ms,"
+                    f" p99 {outcome['p99_ms']['median']} ms, non-2xx {outcome['non_2xx']}",
+                    flush=True,
+                )
         get_item = result["endpoints"]["get_item"]
         rate = round(get_item["rps"]["median"] / 2)
         if db == "postgresql":

@@ -1,5 +1,5 @@
-"""The shared dependencies: the caller (or an access token's unverified claims), the services,
-pagination. Each has one name.
+"""The shared dependencies: the caller (or an access token's unverified claims) and what an API key
+must hold to stand for it, the services, pagination. Each has one name.
 
 Every dependency here is `async def`, even those that never await: FastAPI runs a plain `def`
 dependency in the thread pool, a thread hand-off per dependency per request (measured in
@@ -11,14 +11,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
-from fastapi.security import OAuth2PasswordBearer
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 
 from app.core.errors import Forbidden, Unauthorized
-from app.core.security import UnverifiedClaims
-from app.http.ratelimit import limit_user
+from app.core.security import AccessClaims, KeyClaims, Scope, UnverifiedClaims, is_api_key
+from app.http.ratelimit import limit_caller
 from app.http.state import state_of
-from app.services.auth import AuthService, Caller, authenticate, read_access_token
+from app.services.api_keys import ApiKeyService, MissingScope
+from app.services.auth import AuthService, Caller, SessionCaller, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService
 from app.services.prediction_log import PredictionHistory
@@ -29,58 +30,121 @@ PAGE_SIZE_MAX = 100
 OFFSET_MAX = 1_000_000
 
 
-class _BearerClaims(OAuth2PasswordBearer):
-    """The request's access token, present, well-formed, correctly signed, unexpired, for this
-    issuer and audience, and counted against its user's rate limit; not yet checked against the
-    database: `UnverifiedClaims`, which only a repository statement that checks them can read.
+class _Bearer(OAuth2PasswordBearer):
+    """The request's credentials, sent as `Authorization: Bearer`: an access token (a person logged
+    in, the OAuth2 password flow) or an API key (a program; `mlk_...`). Both are read here, once:
 
-    For the hot item routes only (read one, list, create), whose one statement checks the user and
-    login session itself (app.repositories.items). Every other route takes the caller
-    (`CurrentUser`). Both are the one OAuth2 password flow of the OpenAPI document (Swagger UI's
-    Authorize button).
+    - an access token must be well-formed, correctly signed, unexpired, for this issuer and
+      audience; it may do whatever its user may (scopes do not apply to it);
+    - an API key must be one this service made and stored, unexpired, and hold every scope the
+      route declares (`Security(..., scopes=[...])`); a route that declares none is not open to
+      keys at all (403): account management, keys themselves, log-out;
+
+    then counted against its user's (or key's) rate limit. Not yet checked against the database.
+    In the OpenAPI document the key is its own scheme, `APIKey`, listed with the scopes each
+    operation needs (app.api.openapi).
     """
 
     def __init__(self) -> None:
         super().__init__(tokenUrl="/api/v1/auth/token", scheme_name="OAuth2PasswordBearer", auto_error=False)
 
-    async def __call__(self, request: Request) -> UnverifiedClaims:  # type: ignore[override]
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("Not authenticated: send an access token as `Authorization: Bearer`.")
-        claims = read_access_token(state_of(request).resources.codec, token)
-        await limit_user(request, claims)
+    @staticmethod
+    async def read(request: Request, scopes: list[str]) -> AccessClaims | KeyClaims:
+        scheme, _, credential = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            raise Unauthorized(
+                "Not authenticated: send an access token or an API key as `Authorization: Bearer`."
+            )
+        resources = state_of(request).resources
+        claims: AccessClaims | KeyClaims
+        if is_api_key(credential):
+            claims = await resources.keys.identify(credential)
+            _check_scopes(claims, scopes)
+            resources.keys.used(claims)
+        else:
+            claims = read_access_token(resources.codec, credential)
+        await limit_caller(request, claims)
         request.state.user_id = claims.user_id
-        return UnverifiedClaims(claims)
+        return claims
 
 
-class _BearerCaller(_BearerClaims):
-    """Every other authenticated route's one dependency: the caller behind the bearer token, its
-    claims checked against the database (active user, live login session) on a connection of its
-    own, at every request. One dependency, not two (each dependency FastAPI solves costs CPU on
-    every request): no token is a 401 before anything else is spent.
-    """
-
-    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
-        claims = await super().__call__(request)
-        return await authenticate(state_of(request).resources.db, claims)
+def _check_scopes(claims: KeyClaims, needed: list[str]) -> None:
+    if not needed:
+        raise Forbidden("API keys cannot do this: log in (an access token) instead.")
+    for scope in needed:
+        if scope not in claims.scopes:
+            raise MissingScope(scope)
 
 
-get_claims = _BearerClaims()
-get_caller = _BearerCaller()
+class _ScopedClaims(_Bearer):
+    """An access token's (or API key's) claims, unverified: `UnverifiedClaims`, which only a
+    repository statement that checks them can read. For the hot item routes only (read one, list,
+    create), whose one statement checks the user and login session (or key) itself
+    (app.repositories.items)."""
 
-# An access token's claims, unverified: for the routes whose statement checks them (see above).
-TokenClaims = Annotated[UnverifiedClaims, Depends(get_claims)]
-
-# The authenticated caller and their login session (`session_id`).
-CurrentUser = Annotated[Caller, Depends(get_caller)]
+    async def __call__(self, request: Request, security_scopes: SecurityScopes) -> UnverifiedClaims:  # type: ignore[override]
+        return UnverifiedClaims(await self.read(request, security_scopes.scopes))
 
 
-async def get_admin(user: CurrentUser) -> Caller:
+class _ScopedCaller(_Bearer):
+    """The caller behind an access token, or an API key holding the route's scopes, checked against
+    the database (active user, live login session or key) on a connection of its own, at every
+    request. One dependency, not two (each dependency FastAPI solves costs CPU on every request):
+    no credentials is a 401 before anything else is spent."""
+
+    async def __call__(self, request: Request, security_scopes: SecurityScopes) -> Caller:  # type: ignore[override]
+        claims = await self.read(request, security_scopes.scopes)
+        return await authenticate(state_of(request).resources.db, UnverifiedClaims(claims))
+
+
+class _SessionCaller(_Bearer):
+    """A person logged in (an access token), never an API key: for managing the account itself."""
+
+    async def __call__(self, request: Request) -> SessionCaller:  # type: ignore[override]
+        caller = await authenticate(
+            state_of(request).resources.db, UnverifiedClaims(await self.read(request, []))
+        )
+        if not isinstance(caller, SessionCaller):  # refused by `read` already; kept for the type
+            raise Forbidden("API keys cannot do this: log in (an access token) instead.")
+        return caller
+
+
+get_claims = _ScopedClaims()
+get_caller = _ScopedCaller()
+get_session_caller = _SessionCaller()
+
+# The authenticated person, logged in (an access token; API keys are refused with 403), and their
+# login session (`session_id`): account management, API keys, log-out.
+CurrentUser = Annotated[SessionCaller, Depends(get_session_caller)]
+
+
+def _caller(scope: Scope) -> object:
+    return Security(get_caller, scopes=[scope])
+
+
+def _claims(scope: Scope) -> object:
+    return Security(get_claims, scopes=[scope])
+
+
+# The caller, by access token or by an API key holding the scope named. One per scope: a route
+# says what it does by the one it takes.
+Predictor = Annotated[Caller, _caller(Scope.PREDICT)]
+ModelReader = Annotated[Caller, _caller(Scope.MODELS_READ)]
+ItemReader = Annotated[Caller, _caller(Scope.ITEMS_READ)]
+ItemWriter = Annotated[Caller, _caller(Scope.ITEMS_WRITE)]
+PredictionReader = Annotated[Caller, _caller(Scope.PREDICTIONS_READ)]
+# Unverified claims (see `_ScopedClaims`): for the routes whose statement checks them.
+ItemReadClaims = Annotated[UnverifiedClaims, _claims(Scope.ITEMS_READ)]
+ItemWriteClaims = Annotated[UnverifiedClaims, _claims(Scope.ITEMS_WRITE)]
+
+
+async def get_admin(user: Annotated[Caller, _caller(Scope.ADMIN)]) -> Caller:
     if not user.is_admin:
         raise Forbidden("This operation needs an admin account.")
     return user
 
 
+# An admin, logged in or by a key with the `admin` scope (only an admin can make one).
 AdminUser = Annotated[Caller, Depends(get_admin)]
 
 
@@ -91,6 +155,13 @@ async def get_auth_service(request: Request) -> AuthService:
 
 
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
+
+
+async def get_api_key_service(request: Request) -> ApiKeyService:
+    return ApiKeyService(state_of(request).resources.db, state_of(request).resources.keys.codec)
+
+
+ApiKeyServiceDep = Annotated[ApiKeyService, Depends(get_api_key_service)]
 
 
 async def get_user_service(request: Request) -> UserService:

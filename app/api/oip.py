@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.api.deps import CurrentUser, InferenceDep
+from app.api.deps import InferenceDep, ModelReader, Predictor
 from app.core.errors import BadRequest
 from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
@@ -80,12 +80,12 @@ def _outputs(spec: ModelSpec) -> list[TensorMetadata]:
 
 
 @router.get("/health/live", summary="Server live", responses=ERRORS)
-async def live(_user: CurrentUser) -> Live:
+async def live(_user: ModelReader) -> Live:
     return Live(live=True)
 
 
 @router.get("/health/ready", summary="Server ready", responses=ERRORS)
-async def ready(_user: CurrentUser, inference: InferenceDep, response: Response) -> Ready:
+async def ready(_user: ModelReader, inference: InferenceDep, response: Response) -> Ready:
     is_ready = inference.ready
     if not is_ready:
         response.status_code = 503
@@ -93,12 +93,12 @@ async def ready(_user: CurrentUser, inference: InferenceDep, response: Response)
 
 
 @router.get("", summary="Server metadata", responses=ERRORS)
-async def server_metadata(_user: CurrentUser, request: Request) -> ServerMetadata:
+async def server_metadata(_user: ModelReader, request: Request) -> ServerMetadata:
     return ServerMetadata(name=request.app.title, version=request.app.version, extensions=[])
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
-async def model_metadata(_user: CurrentUser, inference: InferenceDep, name: str = ModelName) -> ModelMetadata:
+async def model_metadata(_user: ModelReader, inference: InferenceDep, name: str = ModelName) -> ModelMetadata:
     spec = inference.model(name)
     return ModelMetadata(
         name=spec.name,
@@ -110,7 +110,7 @@ async def model_metadata(_user: CurrentUser, inference: InferenceDep, name: str 
 
 
 @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
-async def model_ready(_user: CurrentUser, inference: InferenceDep, name: str = ModelName) -> ModelReady:
+async def model_ready(_user: ModelReader, inference: InferenceDep, name: str = ModelName) -> ModelReady:
     spec = inference.model(name)
     return ModelReady(name=spec.name, ready=inference.ready)
 
@@ -148,7 +148,7 @@ def _wants_binary(body: InferenceRequest) -> bool:
     },
 )
 async def infer(
-    request: Request, user: CurrentUser, inference: InferenceDep, name: str = ModelName
+    request: Request, user: Predictor, inference: InferenceDep, name: str = ModelName
 ) -> InferenceResponse:
     """One input tensor `input` of shape [batch, features] (row-major `data`, flat or nested)."""
     # The body is parsed here rather than by a body parameter: tritonclient sends JSON without a

@@ -1,6 +1,7 @@
 """The OpenAPI document as a contract for generated clients: FastAPI's document, completed once when
 it is first built with what the route decorators cannot say.
 
+- API keys as a security scheme of their own, with the scopes each operation needs.
 - `Problem` (and its `FieldError`) in the components: every error response of /api and the probes
   points at it under `application/problem+json` (app.schemas.common.problem_responses).
 - The served models, from the model manifest (a fork's own): model-name path parameters list them
@@ -19,11 +20,15 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.core.config import Settings
+from app.core.security import API_KEY_PREFIX, Scope
 from app.ml.errors import ModelLoadError
 from app.ml.manifest import Manifest, ModelSpec, load_manifest
 from app.schemas.common import Problem
 
 Document = dict[str, Any]
+# The security schemes: the OAuth2 password flow (app.api.deps) and API keys (added here).
+_OAUTH2_SCHEME = "OAuth2PasswordBearer"
+API_KEY_SCHEME = "APIKey"
 JSON = dict[str, Any]
 
 _NUMBER: JSON = {"type": "number"}
@@ -71,8 +76,44 @@ def complete(document: Document, manifest: Manifest | None) -> None:
         for operation in item.values():
             if isinstance(operation, dict) and "responses" in operation:
                 operation["responses"] = dict(sorted(operation["responses"].items()))
+    _document_api_keys(document)
     if manifest is not None:
         _document_models(document, schemas, manifest)
+
+
+def _document_api_keys(document: Document) -> None:
+    """API keys as a security scheme of their own (`APIKey`, an HTTP bearer credential), offered by
+    every operation a key may call, with the scopes it needs.
+
+    FastAPI lists the scopes a route declares (`Security(..., scopes=[...])`, app.api.deps) under
+    the OAuth2 scheme, but access tokens carry no scopes: a person logged in may do whatever their
+    user may. So each requirement becomes two alternatives: the OAuth2 password flow with no scope,
+    or a key with the scopes. An operation that declares none (account management, keys, log-out)
+    is not offered to keys."""
+    schemes: JSON = document.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes[API_KEY_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": f"API key ({API_KEY_PREFIX}...)",
+        "description": "An API key made with `POST /api/v1/api-keys`, sent as `Authorization: Bearer "
+        "<key>`. It may call only the operations that list its scopes: "
+        + ", ".join(f"`{scope}`" for scope in Scope)
+        + ".",
+    }
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "security" not in operation:
+                continue
+            requirements: list[JSON] = []
+            for requirement in operation["security"]:
+                scopes = requirement.pop(_OAUTH2_SCHEME, None)
+                if scopes is None:
+                    requirements.append(requirement)
+                    continue
+                requirements.append({_OAUTH2_SCHEME: []})
+                if scopes:
+                    requirements.append({API_KEY_SCHEME: sorted(set(scopes))})
+            operation["security"] = [r for i, r in enumerate(requirements) if r not in requirements[:i]]
 
 
 def schema_name(spec: ModelSpec, suffix: str) -> str:

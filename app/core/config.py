@@ -142,7 +142,9 @@ class Settings(BaseSettings):
 
     # --- tokens ---
     secret_key: SecretStr | None = Field(
-        None, description="HMAC key for access tokens; required (32+ chars) in production."
+        None,
+        description="HMAC key for access tokens and API keys' stored hashes (rotating it ends both); "
+        "required (32+ chars) in production.",
     )
     dev_secret_key_file: Path = Field(
         DEV_SECRET_KEY_FILE,
@@ -182,7 +184,19 @@ class Settings(BaseSettings):
         "5/minute", description="Log-ins and registrations per account email (each endpoint)."
     )
     rate_limit_per_user: str | None = Field(
-        "1200/minute", description="Authenticated requests per user, all endpoints together."
+        "1200/minute",
+        description="Requests per user with their access tokens, all endpoints together.",
+    )
+    rate_limit_per_api_key: str | None = Field(
+        "1200/minute",
+        description="Requests per API key, all endpoints together (each key counted on its own, apart "
+        "from its user's access tokens).",
+    )
+    api_key_usage_flush_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often each process writes its API keys' `last_used_at` (one statement per "
+        "flush, never one per request).",
     )
 
     # --- observability and security headers ---
@@ -232,7 +246,12 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("rate_limit_auth_per_address", "rate_limit_auth_per_account", "rate_limit_per_user")
+    @field_validator(
+        "rate_limit_auth_per_address",
+        "rate_limit_auth_per_account",
+        "rate_limit_per_user",
+        "rate_limit_per_api_key",
+    )
     @classmethod
     def _rate_limit(cls, value: str | None) -> str | None:
         if value is None or not value.strip():

@@ -1,14 +1,18 @@
-"""Passwords (Argon2id, off the event loop, bounded) and tokens (JWT access, opaque refresh)."""
+"""Passwords (Argon2id, off the event loop, bounded), tokens (JWT access, opaque refresh) and API
+keys (opaque, stored as a keyed hash)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import secrets
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import jwt
@@ -70,22 +74,52 @@ class AccessClaims:
     expires_at: int
 
 
+class Scope(StrEnum):
+    """What an API key may do (docs/api.md). An access token (a person logged in) may do everything
+    its user may; a key only what its scopes name, and never more than its owner may."""
+
+    PREDICT = "predict"
+    MODELS_READ = "models:read"
+    ITEMS_READ = "items:read"
+    ITEMS_WRITE = "items:write"
+    PREDICTIONS_READ = "predictions:read"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaims:
+    """An API key whose secret is right (its keyed hash is a stored key's), not yet checked against
+    the database at this request: it may have been revoked since, or its owner deactivated or
+    deleted. Its id, owner and scopes never change, so they are kept by the process."""
+
+    user_id: int
+    key_id: int
+    scopes: frozenset[str]
+    expires_at: float | None  # epoch seconds; None: never
+
+    @property
+    def jti(self) -> str:
+        """The name the rate limiter remembers a refused key by (an access token's is its `jti`)."""
+        return f"api-key:{self.key_id}"
+
+
 class UnverifiedClaims:
-    """An access token that is well-formed, correctly signed and unexpired, whose user and login
-    session are not yet checked against the database: the user may have been deactivated or
-    deleted, the session ended by a logout.
+    """An access token that is well-formed, correctly signed and unexpired (or an API key this
+    service made and stored), whose user and login session (or key) are not yet checked against
+    the database: the user may have been deactivated or deleted, the session ended by a logout,
+    the key revoked.
 
     Opaque on purpose. Nothing reads the user from it but the repository statements that check it
     in the same round trip as their work (`app.repositories.users.Access`), so no route or service
     can take it for an authenticated caller (mypy refuses `claims.user_id`; tests/unit/
     test_unverified_claims.py), and every route that takes it is called with an ended login's token
     by tests/security/test_api2_authentication.py, which fails unless the answer is 401. It comes
-    from `app.api.deps.TokenClaims`; every other route takes the caller (`CurrentUser`) instead.
+    from `app.api.deps.ItemReadClaims` (or `ItemWriteClaims`); every other route takes the caller.
     """
 
     __slots__ = ("_claims",)
 
-    def __init__(self, claims: AccessClaims) -> None:
+    def __init__(self, claims: AccessClaims | KeyClaims) -> None:
         self._claims = claims
 
 
@@ -171,3 +205,76 @@ def new_refresh_token() -> str:
 def hash_refresh_token(token: str) -> str:
     # A fast hash is right here: the token has 256 bits of entropy, so it cannot be brute-forced.
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- API keys ---------------------------------------------------------------------------------
+# A key: the recognisable prefix (secret scanners and people can tell what leaked), 24 random bytes
+# (192 bits) and a 6-byte tag, all URL-safe base64: `mlk_` + 32 + 8 characters.
+API_KEY_PREFIX = "mlk_"
+_KEY_RANDOM_BYTES = 24
+_KEY_TAG_BYTES = 6
+_KEY_BODY_CHARS = 32 + 8
+# The part of a key shown in lists (never enough to use it): the prefix and 8 random characters.
+API_KEY_SHOWN_CHARS = len(API_KEY_PREFIX) + 8
+
+
+class InvalidApiKey(Unauthorized):
+    """The 401 for an API key that is not good: malformed, forged, unknown, revoked, expired, or its
+    owner deactivated or deleted. One answer for all, so a caller learns nothing about which."""
+
+    def __init__(self) -> None:
+        super().__init__("The API key is invalid, expired or revoked.")
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class ApiKeyCodec:
+    """Makes API keys and the keyed hash they are stored and looked up by.
+
+    Two keys derived from SECRET_KEY: one for the tag (a key that is not one this service made is
+    refused without a query, as a forged access token is), one for the stored hash (HMAC-SHA256: a
+    database dump alone does not let anyone test a guessed key). A fast keyed hash, not Argon2: a
+    key carries 192 random bits, so a slow hash adds nothing against guessing and would cost
+    milliseconds on every request (docs/security.md). Rotating SECRET_KEY ends every key, as it
+    ends every access token.
+    """
+
+    def __init__(self, key: str) -> None:
+        secret = key.encode()
+        self._tag_key = hmac.new(secret, b"api-key tag", hashlib.sha256).digest()
+        self._hash_key = hmac.new(secret, b"api-key hash", hashlib.sha256).digest()
+
+    def new(self) -> tuple[str, str]:
+        """A new key and its stored hash. The key is shown once; only the hash is kept."""
+        body = _b64(secrets.token_bytes(_KEY_RANDOM_BYTES))
+        key = API_KEY_PREFIX + body + self._tag(body)
+        return key, self.digest(key)
+
+    def digest(self, key: str) -> str:
+        """The stored hash of a key this service made; `InvalidApiKey` for anything else (checked in
+        constant time, before any query)."""
+        body = key[len(API_KEY_PREFIX) :]
+        if not key.startswith(API_KEY_PREFIX) or len(body) != _KEY_BODY_CHARS:
+            raise InvalidApiKey
+        random_part, tag = body[:32], body[32:]
+        if not hmac.compare_digest(tag.encode(), self._tag(random_part).encode()):
+            raise InvalidApiKey
+        return hmac.new(self._hash_key, key.encode(), hashlib.sha256).hexdigest()
+
+    def _tag(self, random_part: str) -> str:
+        mac = hmac.new(self._tag_key, random_part.encode(), hashlib.sha256).digest()
+        return _b64(mac[:_KEY_TAG_BYTES])
+
+
+def is_api_key(credential: str) -> bool:
+    """True when a bearer credential is an API key rather than an access token (a JWT never starts
+    with the prefix: its first segment is base64 of `{"`)."""
+    return credential.startswith(API_KEY_PREFIX)
+
+
+def refusal(claims: AccessClaims | KeyClaims) -> InvalidAccessToken | InvalidApiKey:
+    """The 401 for credentials the database refused (their login ended, their key was revoked,
+    their user deactivated or deleted)."""
+    return InvalidAccessToken() if isinstance(claims, AccessClaims) else InvalidApiKey()

@@ -14,14 +14,15 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
 from app.core.config import Settings
-from app.core.security import AccessClaims
+from app.core.security import AccessClaims, KeyClaims
 from app.observability.metrics import RATE_LIMIT_STORAGE_ERRORS
 
 log = structlog.get_logger("app.ratelimit")
 
 KEY_PREFIX = "fastapi-ml-service:limits"
-# Access tokens the database refused, remembered by their `jti` until they expire (about 50 bytes
-# each); past this many the oldest is forgotten, and costs one query again if it comes back.
+# Access tokens (and API keys) the database refused, remembered by their `jti` until they expire
+# (about 50 bytes each); past this many the oldest is forgotten, and costs one query again if it
+# comes back.
 REFUSED_TOKENS_KEPT = 4096
 
 
@@ -34,6 +35,7 @@ class Limits:
         self.auth_per_address = _item(settings.rate_limit_auth_per_address)
         self.auth_per_account = _item(settings.rate_limit_auth_per_account)
         self.per_user = _item(settings.rate_limit_per_user)
+        self.per_api_key = _item(settings.rate_limit_per_api_key)
         self.retry_interval = settings.redis_retry_interval
         memory = MemoryStorage()
         # Moving window for the auth limits (no burst of 2N across a window edge); the cheaper fixed
@@ -97,13 +99,13 @@ class Limits:
         except self._errors as exc:
             self._redis_failed(exc)
 
-    def remember_refused(self, claims: AccessClaims) -> None:
+    def remember_refused(self, claims: AccessClaims | KeyClaims, until: float) -> None:
         if len(self.refused) >= REFUSED_TOKENS_KEPT:
             now = time.time()
             self.refused = {jti: exp for jti, exp in self.refused.items() if exp > now}
             if len(self.refused) >= REFUSED_TOKENS_KEPT:
                 del self.refused[next(iter(self.refused))]  # the oldest entry
-        self.refused[claims.jti] = claims.expires_at
+        self.refused[claims.jti] = int(until)
 
     def _redis_failed(self, exc: BaseException) -> None:
         RATE_LIMIT_STORAGE_ERRORS.inc()

@@ -3,11 +3,13 @@
 - Log-in and registration: per client address and per account email, each endpoint counted
   on its own (`rate_limit_auth_per_address`, `rate_limit_auth_per_account`).
 - Every authenticated request: per user (`rate_limit_per_user`), counted once its access token is
-  correctly signed and unexpired. A token the database then refuses (its login ended, its user was
-  deactivated or deleted) gives that request back to its user and is remembered by this process:
-  from then on it is counted under a key of its own (the token's), never its user's, and answered
-  401 without a query (429 once it is over the same number). Whoever holds a logged-out token
-  cannot spend its owner's allowance.
+  correctly signed and unexpired; with an API key, per key instead (`rate_limit_per_api_key`), so
+  a user's programs and the user's own sessions do not starve one another. A token the database
+  then refuses (its login ended, its user was deactivated or deleted) gives that request back to
+  its user and is remembered by this process: from then on it is counted under a key of its own
+  (the token's), never its user's, and answered 401 without a query (429 once it is over the same
+  number). Whoever holds a logged-out token cannot spend its owner's allowance; a revoked API key
+  likewise (remembered for a minute).
 
 A refused request gets 429 problem details with `Retry-After`. If Redis cannot be reached the
 request is still served: the check falls back to this process's own counters (limits hold per
@@ -19,6 +21,7 @@ process instead of per fleet), a warning is logged once per outage and
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request
@@ -27,7 +30,7 @@ from limits import RateLimitItem
 
 from app.core.emails import canonical_email
 from app.core.errors import TooManyRequests
-from app.core.security import AccessClaims, InvalidAccessToken
+from app.core.security import AccessClaims, KeyClaims, refusal
 from app.http.limiter import Limits
 from app.http.problems import app_error_handler, media_type
 from app.http.state import state_of
@@ -86,48 +89,72 @@ async def _account(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def limit_user(request: Request, claims: AccessClaims) -> None:
-    """The per-user limit, counted for every request whose access token is well-formed, correctly
-    signed and unexpired (so nobody can spend another user's allowance with a forged `sub`), before
-    the token is checked against the database: an over-limit caller costs no query. Should the
-    database then refuse the token, `refused_token_handler` gives the request back.
+# A refused API key is answered without a query for this long (a key, unlike an access token, has
+# no near expiry; its owner may be re-activated): then the database decides again.
+REFUSED_KEY_REMEMBERED_S = 60
 
-    A token this process has seen refused is counted under its own key instead and answered 401
-    here, before anything else is spent.
 
-    Called by the authentication dependency (`app.api.deps.get_caller`) right after it has
-    decoded the token, so the token is decoded once per request; a request without a valid token is
-    answered 401 there and counts against no one.
+def _bucket(limits: Limits, claims: AccessClaims | KeyClaims) -> tuple[str, RateLimitItem | None, str]:
+    """Where a request is counted: an access token under its user, an API key under itself."""
+    if isinstance(claims, KeyClaims):
+        return "api-key", limits.per_api_key, str(claims.key_id)
+    return "user", limits.per_user, str(claims.user_id)
+
+
+async def limit_caller(request: Request, claims: AccessClaims | KeyClaims) -> None:
+    """The per-user limit (an access token) or the per-key limit (an API key), counted for every
+    request whose token is well-formed, correctly signed and unexpired (or whose key is one this
+    service made), so nobody can spend another user's allowance with a forged `sub`, before it is
+    checked against the database: an over-limit caller costs no query. Should the database then
+    refuse it, `refused_token_handler` gives the request back.
+
+    A token (or key) this process has seen refused is counted under its own key instead and
+    answered 401 here, before anything else is spent.
+
+    Called by the authentication dependency (`app.api.deps`) right after it has read the
+    credentials, so they are read once per request; a request without valid ones is answered 401
+    there and counts against no one.
     """
     limits = state_of(request).resources.limits
-    if not limits.enabled or limits.per_user is None:
+    if not limits.enabled:
         return
-    if claims.jti in limits.refused:
-        await _count_refused(limits, limits.per_user, claims)
-        raise InvalidAccessToken
-    wait = await limits.hit("user", limits.per_user, str(claims.user_id), moving=False)
+    name, item, identifier = _bucket(limits, claims)
+    if item is None:
+        return
+    if limits.refused.get(claims.jti, 0) > time.time():
+        await _count_refused(limits, item, claims)
+        raise refusal(claims)
+    wait = await limits.hit(name, item, identifier, moving=False)
     if wait is not None:
-        raise _refuse("user", wait, "requests for this user")
+        what = "requests with this API key" if name == "api-key" else "requests for this user"
+        raise _refuse(name.replace("-", "_"), wait, what)
     request.state.counted_claims = claims
 
 
-async def _count_refused(limits: Limits, item: RateLimitItem, claims: AccessClaims) -> None:
+async def _count_refused(limits: Limits, item: RateLimitItem, claims: AccessClaims | KeyClaims) -> None:
     wait = await limits.hit("refused-token", item, claims.jti, moving=False)
     if wait is not None:
-        raise _refuse("refused_token", wait, "requests with this refused access token")
+        raise _refuse("refused_token", wait, "requests with these refused credentials")
 
 
 async def refused_token_handler(request: Request, exc: Exception) -> Response:
-    """`InvalidAccessToken`'s handler. A token the database refused after it was counted against
-    its user (`limit_user`) gives that back, is remembered, and is counted under its own key; then
-    the usual 401 (or 429, when the refused token itself is over the limit)."""
-    claims: AccessClaims | None = getattr(request.state, "counted_claims", None)
+    """The handler of `InvalidAccessToken` and `InvalidApiKey`. Credentials the database refused
+    after they were counted (`limit_caller`) give that back, are remembered, and are counted under
+    their own key; then the usual 401 (or 429, when the refused credentials are over the limit)."""
+    claims: AccessClaims | KeyClaims | None = getattr(request.state, "counted_claims", None)
     limits = state_of(request).resources.limits
-    if claims is not None and limits.per_user is not None:
-        await limits.give_back("user", limits.per_user, str(claims.user_id))
-        limits.remember_refused(claims)
-        try:
-            await _count_refused(limits, limits.per_user, claims)
-        except TooManyRequests as refused:
-            exc = refused
+    if claims is not None:
+        name, item, identifier = _bucket(limits, claims)
+        if item is not None:
+            await limits.give_back(name, item, identifier)
+            until = (
+                claims.expires_at
+                if isinstance(claims, AccessClaims)
+                else time.time() + REFUSED_KEY_REMEMBERED_S
+            )
+            limits.remember_refused(claims, until)
+            try:
+                await _count_refused(limits, item, claims)
+            except TooManyRequests as refused:
+                exc = refused
     return await app_error_handler(request, exc)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from app.ml.registry import ModelRegistry
+    from app.services.api_keys import KeyRing
     from app.services.prediction_log import PredictionLog
 
 
@@ -30,6 +31,7 @@ class Resources:
     db: Database
     hasher: PasswordHasher
     codec: TokenCodec
+    keys: KeyRing
     registry: ModelRegistry
     prediction_log: PredictionLog
     limits: Limits

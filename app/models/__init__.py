@@ -1,8 +1,9 @@
 """ORM models. Importing this package registers every table on `Base.metadata` (for Alembic)."""
 
+from app.models.api_key import ApiKey
 from app.models.base import Base
 from app.models.item import Item
 from app.models.prediction import PredictionRecord
 from app.models.user import AuthSession, RefreshToken, User
 
-__all__ = ["AuthSession", "Base", "Item", "PredictionRecord", "RefreshToken", "User"]
+__all__ = ["ApiKey", "AuthSession", "Base", "Item", "PredictionRecord", "RefreshToken", "User"]

@@ -8,14 +8,28 @@ plain dicts, not ORM entities with their identity map and session (docs/performa
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypedDict, cast
+from typing import Any, NamedTuple, TypedDict, cast
 
-from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Select,
+    Subquery,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.sql.dml import ReturningInsert
 
 from app.db.statements import Statements
 from app.models import Item
 from app.models.base import utcnow
-from app.repositories.users import CALLER, Access, NoCaller
+from app.repositories.users import CALLERS, Access, NoCaller
 
 
 class ItemRow(TypedDict):
@@ -61,39 +75,52 @@ _UPDATE = update(_items).where(_BY_ID, _OWNED).returning(*_COLUMNS)
 _DELETE = delete(_items).where(_BY_ID, _OWNED)
 
 
-# The hot reads and the insert, each joined with the access-token check (`CALLER`): no row means the
-# caller's token is no longer good (a 401); otherwise the row carries the caller and the result.
-# Another user's item looks missing, unless the caller is an admin (who reads every item).
-_caller = CALLER.c
-_GET_AS_CALLER = select(_caller.caller_id, *_COLUMNS).select_from(
-    CALLER.outerjoin(_items, and_(_BY_ID, or_(_c.owner_id == _caller.caller_id, _caller.caller_is_admin)))
-)
-_TOTAL_AS_CALLER = select(
-    _caller.caller_id,
-    _caller.caller_is_admin,
-    # Only the branch that applies is run: an admin counts every item, anyone else their own.
-    case(
-        (_caller.caller_is_admin, select(func.count()).select_from(_items).scalar_subquery()),
-        else_=select(func.count())
-        .select_from(_items)
-        .where(_c.owner_id == _caller.caller_id)
-        .scalar_subquery(),
-    ).label("total"),
-).select_from(CALLER)
-_INSERT_AS_CALLER = (
-    insert(_items)
-    .from_select(
-        ["owner_id", "title", "description", "created_at", "updated_at"],
-        select(
-            _caller.caller_id,
-            bindparam("b_title", type_=_c.title.type),
-            bindparam("b_description", type_=_c.description.type),
-            bindparam("b_created_at", type_=_c.created_at.type),
-            bindparam("b_updated_at", type_=_c.updated_at.type),
-        ).select_from(CALLER),
+class _AsCaller(NamedTuple):
+    get: Select[Any]
+    total: Select[Any]
+    add: ReturningInsert[Any]
+
+
+def _as_caller(caller: Subquery) -> _AsCaller:
+    """The hot read, the hot count and the insert, each joined with the caller check `caller`
+    (app.repositories.users.CALLERS): no row means the caller's token (or key) is no longer good (a
+    401); otherwise the row carries the caller and the result. Another user's item looks missing,
+    unless the caller is an admin (who reads every item)."""
+    who = caller.c
+    get = select(who.caller_id, *_COLUMNS).select_from(
+        caller.outerjoin(_items, and_(_BY_ID, or_(_c.owner_id == who.caller_id, who.caller_is_admin)))
     )
-    .returning(*_COLUMNS)
-)
+    total = select(
+        who.caller_id,
+        who.caller_is_admin,
+        # Only the branch that applies is run: an admin counts every item, anyone else their own.
+        case(
+            (who.caller_is_admin, select(func.count()).select_from(_items).scalar_subquery()),
+            else_=select(func.count())
+            .select_from(_items)
+            .where(_c.owner_id == who.caller_id)
+            .scalar_subquery(),
+        ).label("total"),
+    ).select_from(caller)
+    add = (
+        insert(_items)
+        .from_select(
+            ["owner_id", "title", "description", "created_at", "updated_at"],
+            select(
+                who.caller_id,
+                bindparam("b_title", type_=_c.title.type),
+                bindparam("b_description", type_=_c.description.type),
+                bindparam("b_created_at", type_=_c.created_at.type),
+                bindparam("b_updated_at", type_=_c.updated_at.type),
+            ).select_from(caller),
+        )
+        .returning(*_COLUMNS)
+    )
+    return _AsCaller(get, total, add)
+
+
+# By `Access.by_key`: checked by login session (False) or by API key (True).
+_AS_CALLER = {by_key: _as_caller(caller) for by_key, caller in CALLERS.items()}
 
 
 def _scope(owner_id: int | None, **params: Any) -> tuple[bool, dict[str, Any]]:
@@ -108,7 +135,7 @@ class ItemRepository:
 
     async def get_as(self, access: Access, item_id: int) -> ItemRow | None:
         """The item if the caller may read it; `NoCaller` if the token is no longer good."""
-        row = await self.db.one(_GET_AS_CALLER, {**access.params, "b_id": item_id})
+        row = await self.db.one(_AS_CALLER[access.by_key].get, {**access.params, "b_id": item_id})
         if row is None:
             raise NoCaller
         del row["caller_id"]
@@ -116,7 +143,7 @@ class ItemRepository:
 
     async def page_as(self, access: Access, offset: int, limit: int) -> tuple[list[ItemRow], int]:
         """A page of what the caller may read and its total; `NoCaller` if the token is no longer good."""
-        caller = await self.db.one(_TOTAL_AS_CALLER, access.params)
+        caller = await self.db.one(_AS_CALLER[access.by_key].total, access.params)
         if caller is None:
             raise NoCaller
         owner = None if caller["caller_is_admin"] else caller["caller_id"]
@@ -127,7 +154,7 @@ class ItemRepository:
         now = utcnow()
         params = {**access.params, "b_created_at": now, "b_updated_at": now}
         params.update({f"b_{key}": value for key, value in values.items()})
-        rows = await self.db.all(_INSERT_AS_CALLER, params)
+        rows = await self.db.all(_AS_CALLER[access.by_key].add, params)
         if not rows:
             raise NoCaller
         return cast(ItemRow, rows[0])

@@ -6,14 +6,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
-from sqlalchemy import Select, Table, bindparam, func, select, true, update
+from sqlalchemy import Select, Table, bindparam, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.emails import canonical_email
-from app.core.security import UnverifiedClaims
+from app.core.errors import Unauthorized
+from app.core.security import AccessClaims, KeyClaims, UnverifiedClaims, refusal
 from app.db.statements import Statements
-from app.models import AuthSession, RefreshToken, User
+from app.models import ApiKey, AuthSession, RefreshToken, User
 from app.models.base import utcnow
 
 
@@ -23,6 +24,7 @@ class DuplicateEmail(Exception):
 
 _users = cast(Table, User.__table__)
 _sessions = cast(Table, AuthSession.__table__)
+_keys = cast(Table, ApiKey.__table__)
 
 
 def _in_live_session(*columns: Any) -> Select[Any]:
@@ -41,17 +43,38 @@ def _in_live_session(*columns: Any) -> Select[Any]:
     )
 
 
+def _with_live_key(*columns: Any) -> Select[Any]:
+    """The owner of an API key: active, and the key neither revoked nor expired (parameters
+    b_user, b_key, b_now)."""
+    return (
+        select(*columns)
+        .join_from(_users, _keys, _keys.c.user_id == _users.c.id)
+        .where(
+            _users.c.id == bindparam("b_user"),
+            _users.c.is_active.is_(true()),
+            _keys.c.id == bindparam("b_key"),
+            _keys.c.revoked_at.is_(None),
+            or_(
+                _keys.c.expires_at.is_(None),
+                _keys.c.expires_at > bindparam("b_now", type_=_keys.c.expires_at.type),
+            ),
+        )
+    )
+
+
 # Core statements built once (no statement building or cache-key work per request) that return
-# the user's public columns, never the password hash.
-_ACTIVE_IN_SESSION = _in_live_session(
-    _users.c.id, _users.c.email, _users.c.is_active, _users.c.is_admin, _users.c.created_at
-)
+# the user's public columns, never the password hash; by login session (False) or by API key (True).
+_PUBLIC = (_users.c.id, _users.c.email, _users.c.is_active, _users.c.is_admin, _users.c.created_at)
+_ACTIVE = {False: _in_live_session(*_PUBLIC), True: _with_live_key(*_PUBLIC)}
 # The same check as a subquery that the hot item statements join (app.repositories.items): one
-# row (caller_id, caller_is_admin) when the token's user and login session are live, none
-# otherwise, so the check and the work are one statement, one round trip.
-CALLER = _in_live_session(
-    _users.c.id.label("caller_id"), _users.c.is_admin.label("caller_is_admin")
-).subquery("caller")
+# row (caller_id, caller_is_admin) when the caller's user and login session (or key) are live,
+# none otherwise, so the check and the work are one statement, one round trip.
+CALLERS = {
+    by_key: check(_users.c.id.label("caller_id"), _users.c.is_admin.label("caller_is_admin")).subquery(
+        "caller"
+    )
+    for by_key, check in ((False, _in_live_session), (True, _with_live_key))
+}
 
 
 class CallerRow(TypedDict):
@@ -65,26 +88,43 @@ class CallerRow(TypedDict):
 
 
 class Access:
-    """An access token's claims as the checking statements take them: `CALLER`'s parameters. The one
-    reader of `UnverifiedClaims` (app.core.security): whatever runs with an `Access` checks the
-    token's user and login session in its own statement, at every request."""
+    """An access token's (or an API key's) claims as the checking statements take them: the
+    parameters of `CALLERS[by_key]`. The one reader of `UnverifiedClaims` (app.core.security):
+    whatever runs with an `Access` checks the caller's user and login session (or key) in its own
+    statement, at every request."""
 
-    __slots__ = ("params", "session_id")
+    __slots__ = ("_token", "by_key", "params")
 
     def __init__(self, claims: UnverifiedClaims) -> None:
         token = claims._claims  # the one reader, by design (tests/unit/test_unverified_claims.py)
-        self.session_id = token.session_id
-        self.params = {"b_user": token.user_id, "b_session": token.session_id, "b_now": utcnow()}
+        self._token = token
+        if isinstance(token, AccessClaims):
+            self.by_key = False
+            self.params = {"b_user": token.user_id, "b_session": token.session_id, "b_now": utcnow()}
+        else:
+            self.by_key = True
+            self.params = {"b_user": token.user_id, "b_key": token.key_id, "b_now": utcnow()}
+
+    def verified(self, row: CallerRow) -> AccessClaims | KeyClaims:
+        """The claims, once a checking statement has returned their user's `row`."""
+        if row["id"] != self._token.user_id:
+            raise NoCaller
+        return self._token
+
+    def refusal(self) -> Unauthorized:
+        """The 401 to answer when a checking statement returned no row (`NoCaller`)."""
+        return refusal(self._token)
 
 
 class NoCaller(Exception):
     """The access token's user is inactive or gone, or its login session revoked or expired."""
 
 
-async def active_in_session(db: Statements, access: Access) -> CallerRow:
-    """One round trip per authenticated request, so a logout, a deactivation or a deletion ends
-    the user's access tokens at their next request, on every replica; `NoCaller` if it did."""
-    row = await db.one(_ACTIVE_IN_SESSION, access.params)
+async def active_caller(db: Statements, access: Access) -> CallerRow:
+    """One round trip per authenticated request, so a logout, a key's revocation, a deactivation or
+    a deletion ends the user's access tokens (or the key) at their next request, on every replica;
+    `NoCaller` if it did."""
+    row = await db.one(_ACTIVE[access.by_key], access.params)
     if row is None:
         raise NoCaller
     return cast(CallerRow, row)

@@ -67,7 +67,7 @@ PROBLEM_REF = "#/components/schemas/Problem"
 # What every operation behind an access token can answer: no, bad or revoked token (401), the
 # per-user rate limit (429, counted before the database is touched), and load shedding or a
 # database outage (503). Routers whose every route needs a token declare these once.
-AUTHENTICATED_ERRORS = (401, 429, 503)
+AUTHENTICATED_ERRORS = (401, 403, 429, 503)
 # What every operation that reads a JSON body can answer: malformed JSON (400), a body over
 # MAX_REQUEST_BODY_BYTES (413), a body sent as another content type (415), invalid fields (422).
 JSON_BODY_ERRORS = (400, 413, 415, 422)

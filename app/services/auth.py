@@ -26,7 +26,7 @@ from app.repositories.users import (
     NoCaller,
     SessionRepository,
     UserRepository,
-    active_in_session,
+    active_caller,
 )
 
 
@@ -47,16 +47,31 @@ class InvalidRefreshToken(Unauthorized):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The authenticated caller of one request: the user's public fields as the access-token check
-    read them, and the login session the token belongs to. Plain data, not an ORM entity: a route
-    that changes the user loads it (`UserService.me`)."""
+    """The authenticated caller of one request: the user's public fields as the check of their
+    access token (or API key) read them. Plain data, not an ORM entity: a route that changes the
+    user loads it (`UserService.me`). Always one of the two kinds below."""
 
     id: int
     email: str
     is_active: bool
     is_admin: bool
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCaller(Caller):
+    """A person logged in: the access token's login session. The only kind the routes that manage
+    the account (password, email, keys, log-out) take."""
+
     session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCaller(Caller):
+    """A program with one of the user's API keys, limited to the key's scopes."""
+
+    key_id: int
+    scopes: frozenset[str]
 
 
 def read_access_token(codec: TokenCodec, access_token: str) -> AccessClaims:
@@ -68,19 +83,22 @@ def read_access_token(codec: TokenCodec, access_token: str) -> AccessClaims:
         raise InvalidAccessToken from exc
 
 
-async def authenticate(db: Database, claims: UnverifiedClaims) -> Caller:
-    """The active user behind these claims, if their login session is neither revoked nor expired:
-    one statement on a connection of its own, at every request (no cache), so a logout, a
-    deactivation or a deletion refuses the very next request on every replica."""
+async def authenticate(db: Database, claims: UnverifiedClaims) -> SessionCaller | KeyCaller:
+    """The active user behind these claims, if their login session (or API key) is neither revoked
+    nor expired: one statement on a connection of its own, at every request (no cache), so a
+    logout, a key's revocation, a deactivation or a deletion refuses the very next request on every
+    replica."""
     access = Access(claims)
     try:
         async with db.statements() as statements:
-            row = await active_in_session(statements, access)
+            row = await active_caller(statements, access)
+        verified = access.verified(row)
     except NoCaller:
-        raise InvalidAccessToken from None
-    return Caller(
-        row["id"], row["email"], row["is_active"], row["is_admin"], row["created_at"], access.session_id
-    )
+        raise access.refusal() from None
+    user = (row["id"], row["email"], row["is_active"], row["is_admin"], row["created_at"])
+    if isinstance(verified, AccessClaims):
+        return SessionCaller(*user, verified.session_id)
+    return KeyCaller(*user, verified.key_id, verified.scopes)
 
 
 @dataclass(frozen=True, slots=True)

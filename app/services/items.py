@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.errors import NotFound, ValidationFailed
-from app.core.security import InvalidAccessToken, UnverifiedClaims
+from app.core.security import UnverifiedClaims
 from app.db.database import Database
 from app.repositories.items import ItemRepository, ItemRow
 from app.repositories.users import Access, NoCaller
@@ -61,9 +61,9 @@ class ItemService:
     """Each operation takes a pooled connection for itself (`autocommit`: one round trip per
     statement, no session); an update's read and write share one transaction.
 
-    The three hottest operations (read one, list, create) take the access token's claims rather
-    than an authenticated `Caller`: their first statement checks the token's user and login
-    session itself (app.repositories.items), so the check and the work cost one round trip, and a
+    The three hottest operations (read one, list, create) take the access token's (or API key's) claims
+    rather than an authenticated `Caller`: their first statement checks the token's user and login
+    session (or the key) itself (app.repositories.items), so the check and the work cost one round trip, and a
     token that is no longer good is refused (401) exactly as `authenticate` refuses it."""
 
     def __init__(self, db: Database) -> None:
@@ -75,21 +75,23 @@ class ItemService:
         return None if user.is_admin else user.id
 
     async def get(self, claims: UnverifiedClaims, item_id: int) -> ItemRow:
+        access = Access(claims)
         try:
             async with self.db.statements() as statements:
-                item = await ItemRepository(statements).get_as(Access(claims), item_id)
+                item = await ItemRepository(statements).get_as(access, item_id)
         except NoCaller:
-            raise InvalidAccessToken from None
+            raise access.refusal() from None
         if item is None:
             raise ItemNotFound
         return item
 
     async def page(self, claims: UnverifiedClaims, offset: int, limit: int) -> tuple[Sequence[ItemRow], int]:
+        access = Access(claims)
         try:
             async with self.db.statements() as statements:
-                return await ItemRepository(statements).page_as(Access(claims), offset, limit)
+                return await ItemRepository(statements).page_as(access, offset, limit)
         except NoCaller:
-            raise InvalidAccessToken from None
+            raise access.refusal() from None
 
     async def cursor_page(self, user: Caller, cursor: str | None, limit: int) -> CursorPage:
         after = decode_cursor(cursor) if cursor else 0
@@ -102,11 +104,12 @@ class ItemService:
 
     async def create(self, claims: UnverifiedClaims, values: dict[str, Any]) -> ItemRow:
         # One INSERT: committed (on its own) before the response is built.
+        access = Access(claims)
         try:
             async with self.db.statements() as statements:
-                return await ItemRepository(statements).add_as(Access(claims), values)
+                return await ItemRepository(statements).add_as(access, values)
         except NoCaller:
-            raise InvalidAccessToken from None
+            raise access.refusal() from None
 
     async def update(self, user: Caller, item_id: int, values: dict[str, Any]) -> ItemRow:
         """Only the owner may change an item, admins included. Fields sent with the value they

@@ -4,9 +4,10 @@ A virtualenv of the test's own gets openapi-python-client from PyPI; it generate
 from the live /openapi.json of a real server process (models on, rate limits on with small limits),
 and a driver script run by that virtualenv's Python walks the README through with the generated
 client alone: register, log in, create / list / read / update / delete an item, predict with the
-models. Every error it meets (404, 409, 422, 429 on log-in and on an authenticated route) must come
-back parsed as the generated `Problem`, with its status: before the document named `Problem` under
-the media type the server sends, each of them was `parsed=None`.
+models, make an API key and call the service with it. Every error it meets (403 outside the key's
+scopes, 404, 409, 422, 429 on log-in and on an authenticated route) must come back parsed as the
+generated `Problem`, with its status: before the document named `Problem` under the media type the
+server sends, each of them was `parsed=None`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import sys
 
 from service_client import AuthenticatedClient, Client
+from service_client.api.api_keys import create_api_key_api_v1_api_keys_post as create_api_key
 from service_client.api.auth import login, register
 from service_client.api.items import (
     create_item_api_v1_items_post as create_item,
@@ -50,6 +52,8 @@ from service_client.api.predictions import (
 )
 from service_client.api.users import read_me_api_v1_users_me_get as read_me
 from service_client.models import (
+    ApiKeyCreate,
+    ApiKeyCreated,
     BatchPredictRows,
     BodyLogin,
     BreastCancerPredictRequest,
@@ -61,6 +65,7 @@ from service_client.models import (
     ModelName,
     PredictResponse,
     Problem,
+    Scope,
     TokenPair,
     UserCreate,
     UserPublic,
@@ -131,6 +136,19 @@ rows = BatchPredictRows(rows=[iris_row, [5.1, 3.5, 1.4, 0.2]])
 batch = predict_rows.sync(ModelName.IRIS, client=alice, body=rows)
 assert [p.prediction for p in batch.predictions] == ["virginica", "setosa"], batch
 
+# A program's API key, made by the generated client and used as its bearer token.
+made = create_api_key.sync(
+    client=alice, body=ApiKeyCreate(name="nightly job", scopes=[Scope("predict"), Scope("items:read")])
+)
+assert isinstance(made, ApiKeyCreated) and made.key.startswith("mlk_"), made
+program = AuthenticatedClient(base_url=base_url, token=made.key)
+assert predict.sync(client=program, body=IrisPredictRequest(features=[5.1, 3.5, 1.4, 0.2])).model == "iris"
+assert list_items.sync_detailed(client=program).status_code == 200
+# Outside its scopes: a 403 the client parses, naming the scope.
+outside = create_item.sync_detailed(client=program, body=ItemCreate(title="x"))
+outside = problem(outside, 403, "insufficient-scope")
+assert "items:write" in outside.detail, outside
+
 # 429s: the log-in limit per account, and the per-user limit of an authenticated route.
 for _ in range(10):
     wrong = BodyLogin(username="bob@example.com", password="wrong-password")
@@ -199,6 +217,6 @@ async def test_a_generated_client_walks_the_readme_and_parses_every_error(tmp_pa
         finally:
             server.stop()
     seen = json.loads(driven.stdout.strip().splitlines()[-1])
-    assert sorted(seen) == ["404", "409", "422", "429"]
+    assert sorted(seen) == ["403", "404", "409", "422", "429"]
     assert seen["422"]["errors"] == [{"field": "title", "message": "String should have at least 1 character"}]
     assert "unhandled_error" not in server.log_path.read_text()

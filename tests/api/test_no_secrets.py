@@ -1,4 +1,5 @@
-"""Rule 1 of the guide: no password hash in any response, and no secret in any log line."""
+"""Rule 1 of the guide: no password hash in any response, and no secret in any log line; an API
+key's secret in one response only, the one that made it."""
 
 from __future__ import annotations
 
@@ -23,7 +24,21 @@ async def _exercise_every_route(client: httpx.AsyncClient, make_user: MakeUser) 
     alice = await make_user("alice@example.com")
     alice_id = await user_id(client, alice)
     pair = await login(client, "alice@example.com")
-    secrets = [PASSWORD, pair["access_token"], pair["refresh_token"], alice["Authorization"].split()[1]]
+    made = await client.post(
+        "/api/v1/api-keys", headers=alice, json={"name": "sweep", "scopes": ["items:read", "predict"]}
+    )
+    assert made.status_code == 201, made.text
+    api_key, key_id = made.json()["key"], made.json()["id"]
+    with_key = {"Authorization": f"Bearer {api_key}"}
+    tampered = {"Authorization": f"Bearer {api_key[:-1]}{'A' if api_key[-1] != 'A' else 'B'}"}
+    secrets = [
+        PASSWORD,
+        pair["access_token"],
+        pair["refresh_token"],
+        alice["Authorization"].split()[1],
+        api_key,
+        api_key[12:],  # the part of a key that is never shown (the prefix is, in lists)
+    ]
 
     item = await client.post("/api/v1/items", headers=alice, json={"title": "t", "description": PASSWORD})
     assert item.status_code == 201, item.text
@@ -64,6 +79,13 @@ async def _exercise_every_route(client: httpx.AsyncClient, make_user: MakeUser) 
         (200, "GET", f"/api/v1/items/{item_id}", {"headers": alice}),
         (200, "PATCH", f"/api/v1/items/{item_id}", {"headers": alice, "json": {"title": "u"}}),
         (204, "DELETE", f"/api/v1/items/{item_id}", {"headers": alice}),
+        (200, "GET", "/api/v1/items", {"headers": with_key}),
+        (403, "POST", "/api/v1/items", {"headers": with_key, "json": {"title": "t"}}),
+        (403, "GET", "/api/v1/api-keys", {"headers": with_key}),
+        (401, "GET", "/api/v1/items", {"headers": tampered}),
+        (200, "GET", "/api/v1/api-keys", {"headers": alice}),
+        (204, "DELETE", f"/api/v1/api-keys/{key_id}", {"headers": alice}),
+        (401, "GET", "/api/v1/items", {"headers": with_key}),
         (200, "POST", "/api/v1/auth/refresh", {"json": {"refresh_token": pair["refresh_token"]}}),
         (401, "POST", "/api/v1/auth/refresh", {"json": {"refresh_token": pair["refresh_token"]}}),
         (401, "GET", "/api/v1/users/me", {"headers": {"Authorization": "Bearer garbage"}}),
@@ -89,6 +111,7 @@ async def _exercise_every_route(client: httpx.AsyncClient, make_user: MakeUser) 
         (200, "GET", "/readyz", {}),
         (200, "GET", "/healthz", {}),
         (200, "GET", "/openapi.json", {}),
+        (200, "GET", "/metrics", {}),
     ]
     for expected, method, path, kwargs in calls:
         response = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
@@ -104,11 +127,14 @@ async def test_no_response_contains_a_password_hash(client: httpx.AsyncClient, m
         bodies.append((str(response.request.url), response.text))
 
     client.event_hooks["response"].append(collect)
-    await _exercise_every_route(client, make_user)
+    secrets = await _exercise_every_route(client, make_user)
     assert len(bodies) > 30
     for url, body in bodies:
         for forbidden in FORBIDDEN_IN_RESPONSES:
             assert forbidden not in body, f"{url} returned {forbidden}"
+    api_key = secrets[4]
+    showing_the_key = [url for url, body in bodies if api_key[12:] in body]
+    assert showing_the_key == ["http://testserver/api/v1/api-keys"], showing_the_key  # the POST that made it
 
 
 async def test_the_sweep_would_see_a_hash(make_user: MakeUser, app: FastAPI) -> None:

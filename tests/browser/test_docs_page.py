@@ -1,7 +1,8 @@
 """The docs pages in a real browser: headless Chromium (Debian's, driven by Playwright) against a
 running server. Swagger UI renders from the service's own assets with no request leaving
 127.0.0.1, a real user authorizes through the OAuth2 password dialog, and "Try it out" on
-GET /api/v1/users/me shows their email. ReDoc renders, also fully offline.
+GET /api/v1/users/me shows their email; authorized with an API key instead, "Try it out" on
+GET /api/v1/items shows the key owner's item. ReDoc renders, also fully offline.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, Route, async_playwright
+from playwright.async_api import Browser, Locator, Page, Route, async_playwright
 
 from tests.conftest import PASSWORD
 from tests.faults.server import Server, free_port, server_env, start_server
@@ -74,20 +75,38 @@ class Offline:
             await route.abort()
 
 
+async def _swagger_ui(browser: Browser, server: Server) -> tuple[Page, Offline, list[str]]:
+    """Swagger UI loaded (offline-guarded), with the page errors it raises collected."""
+    page = await browser.new_page()
+    offline = Offline()
+    await offline.attach(page)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{server.base_url}/docs")
+    await page.locator(".swagger-ui .info .title").wait_for(timeout=15_000)
+    return page, offline, errors
+
+
+async def _try_it_out(page: Page, path: str) -> Locator:
+    """ "Try it out" and "Execute" on GET `path`; the live response's row."""
+    operation = page.locator(".opblock-get").filter(
+        has=page.locator(f'.opblock-summary-path[data-path="{path}"]')
+    )
+    await operation.locator(".opblock-summary").click()
+    await operation.locator("button.try-out__btn").click()
+    await operation.locator("button.execute").click()
+    row = operation.locator(".live-responses-table tr.response")
+    await row.wait_for(timeout=10_000)
+    return row
+
+
 async def test_swagger_ui_authorizes_a_real_user_and_tries_users_me(server: Server, browser: Browser) -> None:
     email = "browser@example.com"
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
         registered = await client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
     assert registered.status_code == 201, registered.text
 
-    page = await browser.new_page()
-    offline = Offline()
-    await offline.attach(page)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-
-    await page.goto(f"{server.base_url}/docs")
-    await page.locator(".swagger-ui .info .title").wait_for(timeout=15_000)
+    page, offline, errors = await _swagger_ui(browser, server)
     assert "fastapi-ml-service" in await page.locator(".swagger-ui .info .title").inner_text()
 
     # Authorize: the OAuth2 password flow dialog, with the real user's credentials.
@@ -95,29 +114,55 @@ async def test_swagger_ui_authorizes_a_real_user_and_tries_users_me(server: Serv
     dialog = page.locator(".dialog-ux .modal-ux")
     await dialog.locator("#oauth_username").fill(email)
     await dialog.locator("#oauth_password").fill(PASSWORD)
-    buttons = dialog.locator(".auth-btn-wrapper button")
+    # The OAuth2 scheme's own buttons (the API key scheme has its own box in the same dialog).
+    oauth2 = dialog.locator(".auth-container").filter(has=page.locator("h4", has_text="OAuth2PasswordBearer"))
+    buttons = oauth2.locator(".auth-btn-wrapper button")
     await buttons.filter(has_text="Authorize").click()
     # "Logout" replaces "Authorize" once the token endpoint issued a token.
     await buttons.filter(has_text="Logout").wait_for(timeout=10_000)
-    assert "Authorized" in await dialog.inner_text()
+    assert "Authorized" in await oauth2.inner_text()
     await buttons.filter(has_text="Close").click()
 
     # Try it out on GET /api/v1/users/me: the response shows this user's email.
-    operation = page.locator(".opblock-get").filter(
-        has=page.locator('.opblock-summary-path[data-path="/api/v1/users/me"]')
-    )
-    await operation.locator(".opblock-summary").click()
-    await operation.locator("button.try-out__btn").click()
-    await operation.locator("button.execute").click()
-    live = operation.locator(".live-responses-table")
-    row = live.locator("tr.response")
-    await row.wait_for(timeout=10_000)
+    row = await _try_it_out(page, "/api/v1/users/me")
     assert (await row.locator(".response-col_status").inner_text()).strip() == "200"
     assert f'"email": "{email}"' in await row.locator(".response-col_description").inner_text()
 
     assert not offline.blocked, f"requests that would have left 127.0.0.1: {offline.blocked}"
     assert any(url.endswith("/openapi.json") for url in offline.requested)
     assert any("/api/v1/auth/token" in url for url in offline.requested)
+    assert not errors, errors
+
+
+async def test_swagger_ui_authorizes_with_an_api_key_and_tries_list_items(
+    server: Server, browser: Browser
+) -> None:
+    email = "browser-key@example.com"
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        await client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
+        token = await client.post("/api/v1/auth/token", data={"username": email, "password": PASSWORD})
+        owner = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        await client.post("/api/v1/items", json={"title": "seen through a key"}, headers=owner)
+        made = await client.post(
+            "/api/v1/api-keys", json={"name": "swagger", "scopes": ["items:read"]}, headers=owner
+        )
+    assert made.status_code == 201, made.text
+
+    page, offline, errors = await _swagger_ui(browser, server)
+
+    # Authorize: the APIKey scheme's own box (an HTTP bearer credential), with the key.
+    await page.locator(".auth-wrapper button.authorize").click()
+    dialog = page.locator(".dialog-ux .modal-ux")
+    scheme = dialog.locator(".auth-container").filter(has=page.locator("h4", has_text="APIKey"))
+    await scheme.locator("input").fill(made.json()["key"])
+    await scheme.locator("button", has_text="Authorize").click()
+    await scheme.locator("button", has_text="Logout").wait_for(timeout=10_000)
+    await dialog.locator("button.btn-done", has_text="Close").first.click()
+
+    row = await _try_it_out(page, "/api/v1/items")
+    assert (await row.locator(".response-col_status").inner_text()).strip() == "200"
+    assert "seen through a key" in await row.locator(".response-col_description").inner_text()
+    assert not offline.blocked, offline.blocked
     assert not errors, errors
 
 

@@ -70,6 +70,9 @@ def _check_kwargs(case: schemathesis.Case) -> dict[str, Any]:
 @schema.parametrize()
 @SETTINGS
 def test_stateless(case: schemathesis.Case, fuzz_target: FuzzTarget) -> None:
+    # The probes of `ignored_auth` (the request again without, then with a wrong, credential) go
+    # through the schema's own transport: the app's, not HTTP to a base URL the document lacks.
+    case.operation.schema.app = fuzz_target.app
     case.call_and_validate(
         app=fuzz_target.app,
         headers=fuzz_target.headers_for(case.operation.path),
@@ -88,6 +91,7 @@ def test_stateful(limited_fuzz_target: FuzzTarget) -> None:
             fuzz_target.reset()
 
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            case.operation.schema.app = fuzz_target.app  # for `ignored_auth`'s probes (see above)
             return {
                 "app": fuzz_target.app,
                 "headers": fuzz_target.headers_for(case.operation.path),

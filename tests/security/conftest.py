@@ -18,14 +18,14 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from app.api.deps import get_admin, get_caller, get_claims
+from app.api.deps import get_admin, get_caller, get_claims, get_session_caller
 from app.core.config import Settings
 from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import empty_tables
 
 # Path/query parameters that name an object belonging to one user (checked for BOLA).
-OWNED_ID_PARAMS = frozenset({"item_id", "user_id"})
+OWNED_ID_PARAMS = frozenset({"item_id", "user_id", "key_id"})
 # Path parameters that name something shared by every user: the model catalogue.
 PUBLIC_PATH_PARAMS = frozenset({"name"})
 
@@ -52,7 +52,11 @@ class RouteInfo:
 
     @property
     def needs_token(self) -> bool:
-        return self.checks_token_in_its_statement or _depends_on(self.route.dependant, get_caller)
+        return (
+            self.checks_token_in_its_statement
+            or _depends_on(self.route.dependant, get_caller)
+            or _depends_on(self.route.dependant, get_session_caller)
+        )
 
     @property
     def checks_token_in_its_statement(self) -> bool:

@@ -45,7 +45,12 @@ async def _owner_with_item(client: httpx.AsyncClient, make_user: MakeUser) -> tu
     item = await client.post("/api/v1/items", json={"title": title, "description": "mine"}, headers=headers)
     assert item.status_code == 201, item.text
     me = await client.get("/api/v1/users/me", headers=headers)
-    return headers, {"item": item.json(), "user": me.json()}
+    key = await client.post(
+        "/api/v1/api-keys", json={"name": "ci", "scopes": ["items:read"]}, headers=headers
+    )
+    assert key.status_code == 201, key.text
+    keys = await client.get("/api/v1/api-keys", headers=headers)
+    return headers, {"item": item.json(), "user": me.json(), "key": key.json(), "keys": keys.json()}
 
 
 async def test_another_users_ids_are_refused_on_every_route(
@@ -57,7 +62,7 @@ async def test_another_users_ids_are_refused_on_every_route(
         if not (set(route.path_params) | set(route.id_query_params)) & OWNED_ID_PARAMS:
             continue  # only shared objects (model names): nothing of another user's to reach
         owner, owned = await _owner_with_item(client, make_user)
-        ids = {"item_id": owned["item"]["id"], "user_id": owned["user"]["id"]}
+        ids = {"item_id": owned["item"]["id"], "user_id": owned["user"]["id"], "key_id": owned["key"]["id"]}
         url = route.url(**ids)
         params = {name: ids[name] for name in route.id_query_params}
         body = SAMPLE_BODIES.get(route.label, {}) if route.has_json_body else None
@@ -72,13 +77,22 @@ async def test_another_users_ids_are_refused_on_every_route(
         assert item.json() == owned["item"], f"{route.label} by another user changed the item"
         me = await client.get("/api/v1/users/me", headers=owner)
         assert me.json() == owned["user"], f"{route.label} by another user changed the account"
+        keys = await client.get("/api/v1/api-keys", headers=owner)
+        assert keys.json() == owned["keys"], f"{route.label} by another user changed the API keys"
+        assert owned["key"]["key"] not in refused.text
 
         entitled = admin_headers if route.admin_only or params else owner
         allowed = await client.request(route.method, url, params=params, json=body, headers=entitled)
         assert allowed.is_success, f"control: {route.label} by its owner/admin: {allowed.text}"
         tried.append(route.label)
     # The inventory found the object routes this suite was written against (and any new ones).
-    assert {"GET /api/v1/items/{item_id}", "DELETE /api/v1/users/{user_id}"} <= set(tried), tried
+    assert {
+        "GET /api/v1/items/{item_id}",
+        "DELETE /api/v1/users/{user_id}",
+        "DELETE /api/v1/api-keys/{key_id}",
+        "DELETE /api/v1/users/{user_id}/api-keys/{key_id}",
+        "GET /api/v1/users/{user_id}/api-keys",
+    } <= set(tried), tried
 
 
 async def test_lists_never_show_another_users_objects(

@@ -23,7 +23,7 @@ from app.db.statements import autocommit, transaction
 from app.http.problems import is_database_outage
 from app.models import AuthSession, User
 from app.models.base import utcnow
-from app.repositories.items import _INSERT_AS_CALLER, ItemRepository
+from app.repositories.items import _AS_CALLER, ItemRepository
 from app.repositories.users import Access
 from tests.conftest import empty_tables
 
@@ -113,7 +113,7 @@ async def test_a_parameter_left_out_is_refused(engine: AsyncEngine) -> None:
     params = {**access.params, "b_title": "a", "b_description": None, "b_updated_at": utcnow()}
     async with autocommit(engine) as db:
         with pytest.raises(ValueError, match="b_created_at"):
-            await db.one(_INSERT_AS_CALLER, params)
+            await db.one(_AS_CALLER[False].add, params)
 
 
 async def test_a_connection_killed_under_a_statement_is_an_outage_and_is_not_reused(

@@ -1,9 +1,9 @@
 """The token check of the hot routes is kept by a type, not by a reviewer's memory.
 
-`UnverifiedClaims` (what `TokenClaims` gives a route) is opaque: nothing but a repository statement
-that checks it in its own round trip reads the user from it. Reading it anywhere else fails
-`mypy --strict` (it has no user to read) or the scan below (its one private field is read in one
-place). `tests/security/test_api2_authentication.py::
+`UnverifiedClaims` (what `ItemReadClaims` and `ItemWriteClaims` give a route) is opaque: nothing but
+a repository statement that checks it in its own round trip reads the user from it. Reading it
+anywhere else fails `mypy --strict` (it has no user to read) or the scan below (its one private
+field is read in one place). `tests/security/test_api2_authentication.py::
 test_every_authenticated_route_refuses_a_token_whose_login_ended` walks every route that takes it
 with a logged-out, a deactivated and a deleted user's token and requires a 401.
 """
@@ -24,9 +24,9 @@ def test_a_route_cannot_read_the_user_from_unverified_claims(tmp_path: Path) -> 
     route.write_text(
         textwrap.dedent(
             """
-            from app.api.deps import TokenClaims
+            from app.api.deps import ItemReadClaims
 
-            async def read_something(claims: TokenClaims) -> int:
+            async def read_something(claims: ItemReadClaims) -> int:
                 return claims.user_id  # a caller's id taken on trust
             """
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Response, status
 from pydantic import TypeAdapter
 
-from app.api.deps import CurrentUser, ItemServiceDep, OffsetPageDep, TokenClaims
+from app.api.deps import ItemReadClaims, ItemServiceDep, ItemWriteClaims, ItemWriter, OffsetPageDep
 from app.api.v1 import PREFIX
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.item import ItemCreate, ItemPublic, ItemUpdate
@@ -32,7 +32,7 @@ ItemList = TypeAdapter(list[ItemPublic])
     },
 )
 async def list_items(
-    claims: TokenClaims, items: ItemServiceDep, page: OffsetPageDep, response: Response
+    claims: ItemReadClaims, items: ItemServiceDep, page: OffsetPageDep, response: Response
 ) -> list[ItemPublic]:
     """The caller's items in creation order (every item, for admins). Total in `X-Total-Count`."""
     rows, total = await items.page(claims, page.offset, page.limit)
@@ -46,20 +46,20 @@ async def list_items(
     summary="Create an item",
     responses=problem_responses(*JSON_BODY_ERRORS),
 )
-async def create_item(body: ItemCreate, claims: TokenClaims, items: ItemServiceDep) -> ItemPublic:
+async def create_item(body: ItemCreate, claims: ItemWriteClaims, items: ItemServiceDep) -> ItemPublic:
     """The caller owns the new item; an `owner_id` in the body is refused."""
     return ItemPublic.model_validate(await items.create(claims, body.model_dump()))
 
 
 @router.get("/{item_id}", summary="Read an item", responses=problem_responses(404, 422))
-async def read_item(claims: TokenClaims, items: ItemServiceDep, item_id: int = ItemId) -> ItemPublic:
+async def read_item(claims: ItemReadClaims, items: ItemServiceDep, item_id: int = ItemId) -> ItemPublic:
     """Another user's item is a 404, the same as a missing one."""
     return ItemPublic.model_validate(await items.get(claims, item_id))
 
 
 @router.patch("/{item_id}", summary="Update an item", responses=problem_responses(404, *JSON_BODY_ERRORS))
 async def update_item(
-    body: ItemUpdate, user: CurrentUser, items: ItemServiceDep, item_id: int = ItemId
+    body: ItemUpdate, user: ItemWriter, items: ItemServiceDep, item_id: int = ItemId
 ) -> ItemPublic:
     return ItemPublic.model_validate(await items.update(user, item_id, body.model_dump(exclude_unset=True)))
 
@@ -71,5 +71,5 @@ async def update_item(
     summary="Delete an item",
     responses=problem_responses(404, 422),
 )
-async def delete_item(user: CurrentUser, items: ItemServiceDep, item_id: int = ItemId) -> None:
+async def delete_item(user: ItemWriter, items: ItemServiceDep, item_id: int = ItemId) -> None:
     await items.delete(user, item_id)

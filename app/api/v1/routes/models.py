@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path
 
-from app.api.deps import CurrentUser, InferenceDep
+from app.api.deps import InferenceDep, ModelReader, Predictor
 from app.api.v1 import PREFIX
 from app.ml.manifest import ModelSpec
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
@@ -40,12 +40,12 @@ def model_info(spec: ModelSpec) -> ModelInfo:
 
 
 @router.get("", summary="List the served models")
-async def list_models(_user: CurrentUser, inference: InferenceDep) -> list[ModelInfo]:
+async def list_models(_user: ModelReader, inference: InferenceDep) -> list[ModelInfo]:
     return [model_info(spec) for spec in inference.models()]
 
 
 @router.get("/{name}", summary="A model's metadata and input schema", responses=problem_responses(404, 422))
-async def read_model(_user: CurrentUser, inference: InferenceDep, name: str = ModelName) -> ModelInfo:
+async def read_model(_user: ModelReader, inference: InferenceDep, name: str = ModelName) -> ModelInfo:
     return model_info(inference.model(name))
 
 
@@ -55,7 +55,7 @@ async def read_model(_user: CurrentUser, inference: InferenceDep, name: str = Mo
     responses=problem_responses(404, *JSON_BODY_ERRORS, 500, 504),
 )
 async def predict_rows(
-    body: BatchPredictRequest, user: CurrentUser, inference: InferenceDep, name: str = ModelName
+    body: BatchPredictRequest, user: Predictor, inference: InferenceDep, name: str = ModelName
 ) -> BatchPredictResponse:
     """Rows as arrays in feature order or objects keyed by feature name; at most the model's
     `max_batch_size` rows (413 beyond). Concurrent requests are batched together by the server."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentUser, InferenceDep
+from app.api.deps import InferenceDep, Predictor
 from app.api.v1 import PREFIX
 from app.ml.predictions import PredictionResult
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
@@ -22,7 +22,7 @@ def one_row(result: PredictionResult) -> PredictResponse:
 
 
 @router.post("/predict", summary="Predict with the default model (thread pool)", responses=ERRORS)
-async def predict(body: PredictRequest, user: CurrentUser, inference: InferenceDep) -> PredictResponse:
+async def predict(body: PredictRequest, user: Predictor, inference: InferenceDep) -> PredictResponse:
     """One row of features, in the default model's feature order (see `GET /api/v1/models`).
     The model runs on ONNX Runtime in a thread pool: it releases the GIL, so the event loop
     keeps serving other requests."""
@@ -30,7 +30,7 @@ async def predict(body: PredictRequest, user: CurrentUser, inference: InferenceD
 
 
 @router.post("/predict-heavy", summary="Predict with the heavy model (process pool)", responses=ERRORS)
-async def predict_heavy(body: PredictRequest, user: CurrentUser, inference: InferenceDep) -> PredictResponse:
+async def predict_heavy(body: PredictRequest, user: Predictor, inference: InferenceDep) -> PredictResponse:
     """One row for the heavy model, which holds the GIL while it computes, so it runs in worker
     processes that loaded it once at start-up."""
     return one_row(await inference.predict_one(user.id, inference.heavy_model(), body.features))

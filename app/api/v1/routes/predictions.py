@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentUser, CursorQuery, PageLimit, PredictionHistoryDep
+from app.api.deps import CursorQuery, PageLimit, PredictionHistoryDep, PredictionReader
 from app.api.v1 import PREFIX
 from app.schemas.common import AUTHENTICATED_ERRORS, problem_responses
 from app.schemas.prediction import PredictionRecordPage
@@ -22,7 +22,7 @@ router = APIRouter(
     "", summary="The caller's prediction records, newest first", responses=problem_responses(403, 422)
 )
 async def list_predictions(
-    user: CurrentUser,
+    user: PredictionReader,
     history: PredictionHistoryDep,
     cursor: CursorQuery = None,
     limit: PageLimit = 20,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentUser, CursorQuery, ItemServiceDep, PageLimit
+from app.api.deps import CursorQuery, ItemReader, ItemServiceDep, PageLimit
 from app.api.v2 import PREFIX
 from app.schemas.common import AUTHENTICATED_ERRORS, problem_responses
 from app.schemas.item import ItemPage
@@ -16,7 +16,7 @@ router = APIRouter(
 
 @router.get("", summary="List the caller's items (cursor pages)", responses=problem_responses(422))
 async def list_items(
-    user: CurrentUser,
+    user: ItemReader,
     items: ItemServiceDep,
     cursor: CursorQuery = None,
     limit: PageLimit = 20,
