@@ -12,7 +12,7 @@ UV := $(CURDIR)/.tools/bin/uv
 endif
 VENV_STAMP := .venv/.synced
 
-.PHONY: help install run serve migrate create-admin models test lint typecheck check-deploy pytest \
+.PHONY: help install run serve migrate create-admin model-add models test lint typecheck check-deploy pytest \
         bench bench-quick fuzz clean
 
 help: ## List the targets
@@ -38,6 +38,9 @@ migrate: $(VENV_STAMP) ## Apply database migrations (PostgreSQL deployments run 
 
 create-admin: $(VENV_STAMP) ## Create or promote an admin: make create-admin EMAIL=you@example.com
 	$(UV) run --no-sync python -m app.cli create-admin --email "$(EMAIL)"
+
+model-add: $(VENV_STAMP) ## Bring a model: make model-add FILE=m.onnx NAME=n VERSION=1 [ARGS="--labels a,b"]
+	$(UV) run --no-sync python -m app.cli models add "$(FILE)" --name "$(NAME)" --version "$(VERSION)" $(ARGS)
 
 models: $(VENV_STAMP) ## Re-train the bundled models and rewrite ml_models/ (reproducible)
 	$(UV) run --no-sync python scripts/train_models.py

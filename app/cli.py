@@ -1,4 +1,4 @@
-"""Command line: `python -m app.cli serve | migrate | create-admin | settings-table`."""
+"""Command line: `python -m app.cli serve | migrate | create-admin | models add`."""
 
 from __future__ import annotations
 
@@ -93,6 +93,41 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def _names(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+def cmd_models_add(args: argparse.Namespace) -> int:
+    """Bring a model: inspected, run once, hashed, copied into the model directory and entered in
+    its manifest; a file that cannot be served is refused with one line (exit code 2)."""
+    from pathlib import Path
+
+    from app.ml.errors import ModelLoadError
+    from app.ml.importer import add_model
+
+    model_dir = Path(args.model_dir) if args.model_dir else _load_settings().ml_model_dir
+    try:
+        spec = add_model(
+            model_dir,
+            Path(args.file),
+            name=args.name,
+            version=args.version,
+            features=_names(args.features),
+            labels=_names(args.labels),
+            trusted_types=args.trust,
+            description=args.description,
+        )
+    except ModelLoadError as exc:
+        print(f"cannot serve {exc}", file=sys.stderr)
+        return 2
+    kind = f"{len(spec.labels)} classes" if spec.task == "classification" else "a regressor"
+    print(
+        f"added {spec.name} {spec.version} ({spec.format}, {len(spec.features)} features, {kind}) "
+        f"as {model_dir / spec.file}; restart the service to serve it"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", help="default: $ADMIN_PASSWORD, else asked for")
     admin.set_defaults(func=cmd_create_admin)
+    models = sub.add_parser("models", help="the model directory").add_subparsers(dest="action", required=True)
+    add = models.add_parser("add", help="bring an ONNX or skops model file (docs/models.md)")
+    add.add_argument("file", help="an .onnx or .skops file")
+    add.add_argument("--name", required=True, help="the model's name in the API (a-z, 0-9, _ and -)")
+    add.add_argument("--version", required=True)
+    add.add_argument(
+        "--features", help="comma-separated feature names (default: the model's, or x0, x1, ...)"
+    )
+    add.add_argument("--labels", help="comma-separated class names in output order (default: the model's)")
+    add.add_argument("--trust", action="append", default=[], help="a skops type to trust (repeat)")
+    add.add_argument("--description", default="")
+    add.add_argument("--model-dir", help="default: ML_MODEL_DIR")
+    add.set_defaults(func=cmd_models_add)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
