@@ -59,6 +59,7 @@ class _Bearer(OAuth2PasswordBearer):
         claims: AccessClaims | KeyClaims
         if is_api_key(credential):
             claims = await resources.keys.identify(credential)
+            request.state.api_key_id = claims.key_id  # in the access log line
             _check_scopes(claims, scopes)
             resources.keys.used(claims)
         else:

@@ -215,6 +215,8 @@ def _route_template(scope: Scope) -> str:
 
 def _access_line(scope: Scope, route: str, status: int, duration: float, request_id: str) -> None:
     state: dict[str, Any] = scope.get("state", {})
+    # Which of the user's API keys made the request (its id, never the key), when one did.
+    key = {"api_key_id": state["api_key_id"]} if "api_key_id" in state else {}
     log.info(
         "request",
         method=scope.get("method"),
@@ -223,6 +225,7 @@ def _access_line(scope: Scope, route: str, status: int, duration: float, request
         duration_ms=round(duration * 1000, 2),
         request_id=request_id,
         user_id=state.get("user_id"),
+        **key,
     )
 
 

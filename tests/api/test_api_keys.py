@@ -4,6 +4,7 @@ expiry, their own rate limit, and `last_used_at` kept without a write per reques
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from sqlalchemy import text
 
 from app.http.state import state_of
 from tests.api.conftest import serve, user_id
-from tests.conftest import PASSWORD, Headers, MakeUser, assert_problem, make_settings
+from tests.conftest import PASSWORD, Headers, LogLines, MakeUser, assert_problem, make_settings
 
 KEY_RE = re.compile(r"mlk_[A-Za-z0-9_-]{40}")
 
@@ -75,6 +76,21 @@ async def test_a_key_is_shown_once_listed_without_its_secret_and_revoked(
     # Revoking twice changes nothing; another user's (or no) key is a 404.
     assert (await client.delete(f"/api/v1/api-keys/{made['id']}", headers=user_headers)).status_code == 204
     assert_problem(await client.delete("/api/v1/api-keys/999999", headers=user_headers), 404)
+
+
+async def test_the_access_log_names_the_key_by_id_never_by_secret(
+    client: httpx.AsyncClient, user_headers: Headers, log_lines: LogLines
+) -> None:
+    made = await make_key(client, user_headers, ["items:read"])
+    key = key_headers(made)
+    assert (await client.get("/api/v1/items", headers=key)).status_code == 200
+    assert_problem(await client.post("/api/v1/items", json={"title": "t"}, headers=key), 403)
+    assert (await client.get("/api/v1/items", headers=user_headers)).status_code == 200
+    lines = log_lines()  # read once: each call returns what was logged since the last
+    access = [line for line in lines if line.get("event") == "request" and line["route"] == "/api/v1/items"]
+    seen = [(line["method"], line["status"], line.get("api_key_id")) for line in access]
+    assert seen == [("GET", 200, made["id"]), ("POST", 403, made["id"]), ("GET", 200, None)]
+    assert made["key"][12:] not in json.dumps(lines)
 
 
 async def test_every_route_a_scope_opens_takes_a_key(
