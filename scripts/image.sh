@@ -59,10 +59,10 @@ make_base() {
              "(apt-get install mmdebstrap, or set BASE_IMAGE=python:3.12-slim-bookworm)" >&2
         return 1
     fi
-    local work started
+    local started
     started=$(date +%s)
     work=$(mktemp -d)
-    trap 'rm -rf "$work"' RETURN
+    trap 'rm -rf "$work"' EXIT
     echo "== base image $LOCAL_BASE (mmdebstrap bookworm minbase + python3)"
     # No docs, man pages or translations: nothing in the image reads them.
     mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
