@@ -72,8 +72,11 @@ COPY app/ ./app/
 RUN /app/.venv/bin/python -m compileall -q -j 0 app migrations \
     && install -d -o app -g app -m 0750 /app/data
 
+# XDG_CACHE_HOME: onnxruntime keeps a telemetry device id under ~/.cache; with the home folder
+# read-only it printed a non-JSON warning at every start. On the tmpfs it is written and forgotten.
 ENV PATH="/app/.venv/bin:${PATH}" \
     VIRTUAL_ENV=/app/.venv \
+    XDG_CACHE_HOME=/tmp/.cache \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     ENVIRONMENT=production \

@@ -147,6 +147,9 @@ def test_read_only_non_root_healthy_walk_through_and_data_kept_across_containers
 
     alice, kept = _walk_through(first.base_url)
     _assert_stopped_cleanly(first, first.stop(GRACE_SECONDS + 5))
+    # Every line the container wrote is a JSON log line: uvicorn's, the app's, the libraries'.
+    lines = container_output(first.logs())
+    assert len(json_lines(first.logs())) == len(lines), [line for line in lines if not line.startswith("{")]
 
     # A new container on the same volume: the users, the item and the signing key's tokens hold.
     second = containers.run("-v", f"{volume}:/app/data", env=sqlite)
