@@ -35,7 +35,7 @@ WORKDIR /app
 
 # Dependencies only, from the lock; re-run only when pyproject.toml or uv.lock change. The project
 # itself is not a package ([tool.uv] package = false), so nothing else to install.
-# The third-party packages' own test suites (numpy, scipy, scikit-learn...: 68 MB) are dropped.
+# The third-party packages' own test suites (numpy, scipy, scikit-learn...: 64 MB) are dropped.
 # The optional secret `ca` is a CA bundle for a network whose proxy intercepts TLS: it is mounted
 # for this step only (/run/secrets/ca) and never written to a layer. uv and pip live in /opt/uv,
 # which the runtime stage does not copy.
