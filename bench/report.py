@@ -8,6 +8,7 @@ and is included as it is.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,19 @@ def container_section(box: dict[str, Any] | None) -> list[str]:
         f"forkserver, model worker) {kids} "
         f"({bare_kids} bare); in all {box['memory']['total_rss_mb']:.0f} MB "
         f"({box['bare_memory']['total_rss_mb']:.0f} MB bare)."
+        + (
+            f" The engine's own share (`run` of a container with the same options running `true`): "
+            f"{_mmm(box['engine_overhead_s'], '{:.2f}')} s."
+            if "engine_overhead_s" in box
+            else ""
+        )
+        + (
+            f" Load average (1 min) {box['load_average']['before'][0]:.1f} before and "
+            f"{box['load_average']['after'][0]:.1f} after, on {os.cpu_count()} cores: other work shared "
+            "the machine, so compare the two columns of one run, not runs."
+            if "load_average" in box
+            else ""
+        )
         + (f" Measured {box['when']} by `{box['command']}`." if "when" in box else ""),
         "",
     ]
