@@ -67,7 +67,7 @@ image-test: image $(VENV_STAMP) ## Build the image, then run it for real (tests/
 fuzz: $(VENV_STAMP) ## Schema fuzzing: 500 examples per operation, stateless and stateful (schemathesis)
 	FUZZ_EXAMPLES=500 $(UV) run --no-sync pytest tests/fuzz -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(VENV_STAMP) ## The benchmark (~13 min): bench/results/latest.json, docs/performance.md and its plots
+bench: $(VENV_STAMP) ## The benchmark (~15 min; the container rows build the image first): bench/results/latest.json, docs/performance.md and its plots
 	bash scripts/bench_tools.sh
 	$(UV) run --no-sync python -m bench.run
 
