@@ -13,7 +13,7 @@ endif
 VENV_STAMP := .venv/.synced
 
 .PHONY: help install run serve migrate create-admin model-add models test lint typecheck check-deploy pytest \
-        bench bench-quick fuzz clean
+        image image-test bench bench-quick fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -61,10 +61,16 @@ pytest: $(VENV_STAMP) ## The test suite with coverage of app/ (TEST_DATABASE_URL
 
 test: lint typecheck check-deploy pytest ## Everything CI checks
 
+image: ## Build the container image (docker or podman; a Debian base made here with mmdebstrap): docs/deployment.md
+	bash scripts/image.sh build
+
+image-test: image $(VENV_STAMP) ## Build the image, then run it for real (tests/container; TEST_DATABASE_URL adds PostgreSQL)
+	IMAGE_TEST=1 $(UV) run --no-sync pytest tests/container -p no:cacheprovider $(PYTEST_ARGS)
+
 fuzz: $(VENV_STAMP) ## Schema fuzzing: 500 examples per operation, stateless and stateful (schemathesis)
 	FUZZ_EXAMPLES=500 $(UV) run --no-sync pytest tests/fuzz -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(VENV_STAMP) ## The benchmark (~13 min): bench/results/latest.json, docs/performance.md and its plots
+bench: $(VENV_STAMP) ## The benchmark (~15 min; the container rows build the image first): bench/results/latest.json, docs/performance.md and its plots
 	bash scripts/bench_tools.sh
 	$(UV) run --no-sync python -m bench.run
 

@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import os
 import sys
+import tempfile
 
 from pydantic import ValidationError
 
@@ -25,6 +26,30 @@ def _load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def _check_database_writable(settings: Settings) -> None:
+    """The embedded SQLite's folder must be writable (the database, its WAL and lock files live
+    there): when it is not (a volume mounted read-only, a folder of another user), a one-line error
+    and exit code 2 here, instead of a traceback from the first statement of a migration or worker."""
+    from app.db.engine import sqlite_file
+
+    path = sqlite_file(settings.database_url)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+        if path.exists():
+            path.open("r+b").close()
+    except OSError as exc:
+        print(
+            f"start-up error: DATABASE_URL: the SQLite database {path} cannot be written "
+            f"({exc.strerror or exc}): mount a writable volume at {path.parent}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+
+
 async def _migrate(settings: Settings) -> None:
     from app.db.engine import create_engine
     from app.db.migrations import upgrade_to_head
@@ -38,6 +63,7 @@ async def _migrate(settings: Settings) -> None:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     settings = _load_settings()
+    _check_database_writable(settings)
     asyncio.run(_migrate(settings))
     print("database migrated to head")
     return 0
@@ -68,6 +94,7 @@ async def _create_admin(settings: Settings, email: str, password: str) -> str:
 def cmd_create_admin(args: argparse.Namespace) -> int:
     settings = _load_settings()
     password = args.password or os.environ.get("ADMIN_PASSWORD") or getpass.getpass("Password: ")
+    _check_database_writable(settings)
     try:
         print(asyncio.run(_create_admin(settings, args.email, password)))
     except ValidationError as exc:
@@ -83,6 +110,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     from app.server import serve
 
     settings = _load_settings()
+    _check_database_writable(settings)
     # The supervisor's own lines (workers started, died, restarted) as JSON too; each worker
     # configures the same logging when it imports the app.
     configure_logging(settings.log_level, json=settings.log_json)

@@ -8,6 +8,7 @@ and is included as it is.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,79 @@ def guide_table(results: dict[str, Any], db: str = "postgresql") -> list[str]:
         f"| Memory per worker (RSS after load) | {GUIDE['memory'][0]} | {GUIDE['memory'][1]} | {rss:.0f} MB "
         f"| {bare_rss:.0f} MB | {rss / bare_rss:.1f}x |"
     )
-    return lines
+    return lines + container_rows(results.get("container"))
+
+
+def container_rows(box: dict[str, Any] | None) -> list[str]:
+    """The guide's cold start is measured in Docker: the image's rows, beside the same service run as
+    a bare process in the same run (bench/bench_container.py), not beside bare FastAPI."""
+    if not box or "cold_start_s" not in box:
+        return []
+    cold, bare = box["cold_start_s"]["median"], box["bare_cold_start_s"]["median"]
+    rss, bare_rss = box["memory"]["web_worker_rss_mb"], box["bare_memory"]["web_worker_rss_mb"]
+    return [
+        f"| Cold start (Docker): `{box['engine'].split()[0]} run` to ready, SQLite, median of {box['runs']} "
+        f"| {GUIDE['cold'][0]} | {GUIDE['cold'][1]} (slim image + precompile) | {cold:.2f} s "
+        f"| {bare:.2f} s: the same service as a bare process | {cold / bare:.1f}x |",
+        f"| Memory per worker in the container (RSS after light load) | {GUIDE['memory'][0]} "
+        f"| {GUIDE['memory'][1]} | {rss:.0f} MB | {bare_rss:.0f} MB: the same service as a bare process "
+        f"| {rss / bare_rss:.1f}x |",
+    ]
+
+
+def container_section(box: dict[str, Any] | None) -> list[str]:
+    """The image's size, and how its rows in the guide's table were measured."""
+    if not box:
+        return []
+    if "skipped" in box or "error" in box:
+        return [
+            "## The container image",
+            "",
+            f"Not measured in this run: {box.get('skipped') or box['error']}.",
+            "",
+        ]
+    children = box["memory"]["children"]
+    kids = ", ".join(f"{c['rss_mb']:.0f} MB" for c in children)
+    bare_kids = ", ".join(f"{c['rss_mb']:.0f} MB" for c in box["bare_memory"]["children"])
+    base = (
+        f" on the base image `{box['base_image']}` ({box['base_image_size_mb']:.0f} MB)"
+        if "base_image" in box
+        else ""
+    )
+    runs = box["cold_starts"]
+    return [
+        "## The container image (bench/bench_container.py)",
+        "",
+        f"Image `{box['image']}`: {box['image_size_mb']:.0f} MB uncompressed as {box['engine']} reports it"
+        f"{base}. Cold start: from the `run -d` command (read-only root, tmpfs on /tmp, the SQLite data "
+        "volume, the port published on 127.0.0.1) until `/readyz` answers 200 through the published "
+        "port; the bare process is `python -m app.cli serve` on the host with the same settings "
+        "(production, one worker, the models loaded, the embedded SQLite already migrated), started "
+        f"alternately with the containers, both pinned `{box['pinning']}`. Container runs "
+        f"{', '.join(f'{v:.2f}' for v in runs['container'])} s; bare "
+        f"{', '.join(f'{v:.2f}' for v in runs['bare'])} s. Memory after "
+        "200 item reads and 200 predictions, read from the host's /proc: web worker "
+        f"{box['memory']['web_worker_rss_mb']:.0f} MB in the container "
+        f"({box['bare_memory']['web_worker_rss_mb']:.0f} MB bare); its children (resource tracker, "
+        f"forkserver, model worker) {kids} "
+        f"({bare_kids} bare); in all {box['memory']['total_rss_mb']:.0f} MB "
+        f"({box['bare_memory']['total_rss_mb']:.0f} MB bare)."
+        + (
+            f" The engine's own share (`run` of a container with the same options running `true`): "
+            f"{_mmm(box['engine_overhead_s'], '{:.2f}')} s."
+            if "engine_overhead_s" in box
+            else ""
+        )
+        + (
+            f" Load average (1 min) {box['load_average']['before'][0]:.1f} before and "
+            f"{box['load_average']['after'][0]:.1f} after, on {os.cpu_count()} cores: other work shared "
+            "the machine, so compare the two columns of one run, not runs."
+            if "load_average" in box
+            else ""
+        )
+        + (f" Measured {box['when']} by `{box['command']}`." if "when" in box else ""),
+        "",
+    ]
 
 
 def endpoint_table(results: dict[str, Any], db: str) -> list[str]:
@@ -352,6 +425,7 @@ def render(results: dict[str, Any]) -> str:
         + ".",
         "",
     ]
+    out += container_section(results.get("container"))
     pool = results.get("pool")
     if pool:
         out += [*pool_section(pool), ""]

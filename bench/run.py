@@ -16,7 +16,10 @@ In one run, on this machine:
 4. On PostgreSQL, the hot paths' connection hand-out three ways side by side (bench/pool_compare.py:
    the app's turnstile, asyncpg's pool, SQLAlchemy's pool alone; about 3 minutes, `--no-pool` skips
    it); then the model-serving figures (bench/bench_serving.py, bench/bench_models.py).
-5. bench/results/latest.json, docs/performance.md and the plots in docs/.
+5. The container (bench/bench_container.py: builds the image with scripts/image.sh): its size, cold
+   start from `run` to ready beside the bare process's, memory inside it; skipped, saying why,
+   where there is no docker or podman (`--no-container` skips it).
+6. bench/results/latest.json, docs/performance.md and the plots in docs/.
 
 Server and load generator are pinned to different cores with taskset when there are two.
 """
@@ -246,6 +249,23 @@ def run_models_bench(quick: bool) -> dict[str, Any] | None:
     return data
 
 
+def run_container_bench(profile: Profile) -> dict[str, Any]:
+    """The image's size, cold start and memory beside the bare process's (`python -m
+    bench.bench_container`, which builds the image first): bench/results/container.json, or
+    `{"skipped": ...}` where the machine has no container engine."""
+    path = RESULTS / "container.json"
+    path.unlink(missing_ok=True)
+    flags = ["--runs", str(profile.cold_starts)]
+    print(f"container: python -m bench.bench_container {' '.join(flags)}", flush=True)
+    done = subprocess.run(
+        [PYTHON, "-m", "bench.bench_container", *flags, "--out", str(path)], cwd=ROOT, check=False
+    )
+    if not path.exists():
+        return {"error": f"bench.bench_container exited with {done.returncode}"}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def run_pool_compare(profile: Profile) -> dict[str, Any]:
     """The hot paths' connection hand-out three ways, side by side (`python -m bench.pool_compare`,
     its own server per variant and round, its own database): bench/results/pool.json."""
@@ -273,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-pool", action="store_true", help="skip bench/pool_compare.py (the connection hand-out)"
     )
+    parser.add_argument(
+        "--no-container", action="store_true", help="skip bench/bench_container.py (the image's rows)"
+    )
     parser.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     profile = Profile.make(args.quick)
@@ -299,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         results["pool"] = run_pool_compare(profile)
     if not args.no_models:
         results["models"] = run_models_bench(args.quick)
+    if not args.no_container:
+        results["container"] = run_container_bench(profile)
     results["elapsed_s"] = round(time.perf_counter() - began, 1)
     out = args.out or RESULTS / "latest.json"
     out.write_text(json.dumps(results, indent=1) + "\n")

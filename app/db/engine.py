@@ -64,10 +64,18 @@ def _check_on_checkout(engine: AsyncEngine) -> None:
             raise sa_exc.DisconnectionError("connection closed by the server")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for PostgreSQL and for an in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def _sqlite_engine(settings: Settings, url: str) -> AsyncEngine:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
         url,
         # Pooled: each aiosqlite connection owns a thread, too costly to open per request. WAL lets

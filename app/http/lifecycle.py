@@ -68,12 +68,20 @@ def _settle_heap(settings: Settings) -> Callable[[], None]:
 
 def _flag_shutdown_on_signal(state: State) -> Callable[[], None]:
     """Chain onto uvicorn's SIGTERM/SIGINT handlers: /readyz answers 503 from the signal on, while
-    uvicorn drains, not only once the lifespan ends. A no-op outside the main thread (tests)."""
+    uvicorn drains, not only once the lifespan ends. A no-op outside the main thread (tests).
+
+    The handler only sets flags and hands the log line to the event loop. Python runs a signal
+    handler between two bytecodes of whatever the main thread is doing, which under load is often
+    writing a log line while holding structlog's per-file lock (a `threading.Lock`, not reentrant):
+    a line written from the handler then waited for that lock forever, so the server never drained
+    and `docker stop` ended it with SIGKILL (caught by tests/container, 1 stop in 4 under load)."""
     previous: dict[int, Any] = {}
+    loop = asyncio.get_running_loop()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if not state.shutting_down:
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            with suppress(RuntimeError):  # the loop is closed: nothing left to log to
+                loop.call_soon_threadsafe(_log_shutdown_requested, signal.Signals(signum).name)
         state.shutting_down = True
         chained = previous.get(signum)
         if callable(chained):
@@ -93,3 +101,7 @@ def _flag_shutdown_on_signal(state: State) -> Callable[[], None]:
                     signal.signal(signum, old)
 
     return restore
+
+
+def _log_shutdown_requested(name: str) -> None:
+    log.info("shutdown_requested", signal=name)

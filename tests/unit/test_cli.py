@@ -148,3 +148,26 @@ def test_create_admin_normalises_the_email(database: Path, capsys: pytest.Captur
     assert cli.main(["create-admin", "--email", "root@BÜCHER.example", "--password", "root pw!"]) == 0
     assert "promoted" in capsys.readouterr().out
     assert _users(database) == [("root@bücher.example", 1, 1)]
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["serve"], ["create-admin", "--email", "a@example.com"]])
+def test_an_unwritable_database_folder_exits_2_with_one_line(
+    database: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """Issue 16: a read-only data volume is a one-line start-up error, not a traceback. Root passes
+    permission bits, so the folder here is a file; tests/container/ mounts a real read-only volume."""
+    blocker = database.parent / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{blocker / 'app.db'}")
+    monkeypatch.setenv("ADMIN_PASSWORD", "long enough pw")
+    monkeypatch.setattr("app.server.serve", lambda _settings: pytest.fail("serve started"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(command)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"start-up error: DATABASE_URL: the SQLite database {blocker / 'app.db'}")
+    assert "mount a writable volume" in err[0]

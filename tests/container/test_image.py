@@ -1,0 +1,406 @@
+"""The image, built and run for real (issue 16): read-only and non-root, healthy, the README's
+walk-through from outside, SQLite data kept across containers, a clean drain on `stop`, the
+PostgreSQL configuration, and the faults (no SECRET_KEY, read-only data volume, database gone)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.container.conftest import PASSWORD, Container, Containers, Engine, container_output, json_lines
+from tests.faults.server import _run_admin_sql, free_port
+
+GRACE_SECONDS = 10
+
+
+def _walk_through(base_url: str) -> tuple[dict[str, str], int]:
+    """README.md's walk-through against the published port; returns Alice's header and the id of
+    an item left in place."""
+    with httpx.Client(base_url=base_url, timeout=30) as api:
+        for who in ("alice", "bob"):
+            registered = api.post(
+                "/api/v1/auth/register", json={"email": f"{who}@example.com", "password": f"{who}-password"}
+            )
+            assert registered.status_code == 201, registered.text
+        alice, bob = ({"Authorization": f"Bearer {_token(api, who)}"} for who in ("alice", "bob"))
+        created = api.post(
+            "/api/v1/items", headers=alice, json={"title": "First item", "description": "Hello"}
+        )
+        assert created.status_code == 201, created.text
+        item = created.json()["id"]
+        listed = api.get("/api/v1/items", headers=alice)
+        assert listed.status_code == 200
+        assert listed.headers["x-total-count"] == "1"
+        assert api.get(f"/api/v1/items/{item}", headers=alice).json()["title"] == "First item"
+        renamed = api.patch(f"/api/v1/items/{item}", headers=alice, json={"title": "Renamed"})
+        assert renamed.status_code == 200
+        assert renamed.json()["title"] == "Renamed"
+        hidden = api.get(f"/api/v1/items/{item}", headers=bob)
+        assert hidden.status_code == 404
+        assert hidden.headers["content-type"] == "application/problem+json"
+        assert api.delete(f"/api/v1/items/{item}", headers=alice).status_code == 204
+        assert api.get(f"/api/v1/items/{item}", headers=alice).status_code == 404
+
+        predicted = api.post("/api/v1/predict", headers=alice, json={"features": [5.1, 3.5, 1.4, 0.2]})
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["prediction"] == "setosa"
+        models = api.get("/api/v1/models", headers=alice)
+        assert models.status_code == 200
+        # Every bundled model answers, the process-pool one (scikit-learn, forkserver) included.
+        for model in models.json():
+            done = api.post(
+                f"/api/v1/models/{model['name']}/predict", headers=alice, json=model["example_request"]
+            )
+            assert done.status_code == 200, (model["name"], done.text)
+
+        kept = api.post(
+            "/api/v1/items", headers=alice, json={"title": "Kept", "description": "across restarts"}
+        )
+        assert kept.status_code == 201
+        return alice, kept.json()["id"]
+
+
+def _token(api: httpx.Client, who: str) -> str:
+    response = api.post(
+        "/api/v1/auth/token", data={"username": f"{who}@example.com", "password": f"{who}-password"}
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def _writable(container: Container, path: str, *, as_root: bool = False) -> bool:
+    probe = f"import tempfile; tempfile.TemporaryFile(dir={path!r}).close()"
+    user = ("--user", "0") if as_root else ()
+    return container.exec(*user, "python", "-c", probe).returncode == 0
+
+
+def _assert_stopped_cleanly(container: Container, seconds: float) -> None:
+    assert container.exit_code() == 0, container.logs()[-3000:]
+    assert seconds < GRACE_SECONDS, f"stop took {seconds:.1f} s: SIGKILL, not a drain"
+    assert any(line.get("event") == "stopped" for line in json_lines(container.logs()))
+
+
+# --- SQLite: the default configuration ----------------------------------------------------------
+
+
+def test_read_only_non_root_healthy_walk_through_and_data_kept_across_containers(
+    engine: Engine, containers: Containers
+) -> None:
+    volume = containers.volume()
+    sqlite = {
+        "DATABASE_URL": "sqlite+aiosqlite:////app/data/app.db",
+        "TIMEOUT_GRACEFUL_SHUTDOWN": str(GRACE_SECONDS),
+    }
+    first = containers.run("-v", f"{volume}:/app/data", env=sqlite)
+    ready = first.wait_ready()
+    assert ready["models"] == "3 loaded"
+    assert first.health() == "healthy"
+
+    # Non-root: the image's user, and the server process (PID 1) really runs as it.
+    assert first.inspect("{{.Config.User}}") == "10001:10001"
+    status = first.exec("cat", "/proc/1/status").stdout
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert uids == ["10001"] * 4
+    # Read-only root filesystem, even for root in the container: only the tmpfs and the data
+    # volume take writes, and the service user can write to both.
+    assert first.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
+    for path in ("/", "/app", "/app/app", "/app/.venv", "/etc", "/usr", "/var/tmp", "/run"):
+        assert not _writable(first, path, as_root=True), f"{path} is writable"
+    assert _writable(first, "/tmp")
+    assert _writable(first, "/app/data")
+    # Nothing of the build in it: no uv, pip, compilers or curl, no tests, no build secret.
+    tools = first.exec(
+        "python",
+        "-c",
+        "import shutil; print([t for t in ('uv', 'pip', 'pip3', 'gcc', 'cc', 'curl') if shutil.which(t)])",
+    )
+    assert tools.stdout.strip() == "[]", tools
+    present = first.exec(
+        "python",
+        "-c",
+        "import os; print([p for p in ('/app/tests', '/app/bench', '/opt/uv', '/run/secrets')"
+        " if os.path.exists(p)])",
+    )
+    assert present.stdout.strip() == "[]", present
+    env = first.inspect("{{json .Config.Env}}")
+    assert "SSL_CERT_FILE" not in env
+    assert "PIP_CERT" not in env
+    labels = engine.image_config("Labels")
+    for label in ("title", "version", "revision", "created"):
+        assert labels[f"org.opencontainers.image.{label}"], labels
+
+    alice, kept = _walk_through(first.base_url)
+    _assert_stopped_cleanly(first, first.stop(GRACE_SECONDS + 5))
+    # Every line the container wrote is a JSON log line: uvicorn's, the app's, the libraries'.
+    lines = container_output(first.logs())
+    assert len(json_lines(first.logs())) == len(lines), [line for line in lines if not line.startswith("{")]
+
+    # A new container on the same volume: the users, the item and the signing key's tokens hold.
+    second = containers.run("-v", f"{volume}:/app/data", env=sqlite)
+    second.wait_ready()
+    with httpx.Client(base_url=second.base_url, timeout=30) as api:
+        items = api.get("/api/v1/items", headers=alice)
+        assert items.status_code == 200, items.text
+        assert [(i["id"], i["title"]) for i in items.json()] == [(kept, "Kept")]
+        assert _token(api, "bob")
+    _assert_stopped_cleanly(second, second.stop(GRACE_SECONDS + 5))
+
+
+@dataclass
+class Load:
+    statuses: Counter[int]
+    after_signal: Counter[int]
+    transport_errors: Counter[str]
+    errors_before_signal: list[str]
+    signalled_at: float | None = None
+
+
+async def _client_loop(base_url: str, kind: str, load: Load, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        async with httpx.AsyncClient(base_url=base_url, timeout=GRACE_SECONDS * 2) as client:
+            while not stop.is_set():
+                sent_at = time.monotonic()
+                try:
+                    if kind == "register":
+                        email = f"load-{uuid.uuid4().hex[:12]}@example.com"
+                        response = await client.post(
+                            "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
+                        )
+                    else:
+                        response = await client.post(
+                            "/api/v1/predict", json={"features": [5.1, 3.5, 1.4, 0.2]}
+                        )
+                except httpx.TransportError as exc:
+                    if load.signalled_at is None:
+                        load.errors_before_signal.append(type(exc).__name__)
+                    load.transport_errors[type(exc).__name__] += 1
+                    await asyncio.sleep(0.05)
+                    break
+                load.statuses[response.status_code] += 1
+                if load.signalled_at is not None and sent_at <= load.signalled_at:
+                    load.after_signal[response.status_code] += 1
+
+
+async def test_stop_drains_every_request_in_flight_and_exits_0(containers: Containers) -> None:
+    """`stop` under load from the host: SIGTERM, every request sent before it answered (with
+    success), exit status 0 well inside the grace period."""
+    volume = containers.volume()
+    server = containers.run(
+        "-v",
+        f"{volume}:/app/data",
+        env={
+            "DATABASE_URL": "sqlite+aiosqlite:////app/data/app.db",
+            "TIMEOUT_GRACEFUL_SHUTDOWN": str(GRACE_SECONDS),
+            "RATE_LIMIT_ENABLED": "false",
+            # Slow registrations (Argon2 at 4 passes, one at a time): several are in flight at SIGTERM.
+            "PASSWORD_HASH_TIME_COST": "4",
+            "PASSWORD_HASH_CONCURRENCY": "1",
+            "ML_ENABLED": "false",
+        },
+    )
+    await asyncio.to_thread(server.wait_ready)
+    # Predictions are refused without a token (401): cheap answers that keep a second kind going.
+    load = Load(Counter(), Counter(), Counter(), [])
+    stop = asyncio.Event()
+    loops = [
+        asyncio.create_task(_client_loop(server.base_url, kind, load, stop))
+        for kind in ["register"] * 6 + ["predict"] * 2
+    ]
+    try:
+        await asyncio.sleep(1.5)
+        assert load.statuses, server.logs()[-3000:]
+        load.signalled_at = time.monotonic()
+        took = await asyncio.to_thread(server.stop, GRACE_SECONDS + 5)
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
+    detail = (took, load, server.logs()[-4000:])
+    assert server.exit_code() == 0, detail
+    assert took < GRACE_SECONDS, detail
+    _assert_stopped_cleanly(server, took)
+    assert set(load.statuses) <= {201, 401}, load.statuses
+    assert load.after_signal[201] > 0, "no registration was in flight at SIGTERM: the test proved nothing"
+    # Connections failed only once the server had stopped accepting, none before.
+    assert load.errors_before_signal == []
+    assert set(load.transport_errors) <= {"ConnectError", "RemoteProtocolError", "ReadError"}, (
+        load.transport_errors
+    )
+    assert '"event": "shutdown_requested"' in server.logs()
+
+
+# --- Faults --------------------------------------------------------------------------------------
+
+
+def test_production_without_secret_key_exits_at_once_with_one_line(
+    engine: Engine, containers: Containers
+) -> None:
+    server = containers.run(env={"SECRET_KEY": ""})
+    started = time.monotonic()
+    assert server.wait(timeout=30) == 2
+    assert time.monotonic() - started < 10
+    lines = container_output(server.logs())
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("configuration error: SECRET_KEY must be set"), lines
+
+
+def test_a_read_only_data_volume_is_a_one_line_start_up_error(containers: Containers) -> None:
+    volume = containers.volume()
+    server = containers.run(
+        "-v", f"{volume}:/app/data:ro", env={"DATABASE_URL": "sqlite+aiosqlite:////app/data/app.db"}
+    )
+    assert server.wait(timeout=30) == 2
+    lines = container_output(server.logs())
+    assert lines == [
+        "start-up error: DATABASE_URL: the SQLite database /app/data/app.db cannot be written "
+        "(Read-only file system): mount a writable volume at /app/data"
+    ], lines
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def _postgresql_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL", "")
+    if not url.startswith("postgresql"):
+        pytest.skip(
+            "TEST_DATABASE_URL names no PostgreSQL server (.ci/run sets it after scripts/services.sh)"
+        )
+    return url
+
+
+def _migrate(containers: Containers, database_url: str) -> None:
+    """The image's own CLI as the container command: `python -m app.cli migrate`."""
+    migrate = containers.run(
+        "--network=host",
+        publish=False,
+        env={"DATABASE_URL": database_url},
+        command=("python", "-m", "app.cli", "migrate"),
+    )
+    assert migrate.wait(timeout=60) == 0, migrate.logs()
+    assert "database migrated to head" in migrate.logs()
+
+
+def test_the_postgresql_configuration_on_the_host_network(containers: Containers) -> None:
+    base = make_url(_postgresql_url())
+    name = "mlservice_image"
+    asyncio.run(_run_admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_run_admin_sql(base, f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    try:
+        _migrate(containers, url)
+        server = containers.run(
+            "--network=host",
+            publish=False,
+            env={"DATABASE_URL": url, "TIMEOUT_GRACEFUL_SHUTDOWN": str(GRACE_SECONDS)},
+        )
+        ready = server.wait_ready()
+        assert ready["database"] == "ok"
+        assert ready["models"] == "3 loaded"
+        assert server.health() == "healthy"
+        _walk_through(server.base_url)
+        _assert_stopped_cleanly(server, server.stop(GRACE_SECONDS + 5))
+    finally:
+        asyncio.run(_run_admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@dataclass
+class Cluster:
+    """A throwaway PostgreSQL cluster of this test's own, on its own port, that it may stop."""
+
+    bin_dir: Path
+    data_dir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data_dir.parent} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self.pg_ctl("-o", options, "start")
+
+    def pg_ctl(self, *args: str) -> None:
+        log = self.data_dir.parent / "postgresql.log"
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir),
+             "-l", str(log), "-w", "-t", "30", *args],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found or os.geteuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs PostgreSQL's server binaries (scripts/services.sh installs them) and root")
+    bin_dir = found[-1].parent
+    # Not pytest's tmp_path: the postgres user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="fms-image-pg-"))
+    shutil.chown(root, "postgres", "postgres")
+    data = root / "data"
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
+         "-U", "postgres", "--no-sync"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    made = Cluster(bin_dir, data, free_port())
+    made.start()
+    try:
+        yield made
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            made.pg_ctl("-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_health_turns_unhealthy_when_the_database_is_gone_and_healthy_when_it_returns(
+    containers: Containers, cluster: Cluster
+) -> None:
+    _migrate(containers, cluster.url)
+    # Podman ignores failed checks for the whole --health-start-period (30 s in the image), even
+    # after a first success; 1 s here, so the failures below count at once. Podman 4.3 applies
+    # --health-* options only together with --health-cmd: the image's own command is restated.
+    check: list[str] = containers.engine.image_config("Healthcheck")["Test"]
+    assert check[0] == "CMD", check
+    server = containers.run(
+        "--network=host",
+        "--health-cmd",
+        json.dumps(check[1:]),
+        "--health-start-period=1s",
+        publish=False,
+        env={"DATABASE_URL": cluster.url, "ML_ENABLED": "false"},
+    )
+    server.wait_ready()
+    time.sleep(1)
+    assert server.health() == "healthy"
+
+    cluster.pg_ctl("-m", "fast", "stop")
+    # Unhealthy after the HEALTHCHECK's --retries (3) failures in a row; the process keeps running
+    # (liveness is not readiness: no restart loop while the database is away).
+    statuses = [server.health() for _ in range(3)]
+    assert statuses[-1] == "unhealthy", statuses
+    assert server.running()
+    assert httpx.get(f"{server.base_url}/healthz", timeout=5).status_code == 200
+    assert httpx.get(f"{server.base_url}/readyz", timeout=5).status_code == 503
+
+    cluster.start()
+    deadline = time.monotonic() + 30
+    while server.health() != "healthy":
+        assert time.monotonic() < deadline, server.logs()[-3000:]
+        time.sleep(0.5)
