@@ -8,6 +8,7 @@ docs/performance.md). None of them blocks, so they run on the event loop.
 
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 from typing import Annotated
 
@@ -17,7 +18,7 @@ from fastapi.security import OAuth2PasswordBearer
 from app.core.errors import Forbidden, Unauthorized
 from app.core.security import UnverifiedClaims
 from app.http.ratelimit import limit_user
-from app.http.state import state_of
+from app.http.state import model_server_state_of, state_of
 from app.services.auth import AuthService, Caller, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService
@@ -75,6 +76,15 @@ TokenClaims = Annotated[UnverifiedClaims, Depends(get_claims)]
 CurrentUser = Annotated[Caller, Depends(get_caller)]
 
 
+async def get_oip_caller(user: CurrentUser) -> int:
+    """The Open Inference Protocol routes' caller: the id predictions are logged against. The model
+    server (app.model_server) replaces this dependency with its service-token check."""
+    return user.id
+
+
+OipCaller = Annotated[int, Depends(get_oip_caller)]
+
+
 async def get_admin(user: CurrentUser) -> Caller:
     if not user.is_admin:
         raise Forbidden("This operation needs an admin account.")
@@ -129,6 +139,28 @@ async def _disconnected(request: Request) -> None:
 
 
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
+
+
+# --- the model server's replacements (app.model_server): a service token, no users, no log ---
+
+
+async def check_service_token(request: Request) -> int:
+    """The model server's caller check: `Authorization: Bearer <MODEL_SERVER_TOKEN>` (compared in
+    constant time). No token configured: every caller is let in (development only; a production
+    model server refuses to start without one). Its predictions are logged by the web tier, under
+    the web tier's user; here the caller id is 0."""
+    expected = model_server_state_of(request).token
+    if expected is None:
+        return 0
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("Send the model server's service token as `Authorization: Bearer`.")
+    return 0
+
+
+async def get_model_server_inference(request: Request) -> InferenceService:
+    registry = model_server_state_of(request).registry
+    return InferenceService(registry, None, lambda: _disconnected(request))
 
 
 class OffsetPage:
