@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.api.deps import InferenceDep, OipCaller
-from app.core.errors import BadRequest
+from app.core.errors import BadRequest, NotFound
 from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import ClassPrediction, RegressionPrediction
@@ -30,6 +30,7 @@ from app.schemas.oip import (
     ServerMetadata,
     TensorMetadata,
 )
+from app.services.inference import InferenceService
 
 
 class BinaryDataUnsupported(BadRequest):
@@ -49,6 +50,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": OipError} for status in (400, 401, 404, 413, 422, 429, 503, 504)
 }
 ModelName = Path(min_length=1, max_length=64)
+ModelVersion = Path(min_length=1, max_length=64)
 PLATFORMS = {"onnx": "onnxruntime_onnx", "skops": "sklearn_skops", "remote": "remote_oip"}
 NUMERIC = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
 
@@ -111,6 +113,14 @@ async def model_metadata(_caller: OipCaller, inference: InferenceDep, name: str 
     )
 
 
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata", responses=ERRORS)
+async def model_version_metadata(
+    caller: OipCaller, inference: InferenceDep, name: str = ModelName, version: str = ModelVersion
+) -> ModelMetadata:
+    _check_version(inference.model(name), version)
+    return await model_metadata(caller, inference, name)
+
+
 @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
 async def model_ready(
     _caller: OipCaller, inference: InferenceDep, response: Response, name: str = ModelName
@@ -121,6 +131,24 @@ async def model_ready(
     if not is_ready:
         response.status_code = 503
     return ModelReady(name=spec.name, ready=is_ready)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready", responses=ERRORS)
+async def model_version_ready(
+    caller: OipCaller,
+    inference: InferenceDep,
+    response: Response,
+    name: str = ModelName,
+    version: str = ModelVersion,
+) -> ModelReady:
+    _check_version(inference.model(name), version)
+    return await model_ready(caller, inference, response, name)
+
+
+def _check_version(spec: ModelSpec, version: str) -> None:
+    """Each model serves one version (the manifest's): any other is not found."""
+    if version != spec.version:
+        raise NotFound(f"Model {spec.name!r} has no version {version!r}; it serves {spec.version!r}.")
 
 
 def _rows(body: InferenceRequest, spec: ModelSpec) -> list[Any]:
@@ -159,6 +187,33 @@ async def infer(
     request: Request, caller: OipCaller, inference: InferenceDep, name: str = ModelName
 ) -> InferenceResponse:
     """One input tensor `input` of shape [batch, features] (row-major `data`, flat or nested)."""
+    return await _infer(request, caller, inference, name)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference, one version",
+    responses={**ERRORS, 500: {"model": OipError}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inline_schema(InferenceRequest)}},
+        }
+    },
+)
+async def infer_version(
+    request: Request,
+    caller: OipCaller,
+    inference: InferenceDep,
+    name: str = ModelName,
+    version: str = ModelVersion,
+) -> InferenceResponse:
+    """As `/models/{name}/infer`, for the one version the model serves (any other is a 404)."""
+    _check_version(inference.model(name), version)
+    return await _infer(request, caller, inference, name)
+
+
+async def _infer(request: Request, caller: int, inference: InferenceService, name: str) -> InferenceResponse:
     # The body is parsed here rather than by a body parameter: tritonclient sends JSON without a
     # Content-Type header, and a binary-extension body (JSON followed by raw bytes) must get a
     # clear 400 rather than read as malformed JSON.

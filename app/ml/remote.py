@@ -144,7 +144,9 @@ class Backend:
                 limits=httpx.Limits(
                     max_connections=key.max_connections,
                     max_keepalive_connections=key.max_connections,
-                    keepalive_expiry=30.0,
+                    # Below the model server's keep-alive (uvicorn, TIMEOUT_KEEP_ALIVE=5 s): an idle
+                    # connection is dropped here before that server may close it under a new request.
+                    keepalive_expiry=4.0,
                 ),
             ),
         )

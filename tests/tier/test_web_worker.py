@@ -1,0 +1,60 @@
+"""A web worker whose models are all remote, a real process: it serves them through the model
+server and loads none of ONNX Runtime, scikit-learn or skops, and starts no worker process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import PASSWORD
+from tests.faults.server import Server, free_port, server_env, start_server
+from tests.serving.test_open_inference_protocol import _children
+from tests.tier.conftest import MODEL_SERVER_TOKEN, own_server, remote_manifest, wait_ready
+
+
+def _mapped_files(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_remote_only_web_worker_loads_no_model_runtime(model_server: Server, tmp_path: Path) -> None:
+    url = model_server.base_url
+    model_dir = remote_manifest(
+        tmp_path / "models",
+        {
+            "iris": own_server(url, "iris"),
+            "breast_cancer": own_server(url, "breast_cancer"),
+            "diabetes": own_server(url, "diabetes", task="regression"),
+        },
+    )
+    env = server_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
+        free_port(),
+        ML_ENABLED="true",
+        AUTO_MIGRATE="true",
+        ML_MODEL_DIR=str(model_dir),
+        MODEL_SERVER_TOKEN=MODEL_SERVER_TOKEN,
+    )
+    web = start_server(env, tmp_path / "web.log", timeout=60)
+    try:
+        wait_ready(f"{web.base_url}/readyz", web.process, web.log_path)
+        base = web.base_url
+        httpx.post(f"{base}/api/v1/auth/register", json={"email": "w@example.com", "password": PASSWORD})
+        token = httpx.post(
+            f"{base}/api/v1/auth/token", data={"username": "w@example.com", "password": PASSWORD}
+        )
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        forest = httpx.post(f"{base}/api/v1/predict-heavy", json={"features": [1.0] * 30}, headers=headers)
+        assert forest.status_code == 200, forest.text
+        assert (
+            httpx.post(
+                f"{base}/api/v1/predict", json={"features": [5.1, 3.5, 1.4, 0.2]}, headers=headers
+            ).json()["prediction"]
+            == "setosa"
+        )
+        mapped = _mapped_files(web.process.pid)
+        for library in ("onnxruntime", "sklearn", "skops", "scipy"):
+            assert f"/{library}/" not in mapped, f"a remote-only web worker loaded {library}"
+        assert not _children(web.process.pid), "no model worker process, no forkserver"
+    finally:
+        web.stop()
