@@ -107,8 +107,11 @@ def cmd_model_server(_args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not settings.ml_enabled:
-        print("configuration error: ML_ENABLED: a model server needs its models", file=sys.stderr)
+    if not settings.ml_enabled or settings.ml_remote_url is not None:
+        print(
+            "configuration error: ML_ENABLED / ML_REMOTE_URL: a model server serves its models itself",
+            file=sys.stderr,
+        )
         return 2
     return serve(settings, app=MODEL_SERVER_APP)
 

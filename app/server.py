@@ -100,7 +100,7 @@ def serve(settings: Settings, app: str = APP) -> int:
         supervisor.run()
         failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
         return STARTUP_FAILURE if failed else 0
-    if settings.ml_enabled and settings.ml_start_method == "forkserver":
+    if settings.ml_enabled and settings.ml_remote_url is None and settings.ml_start_method == "forkserver":
         # Before uvicorn imports the app: the model workers' forkserver imports scikit-learn on the
         # other core meanwhile (with a supervisor, each worker starts its own in its lifespan).
         from app.ml.forkserver import start_early  # noqa: PLC0415 - standard library only

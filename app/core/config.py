@@ -200,6 +200,13 @@ class Settings(BaseSettings):
     )
 
     # --- models ---
+    ml_remote_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+/?$",
+        description="Base URL of this service's model server (e.g. http://model-server:8001): every "
+        "model of the manifest is then served from there (`executor: remote`), and this process "
+        "loads none. Unset: as the manifest says (`make run`: every model in process).",
+    )
     model_server_token: SecretStr | None = Field(
         None,
         description="Shared service token of the model tier: the model server (`python -m app.cli "

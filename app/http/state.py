@@ -70,6 +70,7 @@ def registry_settings(settings: Settings) -> RegistrySettings:
         process_worker_nice=settings.ml_process_worker_nice,
         batching_enabled=settings.ml_batching_enabled,
         close_timeout_s=float(settings.timeout_graceful_shutdown),
+        remote_url=settings.ml_remote_url,
         remote_token=token.get_secret_value() if token else None,
     )
 

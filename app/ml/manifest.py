@@ -178,6 +178,37 @@ class Manifest(_Frozen):
         return self
 
 
+def served_remotely(manifest: Manifest, url: str) -> Manifest:
+    """The manifest with every local model served by this service's model server at `url` (the
+    web tier's `ML_REMOTE_URL`): same names, versions, features, labels and limits, so inputs are
+    checked here exactly as there; remote entries stay as they are."""
+    models = []
+    for spec in manifest.models:
+        if spec.remote is not None:
+            models.append(spec)
+            continue
+        remote = RemoteSpec(
+            url=url,
+            model=spec.name,
+            version=spec.version,
+            output="probabilities" if spec.task == "classification" else "prediction",
+            auth="service-token",
+        )
+        models.append(
+            spec.model_copy(
+                update={
+                    "executor": "remote",
+                    "remote": remote,
+                    "format": None,
+                    "file": None,
+                    "sha256": None,
+                    "trusted_types": (),
+                }
+            )
+        )
+    return manifest.model_copy(update={"models": tuple(models)})
+
+
 def _display(path: Path) -> str:
     """A short path for messages: relative to the working directory when possible."""
     try:

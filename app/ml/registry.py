@@ -27,6 +27,7 @@ from app.ml.manifest import (
     load_manifest,
     model_path,
     read_verified,
+    served_remotely,
 )
 from app.ml.predictions import PredictionResult, to_predictions
 from app.ml.remote import Backend, BackendKey, RemoteRuntime
@@ -65,6 +66,9 @@ class RegistrySettings:
     # loaded; process-pool models answer once their workers are up (requests wait for them within
     # their time limit), which cuts seconds of cold start. See `workers_ready`.
     wait_for_workers: bool = True
+    # Serve every model of the manifest from this service's model server at this base URL (the
+    # web tier's ML_REMOTE_URL); None: as the manifest says (local unless `executor: remote`).
+    remote_url: str | None = None
     # Sent as `Authorization: Bearer` to remote models whose manifest entry says
     # `"auth": "service-token"` (this service's model server checks it: MODEL_SERVER_TOKEN).
     remote_token: str | None = None
@@ -140,7 +144,7 @@ class ModelRegistry:
         model_dir = self.settings.model_dir
         started = time.perf_counter()
         try:
-            manifest = await asyncio.to_thread(load_manifest, model_dir)
+            manifest = await asyncio.to_thread(self._read_manifest)
             self._manifest = manifest
             self._onnx_executor = ThreadPoolExecutor(
                 max_workers=self.settings.onnx_threads, thread_name_prefix="onnx"
@@ -203,6 +207,12 @@ class ModelRegistry:
             ", ".join(f"{s.spec.name}@{s.spec.version}" for s in self._served.values()),
             time.perf_counter() - started,
         )
+
+    def _read_manifest(self) -> Manifest:
+        manifest = load_manifest(self.settings.model_dir)
+        if self.settings.remote_url is not None:
+            return served_remotely(manifest, self.settings.remote_url)
+        return manifest
 
     def _backend(self, spec: ModelSpec) -> Backend:
         """The one backend (pooled client, circuit breaker) of the server a remote model is on."""

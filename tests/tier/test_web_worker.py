@@ -1,5 +1,6 @@
-"""A web worker whose models are all remote, a real process: it serves them through the model
-server and loads none of ONNX Runtime, scikit-learn or skops, and starts no worker process."""
+"""A web worker whose models are all remote (ML_REMOTE_URL: the bundled manifest, every model
+served by the model server), a real process: it serves them through the model server, loads none
+of ONNX Runtime, scikit-learn, skops or SciPy, and starts no worker process."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import httpx
 from tests.conftest import PASSWORD
 from tests.faults.server import Server, free_port, server_env, start_server
 from tests.serving.test_open_inference_protocol import _children
-from tests.tier.conftest import MODEL_SERVER_TOKEN, own_server, remote_manifest, wait_ready
+from tests.tier.conftest import MODEL_SERVER_TOKEN, wait_ready
 
 
 def _mapped_files(pid: int) -> str:
@@ -18,21 +19,12 @@ def _mapped_files(pid: int) -> str:
 
 
 def test_a_remote_only_web_worker_loads_no_model_runtime(model_server: Server, tmp_path: Path) -> None:
-    url = model_server.base_url
-    model_dir = remote_manifest(
-        tmp_path / "models",
-        {
-            "iris": own_server(url, "iris"),
-            "breast_cancer": own_server(url, "breast_cancer"),
-            "diabetes": own_server(url, "diabetes", task="regression"),
-        },
-    )
     env = server_env(
         f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
         free_port(),
         ML_ENABLED="true",
         AUTO_MIGRATE="true",
-        ML_MODEL_DIR=str(model_dir),
+        ML_REMOTE_URL=model_server.base_url,
         MODEL_SERVER_TOKEN=MODEL_SERVER_TOKEN,
     )
     web = start_server(env, tmp_path / "web.log", timeout=60)
