@@ -93,19 +93,20 @@ def total_memory(pid: int) -> dict[str, Any]:
     }
 
 
-def web_env(workdir: Path, name: str, port: int, remote_url: str | None) -> dict[str, str]:
-    env = service_env(f"sqlite+aiosqlite:///{workdir / f'{name}.db'}", port)
-    env.update({"RATE_LIMIT_ENABLED": "false", "AUTO_MIGRATE": "true", "MODEL_SERVER_TOKEN": TOKEN})
+def web_env(workdir: Path, port: int, remote_url: str | None, **extra: str) -> dict[str, str]:
+    """A web worker's environment: one SQLite file migrated beforehand (as a release's migration
+    Job does), so start-up is the worker's own."""
+    env = service_env(f"sqlite+aiosqlite:///{workdir / 'tier.db'}", port)
+    env.update({"RATE_LIMIT_ENABLED": "false", "AUTO_MIGRATE": "false", "MODEL_SERVER_TOKEN": TOKEN, **extra})
     if remote_url is not None:
         env["ML_REMOTE_URL"] = remote_url
     return env
 
 
-def start_web(workdir: Path, name: str, remote_url: str | None, pin: list[str]) -> Server:
+def start_web(workdir: Path, name: str, remote_url: str | None, pin: list[str], **extra: str) -> Server:
     port = free_port()
-    return Server(
-        name, [PYTHON, "-m", "app.cli", "serve"], web_env(workdir, name, port, remote_url), port, pin
-    )
+    env = web_env(workdir, port, remote_url, **extra)
+    return Server(name, [PYTHON, "-m", "app.cli", "serve"], env, port, pin)
 
 
 def cold_starts(make: Any, count: int) -> list[float]:
@@ -142,7 +143,7 @@ def ratio(a: float, b: float) -> float:
 def run(profile: Profile, server_pin: list[str], load_pin: list[str], workdir: Path) -> dict[str, Any]:
     load = Load(load_pin, workdir)
     out: dict[str, Any] = {}
-    migrate(web_env(workdir, 0, None))
+    migrate(web_env(workdir, free_port(), None))
 
     # 1. The bare app: start-up, then its memory after a wrk load.
     def bare() -> Server:
