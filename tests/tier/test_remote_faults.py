@@ -150,7 +150,7 @@ async def _records(app: FastAPI, user_email: str) -> dict[str, int]:
             ),
             {"email": user_email},
         )
-        return dict(rows)
+        return {str(outcome): int(count) for outcome, count in rows.all()}
 
 
 async def test_killing_the_model_server_under_load_loses_no_acknowledged_record(
