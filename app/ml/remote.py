@@ -104,9 +104,12 @@ class CircuitBreaker:
 
     def failed(self) -> None:
         self._failures += 1
-        if self._opened_at is not None:  # the probe failed: stay open, longer
-            self._open_for = min(self._open_for * 2, self.max_reset_s)
-            self._opened_at = self._clock()
+        if self._opened_at is not None:
+            # The probe failed: stay open, longer. Calls that were already under way when the
+            # circuit opened and fail now tell nothing new: they leave it as it is.
+            if self._probing:
+                self._open_for = min(self._open_for * 2, self.max_reset_s)
+                self._opened_at = self._clock()
         elif self._failures >= self.failure_threshold:
             self._opened_at = self._clock()
             self.opened += 1

@@ -48,6 +48,17 @@ def test_the_breaker_opens_refuses_probes_once_and_closes_on_success() -> None:
     assert breaker.opened == 1
 
 
+def test_calls_already_under_way_when_it_opened_do_not_keep_it_open_longer() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=2, reset_s=1.0, clock=clock)
+    for _ in range(2):
+        breaker.failed()
+    for _ in range(10):  # the rest of a burst sent before it opened
+        breaker.failed()
+    clock.now += 1.0
+    assert breaker.state == "half-open"
+
+
 def test_a_success_resets_the_count_of_failures() -> None:
     breaker = CircuitBreaker(failure_threshold=2, clock=Clock())
     breaker.failed()
