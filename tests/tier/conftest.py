@@ -272,7 +272,9 @@ async def web_app(
                 await empty_tables(state_of(application).resources.db.engine)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the servers stop when tests/tier is done, so no later test finds them among this
+# process's children (tests/ml checks that a closed registry leaves no child behind).
+@pytest.fixture(scope="package")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_mlserver(tmp_path_factory.mktemp("mlserver"))
     try:
@@ -281,7 +283,7 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         stop_group(server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_model_server(tmp_path_factory.mktemp("model-server"))
     try:
