@@ -12,8 +12,8 @@ UV := $(CURDIR)/.tools/bin/uv
 endif
 VENV_STAMP := .venv/.synced
 
-.PHONY: help install run serve migrate create-admin model-add models test lint typecheck check-deploy pytest \
-        image image-test bench bench-quick fuzz clean
+.PHONY: help install run serve model-server migrate create-admin model-add models test lint typecheck \
+        check-deploy pytest image image-test bench bench-quick fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -30,6 +30,9 @@ install: $(VENV_STAMP) ## Install the locked dependencies into .venv
 
 run: $(VENV_STAMP) ## Serve on http://127.0.0.1:8000 (embedded SQLite, migrated at start-up)
 	$(UV) run --no-sync python -m app.cli serve
+
+model-server: $(VENV_STAMP) ## The model server alone on http://127.0.0.1:8001 (/v2, no database; docs/deployment.md)
+	PORT=$${PORT:-8001} $(UV) run --no-sync python -m app.cli model-server
 
 serve: run ## Production entry point (same command; configure it with environment variables)
 

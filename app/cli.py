@@ -1,4 +1,4 @@
-"""Command line: `python -m app.cli serve | migrate | create-admin | models add`."""
+"""Command line: `python -m app.cli serve | model-server | migrate | create-admin | models add`."""
 
 from __future__ import annotations
 
@@ -151,15 +151,41 @@ def cmd_models_add(args: argparse.Namespace) -> int:
     kind = f"{len(spec.labels)} classes" if spec.task == "classification" else "a regressor"
     print(
         f"added {spec.name} {spec.version} ({spec.format}, {len(spec.features)} features, {kind}) "
-        f"as {model_dir / spec.file}; restart the service to serve it"
+        f"as {model_dir / str(spec.file)}; restart the service to serve it"
     )
     return 0
+
+
+def cmd_model_server(_args: argparse.Namespace) -> int:
+    """The inference tier alone (app.model_server): the manifest's models behind /v2, no database."""
+    from app.core.logging import configure_logging
+    from app.server import MODEL_SERVER_APP, serve
+
+    settings = _load_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    if settings.environment == "production" and settings.model_server_token is None:
+        print(
+            "configuration error: MODEL_SERVER_TOKEN: must be set when ENVIRONMENT=production "
+            "(the web tier sends it to the model server as a bearer token)",
+            file=sys.stderr,
+        )
+        return 2
+    if not settings.ml_enabled or settings.ml_remote_url is not None:
+        print(
+            "configuration error: ML_ENABLED / ML_REMOTE_URL: a model server serves its models itself",
+            file=sys.stderr,
+        )
+        return 2
+    return serve(settings, app=MODEL_SERVER_APP)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the production server").set_defaults(func=cmd_serve)
+    sub.add_parser("model-server", help="run the model server (the inference tier alone)").set_defaults(
+        func=cmd_model_server
+    )
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     admin = sub.add_parser("create-admin", help="create or promote an admin user")
     admin.add_argument("--email", required=True)

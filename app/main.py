@@ -38,8 +38,8 @@ from app.http.problems import install_exception_handlers
 from app.http.ratelimit import refused_token_handler
 from app.http.redirects import relative_slash_redirects
 from app.http.shedding import LoadSheddingMiddleware
-from app.http.state import Resources, State, state_of
-from app.ml.registry import ModelRegistry, RegistrySettings
+from app.http.state import Resources, State, registry_settings, state_of
+from app.ml.registry import ModelRegistry
 from app.observability import tracing
 from app.observability.metrics import InFlight, Sampler, observe_model_batch
 from app.services.api_keys import KeyRing
@@ -115,18 +115,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.dispose()
         state.started = None
         log.info("stopped")
-
-
-def registry_settings(settings: Settings) -> RegistrySettings:
-    return RegistrySettings(
-        model_dir=settings.ml_model_dir,
-        onnx_threads=settings.ml_onnx_threads,
-        process_workers=settings.ml_process_workers,
-        start_method=settings.ml_start_method,
-        process_worker_nice=settings.ml_process_worker_nice,
-        batching_enabled=settings.ml_batching_enabled,
-        close_timeout_s=float(settings.timeout_graceful_shutdown),
-    )
 
 
 def _queue_depths(registry: ModelRegistry) -> dict[str, int]:

@@ -31,6 +31,7 @@ from app.observability.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 log = structlog.get_logger("app.server")
 
 APP = "app.main:app"
+MODEL_SERVER_APP = "app.model_server:app"
 # uvicorn's exit status for "the app failed before it started serving".
 STARTUP_FAILURE = 3
 
@@ -75,7 +76,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, app: str = APP) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean drain, 3 if the app failed to start.
 
     With one in-process worker a clean drain does not return: the process ends there, with status 0
@@ -84,9 +85,10 @@ def serve(settings: Settings) -> int:
     if directory is not None:
         # Before any worker imports prometheus_client: it reads the variable at import time.
         os.environ[MULTIPROC_ENV] = str(prepare_multiprocess_dir(directory))
-    config = uvicorn.Config(APP, **uvicorn_options(settings))
+    config = uvicorn.Config(app, **uvicorn_options(settings))
     log.info(
         "serving",
+        app=app,
         host=settings.host,
         port=settings.port,
         workers=settings.web_concurrency,
@@ -98,7 +100,7 @@ def serve(settings: Settings) -> int:
         supervisor.run()
         failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
         return STARTUP_FAILURE if failed else 0
-    if settings.ml_enabled and settings.ml_start_method == "forkserver":
+    if settings.ml_enabled and settings.ml_remote_url is None and settings.ml_start_method == "forkserver":
         # Before uvicorn imports the app: the model workers' forkserver imports scikit-learn on the
         # other core meanwhile (with a supervisor, each worker starts its own in its lifespan).
         from app.ml.forkserver import start_early  # noqa: PLC0415 - standard library only

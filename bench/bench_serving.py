@@ -26,41 +26,38 @@ get the same CPU. Writes bench/results/serving.json, including `targets` (issue 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    LUA_STATUS_COUNTS,
+    HEAVY_CLIENTS,
+    LIGHT_RATE,
     PYTHON,
     RESULTS,
     ROOT,
+    HeavyLoad,
     Load,
     Server,
     base_env,
     cores,
     descendants,
     free_port,
-    parse_wrk,
+    light_run,
+    memory_of,
+    post_script,
+    raw_get,
+    register_and_login,
     service_env,
+    status_field,
 )
 
 MODEL_DIR = ROOT / "ml_models"
-EMAIL = "serving-bench@example.com"
-PASSWORD = "serving-bench-password-1"  # noqa: S105 - a throwaway user in a temporary database
-LIGHT_RATE = 50  # req/s, the guide's fixed rate for the light endpoint
-HEAVY_CLIENTS = 8
 ROWS_PER_MODEL = 64
 
 
@@ -106,34 +103,6 @@ def manifest_roles() -> tuple[dict[str, str], str]:
     return executors, heavy
 
 
-def raw_get(port: int, path: str, token: str | None = None) -> str:
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n"
-
-
-POST_LUA = (
-    r"""
-local path = "%(path)s"
-local headers = {["Content-Type"] = "application/json"%(auth)s}
-local bodies = {%(bodies)s}
-
-function request()
-  return wrk.format("POST", path, headers, bodies[math.random(#bodies)])
-end
-"""
-    + LUA_STATUS_COUNTS
-)
-
-
-def post_script(workdir: Path, name: str, path: str, token: str | None, bodies: list[dict[str, Any]]) -> Path:
-    """A wrk script POSTing a random one of `bodies` (JSON without single quotes) to `path`."""
-    script = workdir / f"{name}.lua"
-    auth = f', ["Authorization"] = "Bearer {token}"' if token else ""
-    lua_bodies = ",".join(f"'{json.dumps(b, separators=(',', ':'))}'" for b in bodies)
-    script.write_text(POST_LUA % {"path": path, "auth": auth, "bodies": lua_bodies})
-    return script
-
-
 # --------------------------------------------------------------------------- the service
 
 
@@ -146,66 +115,7 @@ def start_service(name: str, workdir: Path, batching: bool, server_pin: list[str
     return server
 
 
-def _call(port: int, path: str, data: bytes, content_type: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": content_type}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - a local URL
-        result: dict[str, Any] = json.loads(response.read())
-        return result
-
-
-def register_and_login(port: int) -> str:
-    """One real user through the API: register, then log in with the OAuth2 password form."""
-    body = json.dumps({"email": EMAIL, "password": PASSWORD}).encode()
-    _call(port, "/api/v1/auth/register", body, "application/json")
-    form = urllib.parse.urlencode({"username": EMAIL, "password": PASSWORD}).encode()
-    token: str = _call(port, "/api/v1/auth/token", form, "application/x-www-form-urlencoded")["access_token"]
-    return token
-
-
 # --------------------------------------------------------------------------- measurements
-
-
-def light_run(load: Load, port: int, raw: str, seconds: float, label: str) -> dict[str, Any]:
-    """The light endpoint at LIGHT_RATE req/s, open loop; latency from each scheduled send."""
-    plan = {"host": f"127.0.0.1:{port}", "port": port, "path": raw}
-    result = load.openloop(
-        plan, "raw", "--rate", str(LIGHT_RATE), "--duration", str(seconds), "--connections", "64"
-    )
-    result.pop("percentile_curve_ms", None)
-    lat = result["latency"]
-    print(
-        f"  {label}: p50 {lat['p50_ms']:.2f} / p99 {lat['p99_ms']:.2f} / max {lat['max_ms']:.1f} ms, "
-        f"statuses {result['status_counts']}, errors {result['errors']}",
-        flush=True,
-    )
-    return result
-
-
-class HeavyLoad:
-    """wrk keeping HEAVY_CLIENTS connections busy on a heavy endpoint until stopped (SIGINT makes
-    wrk stop and print its summary)."""
-
-    def __init__(self, load: Load, url: str, script: Path) -> None:
-        argv = [*load.pin, "wrk", "-t1", f"-c{HEAVY_CLIENTS}", "-d600s", "--timeout", "10s", "--latency"]
-        self.proc = subprocess.Popen(
-            [*argv, "-s", str(script), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        time.sleep(1.0)  # let the load reach its steady state before the light requests are timed
-
-    def stop(self) -> dict[str, Any]:
-        self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=30)
-        result = parse_wrk(out)
-        if "rps" not in result:
-            raise RuntimeError(f"could not read wrk's output:\n{out}\n{err}")
-        print(
-            f"  heavy load: {result['rps']:.0f} req/s, p50 {result.get('p50_ms')} ms, "
-            f"statuses {result.get('status_counts')}",
-            flush=True,
-        )
-        return result
 
 
 def isolation(  # noqa: PLR0917 - one call site per server, named there
@@ -268,47 +178,18 @@ def throughput(  # noqa: PLR0917 - the one call site passes them in order
     return out
 
 
-def _status_field(pid: int, key: str) -> str | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
-def _memory_of(pid: int) -> dict[str, float | None]:
-    """VmRSS, and PSS and USS (private pages) from smaps_rollup, in MB."""
-    kb: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-            key, _, rest = line.partition(":")
-            if rest.strip().endswith("kB"):
-                kb[key] = int(rest.split()[0])
-    rss = _status_field(pid, "VmRSS")
-
-    def mb(value: int | None) -> float | None:
-        return round(value / 1024, 1) if value is not None else None
-
-    uss = kb["Private_Clean"] + kb["Private_Dirty"] if "Private_Clean" in kb else None
-    return {
-        "rss_mb": mb(int(rss.split()[0])) if rss else None,
-        "pss_mb": mb(kb.get("Pss")),
-        "uss_mb": mb(uss),
-    }
-
-
 def memory(pid: int, executors: dict[str, str]) -> list[dict[str, Any]]:
     """The web worker and each child, with its role (forkserver children are the model workers)."""
     process_models = [name for name, executor in executors.items() if executor == "process"]
     worker_label = (
         f"model worker ({', '.join(process_models)})" if len(process_models) == 1 else "model worker"
     )
-    out = [{"role": "web worker", "pid": pid, **_memory_of(pid)}]
+    out = [{"role": "web worker", "pid": pid, **memory_of(pid)}]
     roles: dict[int, str] = {}
     for child in descendants(pid):
         try:
             cmd = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            ppid = int(_status_field(child, "PPid") or 0)
+            ppid = int(status_field(child, "PPid") or 0)
         except OSError:
             continue
         if "resource_tracker" in cmd:
@@ -320,7 +201,7 @@ def memory(pid: int, executors: dict[str, str]) -> list[dict[str, Any]]:
         else:
             role = "other"
         roles[child] = role
-        out.append({"role": role, "pid": child, **_memory_of(child)})
+        out.append({"role": role, "pid": child, **memory_of(child)})
     return out
 
 

@@ -703,3 +703,132 @@ def in_process_markdown(data: dict[str, Any]) -> str:
     if data.get("machine", {}).get("load"):
         lines.append(f"In-process run: {data['machine']['load']}.")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------- requests and loads of the model benches
+
+BENCH_EMAIL = "serving-bench@example.com"
+BENCH_PASSWORD = "serving-bench-password-1"  # noqa: S105 - a throwaway user in a temporary database
+LIGHT_RATE = 50  # req/s, the guide's fixed rate for the light endpoint
+HEAVY_CLIENTS = 8
+
+
+def raw_get(port: int, path: str, token: str | None = None) -> str:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n"
+
+
+POST_LUA = (
+    r"""
+local path = "%(path)s"
+local headers = {["Content-Type"] = "application/json"%(auth)s}
+local bodies = {%(bodies)s}
+
+function request()
+  return wrk.format("POST", path, headers, bodies[math.random(#bodies)])
+end
+"""
+    + LUA_STATUS_COUNTS
+)
+
+
+def post_script(workdir: Path, name: str, path: str, token: str | None, bodies: list[dict[str, Any]]) -> Path:
+    """A wrk script POSTing a random one of `bodies` (JSON without single quotes) to `path`."""
+    script = workdir / f"{name}.lua"
+    auth = f', ["Authorization"] = "Bearer {token}"' if token else ""
+    lua_bodies = ",".join(f"'{json.dumps(b, separators=(',', ':'))}'" for b in bodies)
+    script.write_text(POST_LUA % {"path": path, "auth": auth, "bodies": lua_bodies})
+    return script
+
+
+def _call(port: int, path: str, data: bytes, content_type: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - a local URL
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def register_and_login(port: int) -> str:
+    """One real user through the API: register (unless a server on the same database did), then log
+    in with the OAuth2 password form."""
+    body = json.dumps({"email": BENCH_EMAIL, "password": BENCH_PASSWORD}).encode()
+    try:
+        _call(port, "/api/v1/auth/register", body, "application/json")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:  # 409: already registered
+            raise
+    form = urllib.parse.urlencode({"username": BENCH_EMAIL, "password": BENCH_PASSWORD}).encode()
+    token: str = _call(port, "/api/v1/auth/token", form, "application/x-www-form-urlencoded")["access_token"]
+    return token
+
+
+def light_run(load: Load, port: int, raw: str, seconds: float, label: str) -> dict[str, Any]:
+    """The light endpoint at LIGHT_RATE req/s, open loop; latency from each scheduled send."""
+    plan = {"host": f"127.0.0.1:{port}", "port": port, "path": raw}
+    result = load.openloop(
+        plan, "raw", "--rate", str(LIGHT_RATE), "--duration", str(seconds), "--connections", "64"
+    )
+    result.pop("percentile_curve_ms", None)
+    lat = result["latency"]
+    print(
+        f"  {label}: p50 {lat['p50_ms']:.2f} / p99 {lat['p99_ms']:.2f} / max {lat['max_ms']:.1f} ms, "
+        f"statuses {result['status_counts']}, errors {result['errors']}",
+        flush=True,
+    )
+    return result
+
+
+class HeavyLoad:
+    """wrk keeping HEAVY_CLIENTS connections busy on a heavy endpoint until stopped (SIGINT makes
+    wrk stop and print its summary)."""
+
+    def __init__(self, load: Load, url: str, script: Path) -> None:
+        argv = [*load.pin, "wrk", "-t1", f"-c{HEAVY_CLIENTS}", "-d600s", "--timeout", "10s", "--latency"]
+        self.proc = subprocess.Popen(
+            [*argv, "-s", str(script), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(1.0)  # let the load reach its steady state before the light requests are timed
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=30)
+        result = parse_wrk(out)
+        if "rps" not in result:
+            raise RuntimeError(f"could not read wrk's output:\n{out}\n{err}")
+        print(
+            f"  heavy load: {result['rps']:.0f} req/s, p50 {result.get('p50_ms')} ms, "
+            f"statuses {result.get('status_counts')}",
+            flush=True,
+        )
+        return result
+
+
+def status_field(pid: int, key: str) -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def memory_of(pid: int) -> dict[str, float | None]:
+    """VmRSS, and PSS and USS (private pages) from smaps_rollup, in MB."""
+    kb: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                kb[key] = int(rest.split()[0])
+    rss = status_field(pid, "VmRSS")
+
+    def mb(value: int | None) -> float | None:
+        return round(value / 1024, 1) if value is not None else None
+
+    uss = kb["Private_Clean"] + kb["Private_Dirty"] if "Private_Clean" in kb else None
+    return {
+        "rss_mb": mb(int(rss.split()[0])) if rss else None,
+        "pss_mb": mb(kb.get("Pss")),
+        "uss_mb": mb(uss),
+    }

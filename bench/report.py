@@ -119,9 +119,15 @@ def targets(results: dict[str, Any], db: str = "postgresql") -> list[tuple[str, 
 
 
 def model_targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    """The model-serving rows (bench/bench_serving.py, measured on the embedded database)."""
+    """The model-serving rows (bench/bench_serving.py, measured on the embedded database) and the
+    two tiers' (bench/bench_tier.py)."""
     models = results.get("models") or {}
     rows = [(r["metric"], r["target"], r["measured"], r.get("met")) for r in models.get("targets", [])]
+    tier = results.get("tier") or {}
+    rows += [
+        (r["metric"], r["target"], f"{r['value']} ({r['figures']})", r["met"])
+        for r in tier.get("targets", [])
+    ]
     if not rows:
         rows.append(
             ("light endpoint p99 while heavy predictions run", "<= 2x idle p99", "not in this run", None)
@@ -435,6 +441,14 @@ def render(results: dict[str, Any]) -> str:
             "## Model serving (bench/bench_serving.py, bench/bench_models.py)",
             "",
             models["markdown"],
+            "",
+        ]
+    tier = results.get("tier")
+    if tier:
+        out += [
+            "## Two tiers: the model server and remote-only web workers (bench/bench_tier.py)",
+            "",
+            tier.get("markdown") or f"*bench_tier failed: {tier.get('error')}*",
             "",
         ]
     if ANALYSIS.exists():

@@ -15,7 +15,8 @@ In one run, on this machine:
    /readyz is 200), median of 5; resident memory of the web worker after the load.
 4. On PostgreSQL, the hot paths' connection hand-out three ways side by side (bench/pool_compare.py:
    the app's turnstile, asyncpg's pool, SQLAlchemy's pool alone; about 3 minutes, `--no-pool` skips
-   it); then the model-serving figures (bench/bench_serving.py, bench/bench_models.py).
+   it); then the model-serving figures (bench/bench_serving.py, bench/bench_models.py) and the two
+   tiers' (bench/bench_tier.py: the model server and remote-only web workers).
 5. The container (bench/bench_container.py: builds the image with scripts/image.sh): its size, cold
    start from `run` to ready beside the bare process's, memory inside it; skipped, saying why,
    where there is no docker or podman (`--no-container` skips it).
@@ -266,6 +267,22 @@ def run_container_bench(profile: Profile) -> dict[str, Any]:
     return data
 
 
+def run_tier_bench(quick: bool) -> dict[str, Any]:
+    """The two tiers' figures (`python -m bench.bench_tier`: the model server, a remote-only web
+    worker, the in-process worker, the bare app): bench/results/tier.json."""
+    path = RESULTS / "tier.json"
+    path.unlink(missing_ok=True)
+    flags = ["--quick"] if quick else []
+    print(f"tier: python -m bench.bench_tier {' '.join(flags)}", flush=True)
+    done = subprocess.run(
+        [PYTHON, "-m", "bench.bench_tier", *flags, "--out", str(path)], cwd=ROOT, check=False
+    )
+    if done.returncode != 0 or not path.exists():
+        return {"error": f"bench.bench_tier exited with {done.returncode}"}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def run_pool_compare(profile: Profile) -> dict[str, Any]:
     """The hot paths' connection hand-out three ways, side by side (`python -m bench.pool_compare`,
     its own server per variant and round, its own database): bench/results/pool.json."""
@@ -296,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-container", action="store_true", help="skip bench/bench_container.py (the image's rows)"
     )
+    parser.add_argument("--no-tier", action="store_true", help="skip bench/bench_tier.py (the two tiers)")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     profile = Profile.make(args.quick)
@@ -324,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         results["models"] = run_models_bench(args.quick)
     if not args.no_container:
         results["container"] = run_container_bench(profile)
+    if not args.no_tier:
+        results["tier"] = run_tier_bench(args.quick)
     results["elapsed_s"] = round(time.perf_counter() - began, 1)
     out = args.out or RESULTS / "latest.json"
     out.write_text(json.dumps(results, indent=1) + "\n")

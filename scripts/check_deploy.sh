@@ -153,6 +153,48 @@ try:
         errors.append("deployment does not load the ConfigMap via envFrom")
 except (KeyError, TypeError, StopIteration, ValueError) as exc:
     errors.append(f"unexpected manifest shape: {exc!r}")
+
+# The model tier: same image, its own selectors, HPA, grace period; only the API may reach it.
+ms_dep, ms_svc = load("model-server-deployment.yaml"), load("model-server-service.yaml")
+ms_hpa, ms_pdb = load("model-server-hpa.yaml"), load("model-server-pdb.yaml")
+ms_cm, ms_net = load("model-server-configmap.yaml"), load("model-server-networkpolicy.yaml")
+try:
+    ms_pod = ms_dep["spec"]["template"]["spec"]
+    ms_labels = ms_dep["spec"]["template"]["metadata"]["labels"]
+    ms = next(c for c in ms_pod["containers"] if c["name"] == "model-server")
+    if ms["image"] != api["image"]:
+        errors.append(f"model-server image {ms['image']} != deployment image {api['image']}")
+    if ms["command"][-1] != "model-server":
+        errors.append("model-server-deployment.yaml does not run `app.cli model-server`")
+    for name, sel in (("model-server deployment", ms_dep["spec"]["selector"]["matchLabels"]),
+                      ("model-server service", ms_svc["spec"]["selector"]),
+                      ("model-server pdb", ms_pdb["spec"]["selector"]["matchLabels"]),
+                      ("model-server networkpolicy", ms_net["spec"]["podSelector"]["matchLabels"])):
+        if not sel.items() <= ms_labels.items():
+            errors.append(f"{name} selector {sel} does not match the model-server pod labels")
+        if sel.items() <= labels.items():
+            errors.append(f"{name} selector {sel} also selects the API pods")
+    allowed = ms_net["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    if not allowed.items() <= labels.items():
+        errors.append("model-server networkpolicy does not let the API pods in")
+    if ms_hpa["spec"]["scaleTargetRef"]["name"] != ms_dep["metadata"]["name"]:
+        errors.append("model-server hpa scaleTargetRef does not name the model-server deployment")
+    if "replicas" in ms_dep["spec"]:
+        errors.append("model-server deployment sets spec.replicas, which fights its HPA")
+    ms_prestop = ms.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    ms_drain = int(ms_cm["data"]["TIMEOUT_GRACEFUL_SHUTDOWN"])
+    if ms_pod.get("terminationGracePeriodSeconds", 30) <= ms_prestop + ms_drain:
+        errors.append("model-server terminationGracePeriodSeconds <= preStop + TIMEOUT_GRACEFUL_SHUTDOWN")
+    if ms["readinessProbe"]["httpGet"]["path"] != "/readyz":
+        errors.append("model-server readiness must be /readyz (every model answers)")
+    url = cm["data"].get("ML_REMOTE_URL")
+    port = ms_svc["spec"]["ports"][0]["port"]
+    if url is not None and url.rstrip("/") != f"http://{ms_svc['metadata']['name']}:{port}":
+        errors.append(f"ML_REMOTE_URL {url} is not the model-server Service")
+    if "ML_REMOTE_URL" in ms_cm["data"]:
+        errors.append("the model server must not have ML_REMOTE_URL (it serves the models itself)")
+except (KeyError, TypeError, StopIteration, ValueError, IndexError, NameError) as exc:
+    errors.append(f"unexpected model-server manifest shape: {exc!r}")
 if errors:
     print("\n".join(errors))
     sys.exit(1)
@@ -165,6 +207,7 @@ check_compose() {
     # Dummy values for the required variables, and no .env file: the check is deterministic.
     SECRET_KEY=check-deploy-dummy-secret-key-0123456789abcdef \
     POSTGRES_PASSWORD=check-deploy-dummy-password \
+    MODEL_SERVER_TOKEN=check-deploy-dummy-model-server-token-0123456789 \
         "$VENV_BIN/docker-compose" --env-file /dev/null -f "$COMPOSE_FILE" config -q
 }
 
@@ -173,18 +216,23 @@ check_compose_grace() {
     local rendered
     rendered=$(SECRET_KEY=check-deploy-dummy-secret-key-0123456789abcdef \
         POSTGRES_PASSWORD=check-deploy-dummy-password \
+        MODEL_SERVER_TOKEN=check-deploy-dummy-model-server-token-0123456789 \
         "$VENV_BIN/docker-compose" --env-file /dev/null -f "$COMPOSE_FILE" config --format json \
         2>/dev/null) || { echo "$COMPOSE_FILE does not render (see the config check)"; return 1; }
     "$PY" -c '
 import json, re, sys
-api = json.load(sys.stdin)["services"]["api"]
+services = json.load(sys.stdin)["services"]
 def seconds(value):
     units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", value))
-grace = seconds(api.get("stop_grace_period", "10s"))
-drain = int(api["environment"].get("TIMEOUT_GRACEFUL_SHUTDOWN", "30"))
-if grace <= drain:
-    sys.exit(f"api stop_grace_period {grace:g}s <= TIMEOUT_GRACEFUL_SHUTDOWN {drain}s")
+for name in ("api", "model-server"):
+    service = services[name]
+    grace = seconds(service.get("stop_grace_period", "10s"))
+    drain = int(service["environment"].get("TIMEOUT_GRACEFUL_SHUTDOWN", "30"))
+    if grace <= drain:
+        sys.exit(f"{name} stop_grace_period {grace:g}s <= TIMEOUT_GRACEFUL_SHUTDOWN {drain}s")
+if services["model-server"].get("ports"):
+    sys.exit("model-server publishes a port: keep the model tier off the host network")
 ' <<<"$rendered"
 }
 
@@ -205,7 +253,7 @@ done
 run_check "$K8S_DIR consistency (kustomization, image, grace period, selectors)" check_k8s_consistency
 
 run_check "docker-compose -f $COMPOSE_FILE config -q" check_compose
-run_check "$COMPOSE_FILE api stop_grace_period > TIMEOUT_GRACEFUL_SHUTDOWN" check_compose_grace
+run_check "$COMPOSE_FILE api/model-server stop_grace_period > TIMEOUT_GRACEFUL_SHUTDOWN, no model-server port" check_compose_grace
 
 if [[ $failed -gt 0 ]]; then
     echo "check_deploy: $failed of $checks checks FAILED"

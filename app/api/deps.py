@@ -8,6 +8,7 @@ docs/performance.md). None of them blocks, so they run on the event loop.
 
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 from typing import Annotated
 
@@ -17,7 +18,7 @@ from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from app.core.errors import Forbidden, Unauthorized
 from app.core.security import AccessClaims, KeyClaims, Scope, UnverifiedClaims, is_api_key
 from app.http.ratelimit import limit_caller
-from app.http.state import state_of
+from app.http.state import model_server_state_of, state_of
 from app.services.api_keys import ApiKeyService, MissingScope
 from app.services.auth import AuthService, Caller, SessionCaller, authenticate, read_access_token
 from app.services.inference import InferenceService
@@ -139,6 +140,21 @@ ItemReadClaims = Annotated[UnverifiedClaims, _claims(Scope.ITEMS_READ)]
 ItemWriteClaims = Annotated[UnverifiedClaims, _claims(Scope.ITEMS_WRITE)]
 
 
+# The Open Inference Protocol routes' caller: the id predictions are logged against, by access
+# token or by an API key with the scope. The model server (app.model_server) replaces both with its
+# service-token check.
+async def get_oip_reader(user: ModelReader) -> int:
+    return user.id
+
+
+async def get_oip_predictor(user: Predictor) -> int:
+    return user.id
+
+
+OipReader = Annotated[int, Depends(get_oip_reader)]
+OipPredictor = Annotated[int, Depends(get_oip_predictor)]
+
+
 async def get_admin(user: Annotated[Caller, _caller(Scope.ADMIN)]) -> Caller:
     if not user.is_admin:
         raise Forbidden("This operation needs an admin account.")
@@ -201,6 +217,28 @@ async def _disconnected(request: Request) -> None:
 
 
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
+
+
+# --- the model server's replacements (app.model_server): a service token, no users, no log ---
+
+
+async def check_service_token(request: Request) -> int:
+    """The model server's caller check: `Authorization: Bearer <MODEL_SERVER_TOKEN>` (compared in
+    constant time). No token configured: every caller is let in (development only; a production
+    model server refuses to start without one). Its predictions are logged by the web tier, under
+    the web tier's user; here the caller id is 0."""
+    expected = model_server_state_of(request).token
+    if expected is None:
+        return 0
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("Send the model server's service token as `Authorization: Bearer`.")
+    return 0
+
+
+async def get_model_server_inference(request: Request) -> InferenceService:
+    registry = model_server_state_of(request).registry
+    return InferenceService(registry, None, lambda: _disconnected(request))
 
 
 class OffsetPage:

@@ -10,7 +10,8 @@ from sqlalchemy import text
 
 from app.core.errors import ServiceUnavailable
 from app.http.problems import is_database_outage
-from app.http.state import state_of
+from app.http.state import model_server_state_of, state_of
+from app.ml.manifest import ModelSpec
 from app.observability.metrics import exposition
 from app.schemas.common import problem_responses
 
@@ -58,12 +59,59 @@ async def readyz(request: Request) -> ReadinessStatus:
             "run the migrations.",
             headers={"Retry-After": "5"},
         )
-    models = f"{len(resources.registry.list())} loaded" if models_enabled else "disabled"
+    models = (
+        _models_status(resources.registry.list(), resources.registry.not_ready())
+        if models_enabled
+        else "disabled"
+    )
     return ReadinessStatus(status="ready", database="ok", migrations=str(version), models=models)
+
+
+def _models_status(models: list[ModelSpec], not_ready: list[str]) -> str:
+    """`3 loaded`, or `3 loaded; not answering: breast_cancer` when a remote model's server is
+    down or a worker pool restarts. Still ready: the other models and every other route serve,
+    and each model's own readiness is `/v2/models/{name}/ready`."""
+    status = f"{len(models)} loaded"
+    return f"{status}; not answering: {', '.join(not_ready)}" if not_ready else status
 
 
 async def metrics(request: Request) -> Response:
     """GET /metrics (`METRICS_ENABLED`). Keep it off the public ingress: it names routes and load,
     not users."""
     state_of(request).resources.sampler.sample()
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- the model server's probes (app.model_server): models only, no database ---
+
+model_server_router = APIRouter(tags=["health"])
+
+
+class ModelServerReadiness(BaseModel):
+    status: str
+    models: str
+
+
+@model_server_router.get("/healthz", summary="Liveness: the process is serving")
+async def model_server_healthz() -> HealthStatus:
+    return HealthStatus(status="ok")
+
+
+@model_server_router.get(
+    "/readyz", summary="Readiness: every model answers", responses=problem_responses(503)
+)
+async def model_server_readyz(request: Request) -> ModelServerReadiness:
+    """503 until every model is loaded and its worker pool up (and while one is replaced), so a
+    load balancer sends predictions only to a model server that can answer them all."""
+    registry = model_server_state_of(request).registry
+    not_ready = registry.not_ready()
+    if not registry.ready or not_ready:
+        raise ServiceUnavailable(
+            f"Models not ready: {', '.join(not_ready) or 'starting'}.", headers={"Retry-After": "1"}
+        )
+    return ModelServerReadiness(status="ready", models=_models_status(registry.list(), []))
+
+
+async def model_server_metrics(_request: Request) -> Response:
+    """GET /metrics of the model server: the model counters, queues and batches."""
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

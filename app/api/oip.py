@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe V2) over REST, JSON tensors: /v2 health, metadata and infer.
 
 Errors here use the protocol's shape, `{"error": "..."}` (see app.http.problems). Like every
-model endpoint, these need a valid access token (tritonclient sends it via `headers=`).
+model endpoint, these need a valid access token (tritonclient sends it via `headers=`); in the
+model server (app.model_server) the same routes take the service token instead.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.api.deps import InferenceDep, ModelReader, Predictor
-from app.core.errors import BadRequest
+from app.api.deps import InferenceDep, OipPredictor, OipReader
+from app.core.errors import BadRequest, NotFound
 from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import ClassPrediction, RegressionPrediction
@@ -29,6 +30,7 @@ from app.schemas.oip import (
     ServerMetadata,
     TensorMetadata,
 )
+from app.services.inference import InferenceService
 
 
 class BinaryDataUnsupported(BadRequest):
@@ -48,6 +50,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": OipError} for status in (400, 401, 404, 413, 422, 429, 503, 504)
 }
 ModelName = Path(min_length=1, max_length=64)
+ModelVersion = Path(min_length=1, max_length=64)
+PLATFORMS = {"onnx": "onnxruntime_onnx", "skops": "sklearn_skops", "remote": "remote_oip"}
 NUMERIC = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
 
 
@@ -80,12 +84,12 @@ def _outputs(spec: ModelSpec) -> list[TensorMetadata]:
 
 
 @router.get("/health/live", summary="Server live", responses=ERRORS)
-async def live(_user: ModelReader) -> Live:
+async def live(_caller: OipReader) -> Live:
     return Live(live=True)
 
 
 @router.get("/health/ready", summary="Server ready", responses=ERRORS)
-async def ready(_user: ModelReader, inference: InferenceDep, response: Response) -> Ready:
+async def ready(_caller: OipReader, inference: InferenceDep, response: Response) -> Ready:
     is_ready = inference.ready
     if not is_ready:
         response.status_code = 503
@@ -93,26 +97,58 @@ async def ready(_user: ModelReader, inference: InferenceDep, response: Response)
 
 
 @router.get("", summary="Server metadata", responses=ERRORS)
-async def server_metadata(_user: ModelReader, request: Request) -> ServerMetadata:
+async def server_metadata(_caller: OipReader, request: Request) -> ServerMetadata:
     return ServerMetadata(name=request.app.title, version=request.app.version, extensions=[])
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
-async def model_metadata(_user: ModelReader, inference: InferenceDep, name: str = ModelName) -> ModelMetadata:
+async def model_metadata(_caller: OipReader, inference: InferenceDep, name: str = ModelName) -> ModelMetadata:
     spec = inference.model(name)
     return ModelMetadata(
         name=spec.name,
         versions=[spec.version],
-        platform="onnxruntime_onnx" if spec.format == "onnx" else "sklearn_skops",
+        platform=PLATFORMS[spec.format or "remote"],
         inputs=[TensorMetadata(name="input", datatype="FP32", shape=[-1, len(spec.features)])],
         outputs=_outputs(spec),
     )
 
 
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata", responses=ERRORS)
+async def model_version_metadata(
+    caller: OipReader, inference: InferenceDep, name: str = ModelName, version: str = ModelVersion
+) -> ModelMetadata:
+    _check_version(inference.model(name), version)
+    return await model_metadata(caller, inference, name)
+
+
 @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
-async def model_ready(_user: ModelReader, inference: InferenceDep, name: str = ModelName) -> ModelReady:
+async def model_ready(
+    _caller: OipReader, inference: InferenceDep, response: Response, name: str = ModelName
+) -> ModelReady:
+    """200 when the model answers now; 503 while its worker pool restarts or its server is down."""
     spec = inference.model(name)
-    return ModelReady(name=spec.name, ready=inference.ready)
+    is_ready = inference.model_ready(name)
+    if not is_ready:
+        response.status_code = 503
+    return ModelReady(name=spec.name, ready=is_ready)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready", responses=ERRORS)
+async def model_version_ready(
+    caller: OipReader,
+    inference: InferenceDep,
+    response: Response,
+    name: str = ModelName,
+    version: str = ModelVersion,
+) -> ModelReady:
+    _check_version(inference.model(name), version)
+    return await model_ready(caller, inference, response, name)
+
+
+def _check_version(spec: ModelSpec, version: str) -> None:
+    """Each model serves one version (the manifest's): any other is not found."""
+    if version != spec.version:
+        raise NotFound(f"Model {spec.name!r} has no version {version!r}; it serves {spec.version!r}.")
 
 
 def _rows(body: InferenceRequest, spec: ModelSpec) -> list[Any]:
@@ -148,9 +184,36 @@ def _wants_binary(body: InferenceRequest) -> bool:
     },
 )
 async def infer(
-    request: Request, user: Predictor, inference: InferenceDep, name: str = ModelName
+    request: Request, caller: OipPredictor, inference: InferenceDep, name: str = ModelName
 ) -> InferenceResponse:
     """One input tensor `input` of shape [batch, features] (row-major `data`, flat or nested)."""
+    return await _infer(request, caller, inference, name)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference, one version",
+    responses={**ERRORS, 500: {"model": OipError}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inline_schema(InferenceRequest)}},
+        }
+    },
+)
+async def infer_version(
+    request: Request,
+    caller: OipPredictor,
+    inference: InferenceDep,
+    name: str = ModelName,
+    version: str = ModelVersion,
+) -> InferenceResponse:
+    """As `/models/{name}/infer`, for the one version the model serves (any other is a 404)."""
+    _check_version(inference.model(name), version)
+    return await _infer(request, caller, inference, name)
+
+
+async def _infer(request: Request, caller: int, inference: InferenceService, name: str) -> InferenceResponse:
     # The body is parsed here rather than by a body parameter: tritonclient sends JSON without a
     # Content-Type header, and a binary-extension body (JSON followed by raw bytes) must get a
     # clear 400 rather than read as malformed JSON.
@@ -165,7 +228,7 @@ async def infer(
     if _wants_binary(body):
         raise BinaryDataUnsupported
     spec = inference.model(name)
-    result = await inference.predict_rows(user.id, name, _rows(body, spec), field="inputs.0.data")
+    result = await inference.predict_rows(caller, name, _rows(body, spec), field="inputs.0.data")
     count = len(result.predictions)
     available: dict[str, ResponseOutput] = {}
     classes = [p for p in result.predictions if isinstance(p, ClassPrediction)]

@@ -214,6 +214,20 @@ class Settings(BaseSettings):
     )
 
     # --- models ---
+    ml_remote_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+/?$",
+        description="Base URL of this service's model server (e.g. http://model-server:8001): every "
+        "model of the manifest is then served from there (`executor: remote`), and this process "
+        "loads none. Unset: as the manifest says (`make run`: every model in process).",
+    )
+    model_server_token: SecretStr | None = Field(
+        None,
+        description="Shared service token of the model tier: the model server (`python -m app.cli "
+        "model-server`) requires it as `Authorization: Bearer`, and the web tier sends it to remote "
+        'models whose manifest entry says `"auth": "service-token"`. Required by a model server '
+        "with ENVIRONMENT=production.",
+    )
     ml_enabled: bool = Field(True, description="Load and serve the models of the manifest.")
     ml_model_dir: Path = Field(ROOT_DIR / "ml_models", description="Folder of manifest.json and model files.")
     ml_onnx_threads: int = Field(2, ge=1, description="Threads running ONNX models (shared by all).")

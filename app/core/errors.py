@@ -73,6 +73,10 @@ class TooManyRequests(AppError):
     status, code, title = 429, "rate-limited", "Too Many Requests"
 
 
+class BadGateway(AppError):
+    status, code, title = 502, "bad-gateway", "Bad Gateway"
+
+
 class ServiceUnavailable(AppError):
     status, code, title = 503, "service-unavailable", "Service Unavailable"
 

@@ -120,3 +120,6 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     # seven INFO lines) whenever it loads, on every start-up that migrates; its "Running upgrade"
     # lines (alembic.runtime.migration) stay.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: for remote models (app.ml.remote) that is a line per batch
+    # and per readiness probe; failures are logged by the model layer itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -21,6 +21,7 @@ from app.core.errors import (
     PROBLEM_CONTENT_TYPE,
     PROBLEM_TYPE_BASE,
     AppError,
+    BadGateway,
     BadRequest,
     Conflict,
     Forbidden,
@@ -49,6 +50,7 @@ _CODES_BY_STATUS: dict[int, type[AppError]] = {
         UnsupportedMediaType,
         ValidationFailed,
         TooManyRequests,
+        BadGateway,
         ServiceUnavailable,
         GatewayTimeout,
     )

@@ -13,13 +13,13 @@ from app.core.config import Settings
 from app.core.security import PasswordHasher, TokenCodec
 from app.db.database import Database
 from app.http.limiter import Limits
+from app.ml.registry import ModelRegistry, RegistrySettings
 from app.observability.metrics import InFlight, Sampler
 from app.observability.tracing import Tracing
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from app.ml.registry import ModelRegistry
     from app.services.api_keys import KeyRing
     from app.services.prediction_log import PredictionLog
 
@@ -59,3 +59,35 @@ def state_of(app_or_connection: Starlette | HTTPConnection) -> State:
     """The app's `State` (kept as the one attribute `service` of Starlette's attribute bag)."""
     app = app_or_connection.app if isinstance(app_or_connection, HTTPConnection) else app_or_connection
     return cast(State, app.state.service)
+
+
+def registry_settings(settings: Settings) -> RegistrySettings:
+    """The model layer's tunables from the service's settings (web tier and model server alike)."""
+    token = settings.model_server_token
+    return RegistrySettings(
+        model_dir=settings.ml_model_dir,
+        onnx_threads=settings.ml_onnx_threads,
+        process_workers=settings.ml_process_workers,
+        start_method=settings.ml_start_method,
+        process_worker_nice=settings.ml_process_worker_nice,
+        batching_enabled=settings.ml_batching_enabled,
+        close_timeout_s=float(settings.timeout_graceful_shutdown),
+        remote_url=settings.ml_remote_url,
+        remote_token=token.get_secret_value() if token else None,
+    )
+
+
+@dataclass(slots=True, eq=False)
+class ModelServerState:
+    """The model server's one state (app.model_server): its settings and its model registry; no
+    database, no users."""
+
+    settings: Settings
+    registry: ModelRegistry
+    token: str | None
+
+
+def model_server_state_of(app_or_connection: Starlette | HTTPConnection) -> ModelServerState:
+    """The model server's `ModelServerState` (the attribute `model_server` of the attribute bag)."""
+    app = app_or_connection.app if isinstance(app_or_connection, HTTPConnection) else app_or_connection
+    return cast(ModelServerState, app.state.model_server)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.ml.errors import (
+    BackendError,
+    BackendUnavailable,
     ModelError,
     ModelOverloaded,
     ModelsNotReady,
@@ -181,7 +183,7 @@ class MicroBatcher:
         except PredictionTimeout:  # the batch hit the runtime's hard limit
             self.stats.timeouts += 1
             raise
-        except (ModelWorkerCrashed, PredictionFailed):
+        except (ModelWorkerCrashed, PredictionFailed, BackendUnavailable, BackendError):
             self.stats.failures += 1
             raise
 
@@ -300,6 +302,10 @@ class MicroBatcher:
             return PredictionTimeout(self.name, self.config.timeout_ms)
         if isinstance(exc, ModelWorkerCrashed):
             return ModelWorkerCrashed(self.name)
+        if isinstance(exc, BackendUnavailable):
+            return BackendUnavailable(self.name, exc.reason, exc.retry_after)
+        if isinstance(exc, BackendError):
+            return BackendError(self.name, exc.reason)
         return PredictionFailed(self.name)
 
     def _record(self, rows: int, requests: int, seconds: float) -> None:

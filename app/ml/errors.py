@@ -94,3 +94,24 @@ class ModelLoadError(ModelError):
         # One line, so a start-up failure reads well in a log line and a terminal.
         self.reason = " ".join(reason.split())
         super().__init__(f"{file}: {self.reason}")
+
+
+class BackendUnavailable(ModelError):
+    """A remote model's server cannot be reached (refused, reset before answering, 5xx, or the
+    circuit breaker is open after repeated failures); nothing was computed, retry later."""
+
+    def __init__(self, model: str, reason: str, retry_after: int = 1) -> None:
+        self.model = model
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"the server of model {model!r} is unavailable: {reason}")
+
+
+class BackendError(ModelError):
+    """A remote model's server answered, but not with a usable prediction (a 4xx such as an unknown
+    model or version, a malformed or wrongly shaped Open Inference Protocol response)."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(f"the server of model {model!r} gave no usable answer: {reason}")

@@ -23,11 +23,11 @@ def use_preload(context: multiprocessing.context.BaseContext) -> None:
 
 
 def has_process_pool_models(model_dir: Path) -> bool:
-    """Whether the manifest lists a model served by worker processes (anything but ONNX). A
+    """Whether the manifest lists a model served by worker processes (`executor: process`). A
     missing or broken manifest answers False: the registry reports it at start-up, by name."""
     try:
         manifest = json.loads((model_dir / "manifest.json").read_text())
-        return any(entry.get("format") != "onnx" for entry in manifest["models"])
+        return any(entry.get("executor") == "process" for entry in manifest["models"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 

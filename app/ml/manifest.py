@@ -15,7 +15,7 @@ MANIFEST_NAME = "manifest.json"
 
 Task = Literal["classification", "regression"]
 ModelFormat = Literal["onnx", "skops"]
-Executor = Literal["thread", "process"]
+Executor = Literal["thread", "process", "remote"]
 
 
 class _Frozen(BaseModel):
@@ -37,16 +37,51 @@ class BatchingSpec(_Frozen):
     max_batch_wait_ms: float = Field(ge=0, le=1000)
 
 
+class RemoteSpec(_Frozen):
+    """Where a remote model runs: an Open Inference Protocol (KServe V2) server, such as this
+    service's own model server (`python -m app.cli model-server`), MLServer, KServe or Triton."""
+
+    url: str = Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$", description="The server's base URL.")
+    model: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )
+    input: str = Field("input", min_length=1, max_length=128, description="The input tensor's name.")
+    datatype: Literal["FP32", "FP64"] = "FP32"
+    output: str = Field(
+        min_length=1,
+        max_length=128,
+        description="The output to request: class probabilities (e.g. MLServer's `predict_proba`, "
+        "this service's `probabilities`) or a regressor's value.",
+    )
+    # "service-token": send the registry's service token as `Authorization: Bearer` (this
+    # service's model server requires it); "none" for a server guarded by the network alone.
+    auth: Literal["none", "service-token"] = "none"
+    connect_timeout_ms: int = Field(1000, ge=1, le=60_000)
+    max_connections: int = Field(32, ge=1, le=1024, description="Pooled keep-alive connections.")
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+    @property
+    def model_path(self) -> str:
+        """`/v2/models/{model}` or `/v2/models/{model}/versions/{version}`."""
+        path = f"/v2/models/{self.model}"
+        return path if self.version is None else f"{path}/versions/{self.version}"
+
+
 class ModelSpec(_Frozen):
-    """One served model: what it computes, where its file is, and how it is run."""
+    """One served model: what it computes, where its file is (or which server runs it), and how."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     version: str = Field(min_length=1, max_length=64)
     task: Task
-    format: ModelFormat
-    file: str = Field(description="Path relative to the model directory.")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format: ModelFormat | None = None
+    file: str | None = Field(default=None, description="Path relative to the model directory.")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     executor: Executor
+    remote: RemoteSpec | None = Field(default=None, description="Only for `executor: remote`.")
     features: tuple[FeatureSpec, ...] = Field(min_length=1)
     labels: tuple[str, ...] = Field(
         default=(), description="Class names in the order of the model's probability columns."
@@ -61,7 +96,9 @@ class ModelSpec(_Frozen):
 
     @field_validator("file")
     @classmethod
-    def _inside_model_dir(cls, value: str) -> str:
+    def _inside_model_dir(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         path = PurePosixPath(value)
         if not value or "\\" in value or path.is_absolute() or ".." in path.parts:
             raise ValueError("must be a relative path inside the model directory")
@@ -76,6 +113,21 @@ class ModelSpec(_Frozen):
             raise ValueError("a classifier needs at least two labels")
         if self.task == "regression" and self.labels:
             raise ValueError("a regressor has no labels")
+        if self.executor == "remote":
+            if self.remote is None:
+                raise ValueError("a remote model needs `remote` (url, model, output)")
+            if (
+                self.format is not None
+                or self.file is not None
+                or self.sha256 is not None
+                or self.trusted_types
+            ):
+                raise ValueError("a remote model has no format, file, sha256 or trusted_types")
+            return self
+        if self.remote is not None:
+            raise ValueError("`remote` only applies to executor 'remote'")
+        if self.format is None or self.file is None or self.sha256 is None:
+            raise ValueError("a local model needs format, file and sha256")
         # scikit-learn is imported only in worker processes, so skops files run there; ONNX
         # Runtime releases the GIL, so a thread is enough for it.
         expected: Executor = "process" if self.format == "skops" else "thread"
@@ -92,6 +144,19 @@ class ModelSpec(_Frozen):
     @property
     def max_batch_size(self) -> int:
         return self.batching.max_batch_size
+
+    @property
+    def local_file(self) -> str:
+        """The model file of a local model (the manifest's validation guarantees one)."""
+        if self.file is None:
+            raise ValueError(f"model {self.name!r} is remote: it has no file")
+        return self.file
+
+    @property
+    def local_sha256(self) -> str:
+        if self.sha256 is None:
+            raise ValueError(f"model {self.name!r} is remote: it has no file")
+        return self.sha256
 
 
 class Manifest(_Frozen):
@@ -111,6 +176,37 @@ class Manifest(_Frozen):
             if name is not None and name not in names:
                 raise ValueError(f"{role} {name!r} is not one of the models")
         return self
+
+
+def served_remotely(manifest: Manifest, url: str) -> Manifest:
+    """The manifest with every local model served by this service's model server at `url` (the
+    web tier's `ML_REMOTE_URL`): same names, versions, features, labels and limits, so inputs are
+    checked here exactly as there; remote entries stay as they are."""
+    models = []
+    for spec in manifest.models:
+        if spec.remote is not None:
+            models.append(spec)
+            continue
+        remote = RemoteSpec(
+            url=url,
+            model=spec.name,
+            version=spec.version,
+            output="probabilities" if spec.task == "classification" else "prediction",
+            auth="service-token",
+        )
+        models.append(
+            spec.model_copy(
+                update={
+                    "executor": "remote",
+                    "remote": remote,
+                    "format": None,
+                    "file": None,
+                    "sha256": None,
+                    "trusted_types": (),
+                }
+            )
+        )
+    return manifest.model_copy(update={"models": tuple(models)})
 
 
 def _display(path: Path) -> str:
@@ -143,7 +239,7 @@ def load_manifest(model_dir: Path) -> Manifest:
 
 
 def model_path(model_dir: Path, spec: ModelSpec) -> Path:
-    return model_dir / spec.file
+    return model_dir / spec.local_file
 
 
 def read_verified(model_dir: Path, spec: ModelSpec) -> bytes:
@@ -160,10 +256,10 @@ def read_verified(model_dir: Path, spec: ModelSpec) -> bytes:
     except OSError as exc:
         raise ModelLoadError(_display(path), f"cannot be read ({exc.strerror})") from None
     digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:
+    if digest != spec.local_sha256:
         raise ModelLoadError(
             _display(path),
-            f"sha256 mismatch (manifest {spec.sha256[:12]}..., file {digest[:12]}...): "
+            f"sha256 mismatch (manifest {spec.local_sha256[:12]}..., file {digest[:12]}...): "
             "corrupt or replaced; rebuild with `make models`",
         )
     return data

@@ -27,8 +27,10 @@ from app.ml.manifest import (
     load_manifest,
     model_path,
     read_verified,
+    served_remotely,
 )
 from app.ml.predictions import PredictionResult, to_predictions
+from app.ml.remote import Backend, BackendKey, RemoteRuntime
 from app.ml.runtimes import OnnxRuntime, ProcessPoolRuntime, Runtime, StartMethod
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,17 @@ class RegistrySettings:
     # loaded; process-pool models answer once their workers are up (requests wait for them within
     # their time limit), which cuts seconds of cold start. See `workers_ready`.
     wait_for_workers: bool = True
+    # Serve every model of the manifest from this service's model server at this base URL (the
+    # web tier's ML_REMOTE_URL); None: as the manifest says (local unless `executor: remote`).
+    remote_url: str | None = None
+    # Sent as `Authorization: Bearer` to remote models whose manifest entry says
+    # `"auth": "service-token"` (this service's model server checks it: MODEL_SERVER_TOKEN).
+    remote_token: str | None = None
+    # Immediate retries of a remote call that could not connect (nothing reached the server; a
+    # second one would wait 0.5 s, most of a time limit).
+    remote_connect_retries: int = 1
+    # How often each remote model's readiness is asked of its server.
+    remote_probe_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.onnx_threads < 1 or self.onnx_intra_op_threads < 1 or self.process_workers < 1:
@@ -102,6 +115,7 @@ class ModelRegistry:
         self._manifest: Manifest | None = None
         self._served: dict[str, _Served] = {}
         self._onnx_executor: ThreadPoolExecutor | None = None
+        self._backends: dict[BackendKey, Backend] = {}
         self._ready = False
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -130,14 +144,20 @@ class ModelRegistry:
         model_dir = self.settings.model_dir
         started = time.perf_counter()
         try:
-            manifest = await asyncio.to_thread(load_manifest, model_dir)
+            manifest = await asyncio.to_thread(self._read_manifest)
             self._manifest = manifest
             self._onnx_executor = ThreadPoolExecutor(
                 max_workers=self.settings.onnx_threads, thread_name_prefix="onnx"
             )
             pools: list[tuple[ModelSpec, ProcessPoolRuntime]] = []
+            remote: dict[str, tuple[Runtime, int]] = {}
             for spec in manifest.models:
-                if spec.format != "onnx":
+                if spec.remote is not None:
+                    remote[spec.name] = (
+                        RemoteRuntime(spec, self._backend(spec)),
+                        spec.remote.max_connections,
+                    )
+                elif spec.format != "onnx":
                     # Verified here too, so a missing or corrupt file is reported by the web
                     # process before any worker starts (workers verify again what they load).
                     await asyncio.to_thread(read_verified, model_dir, spec)
@@ -156,7 +176,8 @@ class ModelRegistry:
             wait = self.settings.wait_for_workers
             starting = asyncio.gather(*(pool.start(wait=wait) for _, pool in pools), return_exceptions=True)
             loaded: dict[str, tuple[Runtime, int]] = {
-                spec.name: (pool, self.settings.process_workers) for spec, pool in pools
+                **remote,
+                **{spec.name: (pool, self.settings.process_workers) for spec, pool in pools},
             }
             try:
                 for spec in manifest.models:
@@ -178,12 +199,35 @@ class ModelRegistry:
             raise
         for served in self._served.values():
             served.batcher.start()
+        for backend in self._backends.values():
+            backend.start()
         self._ready = True
         log.info(
             "models ready: %s (%.1f s)",
             ", ".join(f"{s.spec.name}@{s.spec.version}" for s in self._served.values()),
             time.perf_counter() - started,
         )
+
+    def _read_manifest(self) -> Manifest:
+        manifest = load_manifest(self.settings.model_dir)
+        if self.settings.remote_url is not None:
+            return served_remotely(manifest, self.settings.remote_url)
+        return manifest
+
+    def _backend(self, spec: ModelSpec) -> Backend:
+        """The one backend (pooled client, circuit breaker) of the server a remote model is on."""
+        assert spec.remote is not None  # noqa: S101 - only called for remote models, for mypy
+        remote = spec.remote
+        token = self.settings.remote_token if remote.auth == "service-token" else None
+        key = BackendKey(remote.base_url, token, remote.max_connections, remote.connect_timeout_ms)
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = self._backends[key] = Backend(
+                key,
+                connect_retries=self.settings.remote_connect_retries,
+                probe_interval_s=self.settings.remote_probe_interval_s,
+            )
+        return backend
 
     def _load_onnx(self, spec: ModelSpec) -> OnnxRuntime:
         assert self._onnx_executor is not None  # noqa: S101 - created just before, for mypy
@@ -215,7 +259,7 @@ class ModelRegistry:
 
         Every worker process is joined before this returns.
         """
-        if not self._served and self._onnx_executor is None:
+        if not self._served and self._onnx_executor is None and not self._backends:
             return
         self._ready = False
         drained = True
@@ -236,6 +280,9 @@ class ModelRegistry:
         for s in served:
             await s.batcher.stop()
         await asyncio.gather(*(s.runtime.close(force=force) for s in served), return_exceptions=True)
+        backends = list(self._backends.values())
+        self._backends.clear()
+        await asyncio.gather(*(b.close() for b in backends), return_exceptions=True)
         executor, self._onnx_executor = self._onnx_executor, None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
@@ -263,6 +310,20 @@ class ModelRegistry:
         if served is None:
             raise ModelNotFound(name, self._served.keys())
         return served.spec
+
+    def model_ready(self, name: str) -> bool:
+        """Whether this model answers now: loaded, its worker pool up, or its server ready."""
+        served = self._lookup(name)
+        runtime = served.runtime
+        if isinstance(runtime, ProcessPoolRuntime | RemoteRuntime):
+            return runtime.is_ready
+        return True
+
+    def not_ready(self) -> builtins.list[str]:
+        """The served models that would not answer now (a remote server down, a pool restarting)."""
+        if not self._ready:
+            return [spec.name for spec in self.list()]
+        return [name for name in self._served if not self.model_ready(name)]
 
     def metrics(self) -> dict[str, ModelMetrics]:
         """Gauges and counters per model, read at scrape time by a metrics collector."""

@@ -15,14 +15,16 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from app.ml import forkserver, worker
 from app.ml.errors import ModelLoadError, ModelWorkerCrashed, PredictionTimeout
 from app.ml.manifest import ModelSpec
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,12 @@ class OnnxRuntime:
     def __init__(
         self, spec: ModelSpec, data: bytes, file: str, executor: ThreadPoolExecutor, intra_op_threads: int
     ) -> None:
+        # Imported here, not at the top: a web process whose models are all remote never loads it.
+        import onnxruntime as ort  # noqa: PLC0415
+
         self.spec = spec
         self._executor = executor
+        self._run_options = ort.RunOptions
         options = ort.SessionOptions()
         # Parallelism comes from running batches side by side in the pool; letting each run also
         # start its own intra-op threads would oversubscribe the cores.
@@ -119,7 +125,7 @@ class OnnxRuntime:
         return True
 
     async def run(self, x: np.ndarray, hard_timeout_s: float) -> np.ndarray:
-        run_options = ort.RunOptions()
+        run_options = self._run_options()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._run_sync, x, run_options)
         try:
@@ -183,7 +189,7 @@ class ProcessPoolRuntime:
             max_workers=self._workers,
             mp_context=self._context,
             initializer=worker.init,
-            initargs=(str(self._path), self.spec.sha256, list(self.spec.trusted_types), self._nice),
+            initargs=(str(self._path), self.spec.local_sha256, list(self.spec.trusted_types), self._nice),
         )
 
     async def _spawn(self) -> ProcessPoolExecutor:

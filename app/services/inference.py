@@ -12,6 +12,7 @@ from typing import Any
 
 from app.core.errors import (
     AppError,
+    BadGateway,
     GatewayTimeout,
     NotFound,
     PayloadTooLarge,
@@ -32,6 +33,12 @@ class ModelNotFound(NotFound):
 
 class PredictionError(AppError):
     status, code, title = 500, "prediction-failed", "Prediction Failed"
+
+
+class ModelServerUnavailable(ServiceUnavailable):
+    """A remote model's server is down or its circuit open (counted apart from overload)."""
+
+    code = "model-server-unavailable"
 
 
 class CallerGone(AppError):
@@ -71,18 +78,27 @@ def translate(exc: ml.ModelError) -> AppError:
             )
         case ml.ModelsNotReady():
             return ServiceUnavailable("Models are not ready yet.", headers={"Retry-After": "1"})
+        case ml.BackendUnavailable():
+            return ModelServerUnavailable(
+                f"The server of model {exc.model!r} is unavailable ({exc.reason}). Retry.",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        case ml.BackendError():
+            return BadGateway(f"The server of model {exc.model!r} gave no usable answer: {exc.reason}.")
         case _:
             return PredictionError("The model failed to compute a prediction.")
 
 
 class InferenceService:
     """`caller_gone`, when given, returns once the caller has gone away (the API passes "the client
-    disconnected"): a prediction still queued then is withdrawn instead of computed for nobody."""
+    disconnected"): a prediction still queued then is withdrawn instead of computed for nobody.
+    `prediction_log` is None in the model server, which has no users: the web tier in front of it
+    logs each prediction against its user."""
 
     def __init__(
         self,
         registry: ModelRegistry,
-        prediction_log: PredictionLog,
+        prediction_log: PredictionLog | None,
         caller_gone: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.registry = registry
@@ -93,6 +109,13 @@ class InferenceService:
     def ready(self) -> bool:
         """Every model loaded (and none being replaced)."""
         return self.registry.ready
+
+    def model_ready(self, name: str) -> bool:
+        """Whether this model answers now (its worker pool up, its remote server ready)."""
+        try:
+            return self.registry.model_ready(name)
+        except ml.ModelError as exc:
+            raise translate(exc) from None
 
     def models(self) -> list[ModelSpec]:
         return self.registry.list()
@@ -143,8 +166,11 @@ class InferenceService:
                 metrics.observe_model_rejected(name, error.code)
                 spec = self.registry.get(name)
                 rows = len(inputs) if batch and isinstance(inputs, list) else 1
-                self.log.record(PredictionEvent(user_id, spec.name, spec.version, rows, 0.0, error.code))
+                if self.log is not None:
+                    self.log.record(PredictionEvent(user_id, spec.name, spec.version, rows, 0.0, error.code))
             raise error from None
+        if self.log is None:
+            return result
         spec = self.registry.get(name)
         self.log.record(
             PredictionEvent(

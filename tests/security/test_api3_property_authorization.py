@@ -32,6 +32,7 @@ IGNORES_UNKNOWN = {
     # The Open Inference Protocol lets clients add implementation-specific keys; the body maps to no
     # stored object (the prediction record's owner is the token's user), so there is nothing to assign.
     "POST /v2/models/{name}/infer",
+    "POST /v2/models/{name}/versions/{version}/infer",
 }
 
 

@@ -1,0 +1,83 @@
+"""Remote models give what in-process models give: through MLServer (a server no one here wrote)
+and through this service's own model server, both real processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+
+from tests.faults.server import Server
+from tests.serving.conftest import login
+from tests.tier.conftest import (
+    client_for,
+    own_server,
+    remote_manifest,
+    web_app,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ROWS = {
+    "iris": load_iris().data[::3].tolist(),  # 50 rows
+    "breast_cancer": load_breast_cancer().data[::5].tolist(),  # 114 rows
+    "diabetes": load_diabetes().data[::7].tolist(),  # 64 rows
+}
+
+
+async def _predict(application: FastAPI, model: str, rows: list[list[float]]) -> list[dict[str, object]]:
+    async with client_for(application) as client:
+        headers = await login(client, "tier@example.com")
+        response = await client.post(f"/api/v1/models/{model}/predict", json={"rows": rows}, headers=headers)
+    assert response.status_code == 200, response.text
+    predictions: list[dict[str, object]] = response.json()["predictions"]
+    return predictions
+
+
+def _assert_same(remote: list[dict[str, object]], local: list[dict[str, object]]) -> None:
+    assert len(remote) == len(local)
+    for got, want in zip(remote, local, strict=True):
+        if want["probabilities"] is None:  # a regressor's value
+            assert got["prediction"] == pytest.approx(want["prediction"], abs=1e-6)
+            continue
+        assert got["prediction"] == want["prediction"]  # labels exact
+        assert isinstance(got["probabilities"], dict)
+        assert isinstance(want["probabilities"], dict)
+        assert got["probabilities"].keys() == want["probabilities"].keys()
+        for label, p in want["probabilities"].items():
+            assert got["probabilities"][label] == pytest.approx(p, abs=1e-6)
+
+
+async def test_the_forest_through_mlserver_equals_the_in_process_forest(
+    local_app: FastAPI, mlserver: Server, database_url: str, tmp_path: Path
+) -> None:
+    model_dir = remote_manifest(
+        tmp_path / "models",
+        {"breast_cancer": {"url": mlserver.base_url, "model": "breast_cancer", "output": "predict_proba"}},
+    )
+    local = await _predict(local_app, "breast_cancer", ROWS["breast_cancer"])
+    async with web_app(database_url, model_dir, empty=False) as remote_app:
+        remote = await _predict(remote_app, "breast_cancer", ROWS["breast_cancer"])
+        # The version MLServer serves, named in the URL, gives the same answers.
+        assert (await _predict(remote_app, "breast_cancer", ROWS["breast_cancer"][:3])) == remote[:3]
+    _assert_same(remote, local)
+    assert {p["prediction"] for p in local} == {"malignant", "benign"}  # both classes are compared
+
+
+async def test_every_model_through_the_model_server_equals_in_process(
+    local_app: FastAPI, model_server: Server, database_url: str, tmp_path: Path
+) -> None:
+    url = model_server.base_url
+    model_dir = remote_manifest(
+        tmp_path / "models",
+        {
+            "iris": own_server(url, "iris"),
+            "breast_cancer": own_server(url, "breast_cancer", version="1.0.0"),
+            "diabetes": own_server(url, "diabetes", task="regression"),
+        },
+    )
+    async with web_app(database_url, model_dir, empty=False) as remote_app:
+        for model, rows in ROWS.items():
+            _assert_same(await _predict(remote_app, model, rows), await _predict(local_app, model, rows))
