@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.process import BaseProcess
@@ -189,7 +190,13 @@ class ProcessPoolRuntime:
             max_workers=self._workers,
             mp_context=self._context,
             initializer=worker.init,
-            initargs=(str(self._path), self.spec.local_sha256, list(self.spec.trusted_types), self._nice),
+            initargs=(
+                str(self._path),
+                self.spec.local_sha256,
+                list(self.spec.trusted_types),
+                self._nice,
+                os.getpid(),  # the workers end when this process is gone, however it ended
+            ),
         )
 
     async def _spawn(self) -> ProcessPoolExecutor:

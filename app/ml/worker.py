@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,17 @@ class _Loaded:
     error: str | None = None
 
 
-def init(path: str, sha256: str, trusted_types: list[str], nice: int = 0) -> None:
+# How often a worker checks that the process that owns its pool is still alive.
+OWNER_CHECK_S = 1.0
+
+
+def init(path: str, sha256: str, trusted_types: list[str], nice: int = 0, owner: int | None = None) -> None:
     """Pool initializer: load the model once per worker, so no request ever ships the model."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when workers stop,
     # so in-flight batches finish during a graceful shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if owner is not None:
+        _exit_with(owner)
     if nice:
         # Below the web process: a core both want goes to the event loop first, so light requests
         # keep their latency while heavy predictions run (measured in docs/performance.md).
@@ -43,6 +51,24 @@ def init(path: str, sha256: str, trusted_types: list[str], nice: int = 0) -> Non
         _Loaded.model = skops.io.loads(data, trusted=trusted_types)
     except Exception as exc:  # noqa: BLE001 - any failure is reported to the parent by `describe`
         _Loaded.error = f"{type(exc).__name__}: {exc}"
+
+
+def _exit_with(owner: int) -> None:
+    """End this worker once the process that owns its pool is gone. The worker's parent is the
+    forkserver, not the owner, so nothing else tells it: an owner killed with SIGKILL (no shutdown
+    code runs) would leave the workers, and the forkserver they keep alive, running for good."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(OWNER_CHECK_S)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # alive, under another user (never here, but not gone)
+                continue
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 def describe() -> dict[str, Any]:

@@ -178,6 +178,9 @@ async def test_killing_the_model_server_under_load_loses_no_acknowledged_record(
 
             await _until(some_answered, "the first 40 predictions through the model server")
             os.kill(server.process.pid, signal.SIGKILL)
+            # Reaped, as its parent (a container runtime, systemd, a shell) would: until then it is
+            # a zombie, which the workers' check cannot tell from a live process.
+            await asyncio.to_thread(server.process.wait, 10)
             await asyncio.gather(*users)
 
             statuses = [r.status_code for r in done]
@@ -192,5 +195,25 @@ async def test_killing_the_model_server_under_load_loses_no_acknowledged_record(
             records = await _records(app, email)
             assert records["ok"] == acknowledged
             assert sum(records.values()) == len(statuses)
+
+            # Nothing of the killed server is left running: its forest workers (children of its
+            # forkserver, not of the server) watch for it and end, and the forkserver with them.
+            async def nothing_left() -> bool:
+                return not _descendants_of_forkserver_for(server.log_path)
+
+            await _until(nothing_left, "the killed model server's forkserver and workers to end", seconds=10)
     finally:
         server.kill()
+
+
+def _descendants_of_forkserver_for(log_path: Path) -> list[int]:
+    """Processes whose standard output is the killed server's log: its forkserver and workers."""
+    left = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if os.readlink(entry / "fd" / "1") == str(log_path):
+                    left.append(int(entry.name))
+            except OSError:
+                continue
+    return left
