@@ -33,6 +33,10 @@ ENV UV_COMPILE_BYTECODE=1 \
 
 WORKDIR /app
 
+# Copied, not bind-mounted: podman (buildah) does not key its layer cache on a bind mount's
+# content, so a changed lock reused the old layer and the image lacked a new dependency (httpx).
+COPY pyproject.toml uv.lock ./
+
 # Dependencies only, from the lock; re-run only when pyproject.toml or uv.lock change. The project
 # itself is not a package ([tool.uv] package = false), so nothing else to install.
 # The third-party packages' own test suites (numpy, scipy, scikit-learn...: 64 MB) are dropped.
@@ -41,8 +45,6 @@ WORKDIR /app
 # which the runtime stage does not copy.
 RUN --mount=type=secret,id=ca \
     --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=uv.lock,target=/app/uv.lock \
-    --mount=type=bind,source=pyproject.toml,target=/app/pyproject.toml \
     if [ -s /run/secrets/ca ]; then \
         export SSL_CERT_FILE=/run/secrets/ca PIP_CERT=/run/secrets/ca; \
     fi \

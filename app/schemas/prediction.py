@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, WithJsonSchema
 
+from app.ml.manifest import Executor
 from app.ml.predictions import ClassPrediction, Prediction
 from app.schemas.common import RequestModel, ResponseModel
 
@@ -85,7 +86,9 @@ class ModelInfo(BaseModel):
     version: str
     task: Literal["classification", "regression"]
     description: str
-    executor: Literal["thread", "process"]
+    executor: Executor = Field(
+        description="Where it runs: `thread`, `process`, or `remote` (a model server)."
+    )
     features: list[FeatureInfo] = Field(description="Input features, in the order rows must use.")
     labels: list[str] = Field(description="Class labels (classifiers), in probability order.")
     max_batch_size: int = Field(description="Most rows one request may send.")

@@ -1,6 +1,7 @@
 """The image, built and run for real (issue 16): read-only and non-root, healthy, the README's
 walk-through from outside, SQLite data kept across containers, a clean drain on `stop`, the
-PostgreSQL configuration, and the faults (no SECRET_KEY, read-only data volume, database gone)."""
+PostgreSQL configuration, the faults (no SECRET_KEY, read-only data volume, database gone), and the
+web tier and the model server as two containers of the one image."""
 
 from __future__ import annotations
 
@@ -90,10 +91,10 @@ def _writable(container: Container, path: str, *, as_root: bool = False) -> bool
     return container.exec(*user, "python", "-c", probe).returncode == 0
 
 
-def _assert_stopped_cleanly(container: Container, seconds: float) -> None:
+def _assert_stopped_cleanly(container: Container, seconds: float, event: str = "stopped") -> None:
     assert container.exit_code() == 0, container.logs()[-3000:]
     assert seconds < GRACE_SECONDS, f"stop took {seconds:.1f} s: SIGKILL, not a drain"
-    assert any(line.get("event") == "stopped" for line in json_lines(container.logs()))
+    assert any(line.get("event") == event for line in json_lines(container.logs()))
 
 
 # --- SQLite: the default configuration ----------------------------------------------------------
@@ -404,3 +405,43 @@ def test_health_turns_unhealthy_when_the_database_is_gone_and_healthy_when_it_re
     while server.health() != "healthy":
         assert time.monotonic() < deadline, server.logs()[-3000:]
         time.sleep(0.5)
+
+
+# --- Two tiers: the web tier and the model server as two containers of the one image -------------
+
+
+def test_the_web_tier_and_the_model_server_run_as_two_containers(containers: Containers) -> None:
+    """The same image as the model server (`python -m app.cli model-server`, its service token)
+    and as a web tier whose models are all remote (`ML_REMOTE_URL`): the README's walk-through,
+    every model included, is answered through the model server."""
+    token = f"service-token-{uuid.uuid4().hex}"
+    model_server = containers.run(
+        "--network=host",
+        publish=False,
+        env={"MODEL_SERVER_TOKEN": token, "TIMEOUT_GRACEFUL_SHUTDOWN": str(GRACE_SECONDS)},
+        command=("python", "-m", "app.cli", "model-server"),
+    )
+    model_server.wait_ready()
+    assert model_server.health() == "healthy"
+    tensor = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
+    infer = f"{model_server.base_url}/v2/models/iris/infer"
+    assert httpx.post(infer, json={"inputs": [tensor]}, timeout=10).status_code == 401  # no token
+    web = containers.run(
+        "--network=host",
+        publish=False,
+        env={
+            "DATABASE_URL": "sqlite+aiosqlite:////tmp/web.db",
+            "ML_REMOTE_URL": model_server.base_url,
+            "MODEL_SERVER_TOKEN": token,
+            "TIMEOUT_GRACEFUL_SHUTDOWN": str(GRACE_SECONDS),
+        },
+    )
+    web.wait_ready()
+    _walk_through(web.base_url)
+    # The web container holds no model: it started no worker process, the model server did.
+    count = "import os; print(len([p for p in os.listdir('/proc') if p.isdigit()]))"
+    web_processes = int(web.exec("python", "-c", count).stdout)
+    server_processes = int(model_server.exec("python", "-c", count).stdout)
+    assert web_processes < server_processes, (web_processes, server_processes)
+    _assert_stopped_cleanly(web, web.stop(GRACE_SECONDS + 5))
+    _assert_stopped_cleanly(model_server, model_server.stop(GRACE_SECONDS + 5), "model_server_stopped")

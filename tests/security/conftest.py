@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from app.api.deps import get_admin, get_caller, get_claims, get_session_caller
+from app.api.deps import BearerCaller, BearerClaims, BearerSession, get_admin
 from app.core.config import Settings
 from app.http.state import state_of
 from app.main import create_app
@@ -55,14 +55,14 @@ class RouteInfo:
     def needs_token(self) -> bool:
         return (
             self.checks_token_in_its_statement
-            or _depends_on(self.route.dependant, get_caller)
-            or _depends_on(self.route.dependant, get_session_caller)
+            or _depends_on_a(self.route.dependant, BearerCaller)
+            or _depends_on_a(self.route.dependant, BearerSession)
         )
 
     @property
     def checks_token_in_its_statement(self) -> bool:
         """The hot item routes take the token's claims and check them in their own statement."""
-        return _depends_on(self.route.dependant, get_claims)
+        return _depends_on_a(self.route.dependant, BearerClaims)
 
     @property
     def admin_only(self) -> bool:
@@ -84,6 +84,11 @@ def _walk(dependant: Dependant) -> Iterator[Dependant]:
 
 def _depends_on(dependant: Dependant, call: object) -> bool:
     return any(d.call is call for d in _walk(dependant))
+
+
+def _depends_on_a(dependant: Dependant, kind: type) -> bool:
+    """Whether any dependency is an instance of `kind` (one instance per scope)."""
+    return any(isinstance(d.call, kind) for d in _walk(dependant))
 
 
 def _all_query_params(dependant: Dependant) -> Iterator[object]:

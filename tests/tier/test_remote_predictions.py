@@ -81,3 +81,15 @@ async def test_every_model_through_the_model_server_equals_in_process(
     async with web_app(database_url, model_dir, empty=False) as remote_app:
         for model, rows in ROWS.items():
             _assert_same(await _predict(remote_app, model, rows), await _predict(local_app, model, rows))
+        # The catalogue lists the remote models as the local ones, saying where they run.
+        async with client_for(remote_app) as client:
+            headers = await login(client, "tier@example.com")
+            listed = await client.get("/api/v1/models", headers=headers)
+            assert listed.status_code == 200, listed.text
+            assert {(m["name"], m["executor"]) for m in listed.json()} == {
+                ("iris", "remote"),
+                ("breast_cancer", "remote"),
+                ("diabetes", "remote"),
+            }
+            one = await client.get("/api/v1/models/iris", headers=headers)
+            assert one.status_code == 200, one.text
