@@ -30,6 +30,11 @@ done
 # A larger max_connections lets several test servers and the benchmark share one cluster.
 su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'\"" | grep -q 1 ||
     su postgres -c "psql -qc \"CREATE ROLE $PG_USER LOGIN PASSWORD '$PG_PASSWORD' CREATEDB\"" >&2
+# The tests drop their private databases WITH (FORCE). An autovacuum worker still busy in one is a
+# backend of no role, which PostgreSQL 15 lets only members of pg_signal_backend end: without this,
+# the drop fails now and then after a test that wrote a lot ("must be a member of the role whose
+# process is being terminated or member of pg_signal_backend").
+su postgres -c "psql -qc \"GRANT pg_signal_backend TO $PG_USER\"" >&2
 su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname = '$PG_DB'\"" | grep -q 1 ||
     su postgres -c "createdb -O $PG_USER $PG_DB" >&2
 
