@@ -250,53 +250,40 @@ def run_models_bench(quick: bool) -> dict[str, Any] | None:
     return data
 
 
+def _runner(
+    label: str, module: str, flags: list[str], path: Path, *, any_status: bool = False
+) -> dict[str, Any]:
+    """Run `python -m module flags --out path` and read its JSON; `{"error": ...}` when it failed
+    (with `any_status`, only when it wrote nothing: a runner that skips says why in its file)."""
+    path.unlink(missing_ok=True)
+    print(f"{label}: python -m {module} {' '.join(flags)}", flush=True)
+    done = subprocess.run([PYTHON, "-m", module, *flags, "--out", str(path)], cwd=ROOT, check=False)
+    if not path.exists() or (done.returncode != 0 and not any_status):
+        return {"error": f"{module} exited with {done.returncode}"}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def run_container_bench(profile: Profile) -> dict[str, Any]:
     """The image's size, cold start and memory beside the bare process's (`python -m
     bench.bench_container`, which builds the image first): bench/results/container.json, or
     `{"skipped": ...}` where the machine has no container engine."""
-    path = RESULTS / "container.json"
-    path.unlink(missing_ok=True)
     flags = ["--runs", str(profile.cold_starts)]
-    print(f"container: python -m bench.bench_container {' '.join(flags)}", flush=True)
-    done = subprocess.run(
-        [PYTHON, "-m", "bench.bench_container", *flags, "--out", str(path)], cwd=ROOT, check=False
-    )
-    if not path.exists():
-        return {"error": f"bench.bench_container exited with {done.returncode}"}
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    return _runner("container", "bench.bench_container", flags, RESULTS / "container.json", any_status=True)
 
 
 def run_tier_bench(quick: bool) -> dict[str, Any]:
     """The two tiers' figures (`python -m bench.bench_tier`: the model server, a remote-only web
     worker, the in-process worker, the bare app): bench/results/tier.json."""
-    path = RESULTS / "tier.json"
-    path.unlink(missing_ok=True)
     flags = ["--quick"] if quick else []
-    print(f"tier: python -m bench.bench_tier {' '.join(flags)}", flush=True)
-    done = subprocess.run(
-        [PYTHON, "-m", "bench.bench_tier", *flags, "--out", str(path)], cwd=ROOT, check=False
-    )
-    if done.returncode != 0 or not path.exists():
-        return {"error": f"bench.bench_tier exited with {done.returncode}"}
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    return _runner("tier", "bench.bench_tier", flags, RESULTS / "tier.json")
 
 
 def run_pool_compare(profile: Profile) -> dict[str, Any]:
     """The hot paths' connection hand-out three ways, side by side (`python -m bench.pool_compare`,
     its own server per variant and round, its own database): bench/results/pool.json."""
-    path = RESULTS / "pool.json"
-    path.unlink(missing_ok=True)
     flags = ["--rounds", str(profile.pool_rounds), "--duration", str(profile.pool_s)]
-    print(f"pool: python -m bench.pool_compare {' '.join(flags)}", flush=True)
-    done = subprocess.run(
-        [PYTHON, "-m", "bench.pool_compare", *flags, "--out", str(path)], cwd=ROOT, check=False
-    )
-    if done.returncode != 0 or not path.exists():
-        return {"error": f"bench.pool_compare exited with {done.returncode}"}
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    return _runner("pool", "bench.pool_compare", flags, RESULTS / "pool.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,18 +171,20 @@ def _wants_binary(body: InferenceRequest) -> bool:
     return any(o.parameters and o.parameters.get("binary_data") for o in body.outputs or [])
 
 
-@router.post(
-    "/models/{name}/infer",
-    summary="Inference",
-    # 500: the model itself failed on these inputs (PredictionFailed), the one 500 by design.
-    responses={**ERRORS, 500: {"model": OipError}},
-    openapi_extra={
+# What both inference routes document: 500 is the model itself failing on these inputs
+# (PredictionFailed), the one 500 by design; the body is the protocol's request, inlined.
+_INFER_DOCS: dict[str, Any] = {
+    "responses": {**ERRORS, 500: {"model": OipError}},
+    "openapi_extra": {
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": _inline_schema(InferenceRequest)}},
         }
     },
-)
+}
+
+
+@router.post("/models/{name}/infer", summary="Inference", **_INFER_DOCS)
 async def infer(
     request: Request, caller: OipPredictor, inference: InferenceDep, name: str = ModelName
 ) -> InferenceResponse:
@@ -190,17 +192,7 @@ async def infer(
     return await _infer(request, caller, inference, name)
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    summary="Inference, one version",
-    responses={**ERRORS, 500: {"model": OipError}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": _inline_schema(InferenceRequest)}},
-        }
-    },
-)
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference, one version", **_INFER_DOCS)
 async def infer_version(
     request: Request,
     caller: OipPredictor,
