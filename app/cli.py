@@ -151,7 +151,8 @@ def cmd_models_add(args: argparse.Namespace) -> int:
     kind = f"{len(spec.labels)} classes" if spec.task == "classification" else "a regressor"
     print(
         f"added {spec.name} {spec.version} ({spec.format}, {len(spec.features)} features, {kind}) "
-        f"as {model_dir / str(spec.file)}; restart the service to serve it"
+        f"as {model_dir / str(spec.file)}; serve it without a restart: POST "
+        f"/api/v1/model-repository/{spec.name}/versions/{spec.version}/load (docs/models.md)"
     )
     return 0
 

@@ -43,6 +43,7 @@ from app.ml.registry import ModelRegistry
 from app.observability import tracing
 from app.observability.metrics import InFlight, Sampler, observe_model_batch
 from app.services.api_keys import KeyRing
+from app.services.model_fleet import ModelFleet
 from app.services.prediction_log import PredictionLog
 
 log = structlog.get_logger("app")
@@ -68,6 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     db = Database(create_engine(settings))
     hasher = PasswordHasher(settings)
     registry = ModelRegistry(registry_settings(settings), on_batch=observe_model_batch)
+    fleet = ModelFleet(db, registry, poll_interval_s=settings.model_state_poll_seconds)
     prediction_log = PredictionLog(
         db,
         queue_size=settings.prediction_log_queue_size,
@@ -82,9 +84,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_startup:
             await upgrade_to_head(db.engine)
         if settings.ml_enabled:
-            # Every model verified (sha256) and loaded before the first request is accepted; a
-            # missing or corrupt file ends the start-up here with one line naming it.
-            await registry.start()
+            # Every model version of the fleet's desired state verified (sha256) and loaded before
+            # the first request is accepted (a missing or corrupt file ends the start-up here with
+            # one line naming it); then the state is polled and followed without restarts.
+            await fleet.start()
         prediction_log.start()
         keys.start()
         state.started = Resources(
@@ -93,6 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             codec=TokenCodec(settings, key),
             keys=keys,
             registry=registry,
+            fleet=fleet,
             prediction_log=prediction_log,
             limits=limits,
             sampler=sampler,
@@ -104,6 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         state.shutting_down = True
+        await fleet.close()
         await registry.close()
         await prediction_log.close()
         await keys.close()
@@ -118,7 +123,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _queue_depths(registry: ModelRegistry) -> dict[str, int]:
-    return {name: m.queue_depth for name, m in registry.metrics().items()}
+    depths: dict[str, int] = {}
+    for (name, _), m in registry.metrics().items():
+        depths[name] = depths.get(name, 0) + m.queue_depth
+    return depths
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

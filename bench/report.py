@@ -119,14 +119,15 @@ def targets(results: dict[str, Any], db: str = "postgresql") -> list[tuple[str, 
 
 
 def model_targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    """The model-serving rows (bench/bench_serving.py, measured on the embedded database) and the
-    two tiers' (bench/bench_tier.py)."""
+    """The model-serving rows (bench/bench_serving.py, measured on the embedded database), the
+    two tiers' (bench/bench_tier.py) and the swap's (bench/bench_swap.py)."""
     models = results.get("models") or {}
     rows = [(r["metric"], r["target"], r["measured"], r.get("met")) for r in models.get("targets", [])]
     tier = results.get("tier") or {}
+    swap = results.get("swap") or {}
     rows += [
         (r["metric"], r["target"], f"{r['value']} ({r['figures']})", r["met"])
-        for r in tier.get("targets", [])
+        for r in (*tier.get("targets", []), *swap.get("targets", []))
     ]
     if not rows:
         rows.append(
@@ -449,6 +450,14 @@ def render(results: dict[str, Any]) -> str:
             "## Two tiers: the model server and remote-only web workers (bench/bench_tier.py)",
             "",
             tier.get("markdown") or f"*bench_tier failed: {tier.get('error')}*",
+            "",
+        ]
+    swap = results.get("swap")
+    if swap:
+        out += [
+            "## Predictions while a model version is swapped (bench/bench_swap.py)",
+            "",
+            swap.get("markdown") or f"*bench_swap failed: {swap.get('error')}*",
             "",
         ]
     if ANALYSIS.exists():

@@ -16,7 +16,8 @@ In one run, on this machine:
 4. On PostgreSQL, the hot paths' connection hand-out three ways side by side (bench/pool_compare.py:
    the app's turnstile, asyncpg's pool, SQLAlchemy's pool alone; about 3 minutes, `--no-pool` skips
    it); then the model-serving figures (bench/bench_serving.py, bench/bench_models.py) and the two
-   tiers' (bench/bench_tier.py: the model server and remote-only web workers).
+   tiers' (bench/bench_tier.py: the model server and remote-only web workers), and predictions
+   while a model version is swapped (bench/bench_swap.py: p99 against steady, failed requests).
 5. The container (bench/bench_container.py: builds the image with scripts/image.sh): its size, cold
    start from `run` to ready beside the bare process's, memory inside it; skipped, saying why,
    where there is no docker or podman (`--no-container` skips it).
@@ -279,6 +280,14 @@ def run_tier_bench(quick: bool) -> dict[str, Any]:
     return _runner("tier", "bench.bench_tier", flags, RESULTS / "tier.json")
 
 
+def run_swap_bench(quick: bool) -> dict[str, Any]:
+    """Predict latency while a model version is swapped against the same load steady (`python -m
+    bench.bench_swap`): bench/results/swap.json. Read even when it exited non-zero (a failed
+    prediction during the swap): its file says how many."""
+    flags = ["--quick"] if quick else []
+    return _runner("swap", "bench.bench_swap", flags, RESULTS / "swap.json", any_status=True)
+
+
 def run_pool_compare(profile: Profile) -> dict[str, Any]:
     """The hot paths' connection hand-out three ways, side by side (`python -m bench.pool_compare`,
     its own server per variant and round, its own database): bench/results/pool.json."""
@@ -301,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-container", action="store_true", help="skip bench/bench_container.py (the image's rows)"
     )
     parser.add_argument("--no-tier", action="store_true", help="skip bench/bench_tier.py (the two tiers)")
+    parser.add_argument(
+        "--no-swap", action="store_true", help="skip bench/bench_swap.py (predictions during a model swap)"
+    )
     parser.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     profile = Profile.make(args.quick)
@@ -331,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         results["container"] = run_container_bench(profile)
     if not args.no_tier:
         results["tier"] = run_tier_bench(args.quick)
+    if not args.no_swap:
+        results["swap"] = run_swap_bench(args.quick)
     results["elapsed_s"] = round(time.perf_counter() - began, 1)
     out = args.out or RESULTS / "latest.json"
     out.write_text(json.dumps(results, indent=1) + "\n")

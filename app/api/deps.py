@@ -23,6 +23,7 @@ from app.services.api_keys import ApiKeyService, MissingScope
 from app.services.auth import AuthService, Caller, SessionCaller, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService
+from app.services.model_fleet import FleetRepository, LocalRepository, ModelFleet, ModelRepository
 from app.services.prediction_log import PredictionHistory
 from app.services.users import UserService
 
@@ -176,6 +177,15 @@ async def get_admin(user: Annotated[Caller, _caller(Scope.ADMIN)]) -> Caller:
 AdminUser = Annotated[Caller, Depends(get_admin)]
 
 
+# The repository extension's caller (`/v2/repository/...`): an admin; the model server's service
+# token there.
+async def get_oip_admin(user: AdminUser) -> int:
+    return user.id
+
+
+OipAdmin = Annotated[int, Depends(get_oip_admin)]
+
+
 async def get_auth_service(request: Request) -> AuthService:
     resources = state_of(request).resources
     refresh_lifetime = timedelta(seconds=state_of(request).settings.refresh_token_expire_seconds)
@@ -230,6 +240,21 @@ async def _disconnected(request: Request) -> None:
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 
 
+async def get_fleet(request: Request) -> ModelFleet:
+    return state_of(request).resources.fleet
+
+
+FleetDep = Annotated[ModelFleet, Depends(get_fleet)]
+
+
+async def get_model_repository(request: Request) -> ModelRepository:
+    """The repository extension of `/v2`: fleet-wide here; the model server's is its own."""
+    return FleetRepository(state_of(request).resources.fleet)
+
+
+ModelRepositoryDep = Annotated[ModelRepository, Depends(get_model_repository)]
+
+
 # --- the model server's replacements (app.model_server): a service token, no users, no log ---
 
 
@@ -250,6 +275,10 @@ async def check_service_token(request: Request) -> int:
 async def get_model_server_inference(request: Request) -> InferenceService:
     registry = model_server_state_of(request).registry
     return InferenceService(registry, None, lambda: _disconnected(request))
+
+
+async def get_model_server_repository(request: Request) -> ModelRepository:
+    return LocalRepository(model_server_state_of(request).registry)
 
 
 class OffsetPage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app.core.errors import ServiceUnavailable
@@ -27,6 +27,12 @@ class ReadinessStatus(BaseModel):
     database: str
     migrations: str
     models: str
+    model_versions: dict[str, list[str]] = Field(
+        description="The versions each model has loaded in this process."
+    )
+    model_state_revision: int | None = Field(
+        description="The revision of the fleet's desired model state this process has converged on."
+    )
 
 
 @router.get("/healthz", summary="Liveness: the process is serving")
@@ -64,7 +70,15 @@ async def readyz(request: Request) -> ReadinessStatus:
         if models_enabled
         else "disabled"
     )
-    return ReadinessStatus(status="ready", database="ok", migrations=str(version), models=models)
+    registry = resources.registry
+    return ReadinessStatus(
+        status="ready",
+        database="ok",
+        migrations=str(version),
+        models=models,
+        model_versions=registry.loaded() if models_enabled else {},
+        model_state_revision=registry.revision,
+    )
 
 
 def _models_status(models: list[ModelSpec], not_ready: list[str]) -> str:
@@ -90,6 +104,8 @@ model_server_router = APIRouter(tags=["health"])
 class ModelServerReadiness(BaseModel):
     status: str
     models: str
+    model_versions: dict[str, list[str]]
+    model_state_revision: int | None
 
 
 @model_server_router.get("/healthz", summary="Liveness: the process is serving")
@@ -109,7 +125,12 @@ async def model_server_readyz(request: Request) -> ModelServerReadiness:
         raise ServiceUnavailable(
             f"Models not ready: {', '.join(not_ready) or 'starting'}.", headers={"Retry-After": "1"}
         )
-    return ModelServerReadiness(status="ready", models=_models_status(registry.list(), []))
+    return ModelServerReadiness(
+        status="ready",
+        models=_models_status(registry.list(), []),
+        model_versions=registry.loaded(),
+        model_state_revision=registry.revision,
+    )
 
 
 async def model_server_metrics(_request: Request) -> Response:

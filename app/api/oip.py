@@ -13,8 +13,8 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.api.deps import InferenceDep, OipPredictor, OipReader
-from app.core.errors import BadRequest, NotFound
+from app.api.deps import InferenceDep, ModelRepositoryDep, OipAdmin, OipPredictor, OipReader
+from app.core.errors import BadRequest
 from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import ClassPrediction, RegressionPrediction
@@ -26,6 +26,10 @@ from app.schemas.oip import (
     ModelReady,
     OipError,
     Ready,
+    RepositoryChanged,
+    RepositoryIndexRequest,
+    RepositoryLoadRequest,
+    RepositoryModel,
     ResponseOutput,
     ServerMetadata,
     TensorMetadata,
@@ -98,15 +102,21 @@ async def ready(_caller: OipReader, inference: InferenceDep, response: Response)
 
 @router.get("", summary="Server metadata", responses=ERRORS)
 async def server_metadata(_caller: OipReader, request: Request) -> ServerMetadata:
-    return ServerMetadata(name=request.app.title, version=request.app.version, extensions=[])
+    return ServerMetadata(
+        name=request.app.title, version=request.app.version, extensions=["model_repository"]
+    )
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
 async def model_metadata(_caller: OipReader, inference: InferenceDep, name: str = ModelName) -> ModelMetadata:
-    spec = inference.model(name)
+    """The model's default version; `versions` lists every version loaded here."""
+    return _metadata(inference, inference.model(name))
+
+
+def _metadata(inference: InferenceService, spec: ModelSpec) -> ModelMetadata:
     return ModelMetadata(
         name=spec.name,
-        versions=[spec.version],
+        versions=inference.versions(spec.name),
         platform=PLATFORMS[spec.format or "remote"],
         inputs=[TensorMetadata(name="input", datatype="FP32", shape=[-1, len(spec.features)])],
         outputs=_outputs(spec),
@@ -115,10 +125,10 @@ async def model_metadata(_caller: OipReader, inference: InferenceDep, name: str 
 
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata", responses=ERRORS)
 async def model_version_metadata(
-    caller: OipReader, inference: InferenceDep, name: str = ModelName, version: str = ModelVersion
+    _caller: OipReader, inference: InferenceDep, name: str = ModelName, version: str = ModelVersion
 ) -> ModelMetadata:
-    _check_version(inference.model(name), version)
-    return await model_metadata(caller, inference, name)
+    """`version` is a version or an alias (`production`); a split alias shows its main version."""
+    return _metadata(inference, inference.model(name, version))
 
 
 @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
@@ -135,20 +145,17 @@ async def model_ready(
 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready", responses=ERRORS)
 async def model_version_ready(
-    caller: OipReader,
+    _caller: OipReader,
     inference: InferenceDep,
     response: Response,
     name: str = ModelName,
     version: str = ModelVersion,
 ) -> ModelReady:
-    _check_version(inference.model(name), version)
-    return await model_ready(caller, inference, response, name)
-
-
-def _check_version(spec: ModelSpec, version: str) -> None:
-    """Each model serves one version (the manifest's): any other is not found."""
-    if version != spec.version:
-        raise NotFound(f"Model {spec.name!r} has no version {version!r}; it serves {spec.version!r}.")
+    spec = inference.model(name, version)
+    is_ready = inference.model_ready(name, version)
+    if not is_ready:
+        response.status_code = 503
+    return ModelReady(name=spec.name, ready=is_ready)
 
 
 def _rows(body: InferenceRequest, spec: ModelSpec) -> list[Any]:
@@ -200,12 +207,14 @@ async def infer_version(
     name: str = ModelName,
     version: str = ModelVersion,
 ) -> InferenceResponse:
-    """As `/models/{name}/infer`, for the one version the model serves (any other is a 404)."""
-    _check_version(inference.model(name), version)
-    return await _infer(request, caller, inference, name)
+    """As `/models/{name}/infer`, for one version, or for an alias (`production`, a canary
+    split): `model_version` in the answer names the version that served it."""
+    return await _infer(request, caller, inference, name, version)
 
 
-async def _infer(request: Request, caller: int, inference: InferenceService, name: str) -> InferenceResponse:
+async def _infer(
+    request: Request, caller: int, inference: InferenceService, name: str, version: str | None = None
+) -> InferenceResponse:
     # The body is parsed here rather than by a body parameter: tritonclient sends JSON without a
     # Content-Type header, and a binary-extension body (JSON followed by raw bytes) must get a
     # clear 400 rather than read as malformed JSON.
@@ -219,8 +228,11 @@ async def _infer(request: Request, caller: int, inference: InferenceService, nam
         ) from None
     if _wants_binary(body):
         raise BinaryDataUnsupported
-    spec = inference.model(name)
-    result = await inference.predict_rows(caller, name, _rows(body, spec), field="inputs.0.data")
+    # Routed once: the rows are read, and the outputs named, for the version that serves them.
+    spec = inference.route(caller, name, version)
+    result = await inference.predict_rows(
+        caller, name, _rows(body, spec), field="inputs.0.data", version=spec.version
+    )
     count = len(result.predictions)
     available: dict[str, ResponseOutput] = {}
     classes = [p for p in result.predictions if isinstance(p, ClassPrediction)]
@@ -249,3 +261,61 @@ async def _infer(request: Request, caller: int, inference: InferenceService, nam
         id=body.id,
         outputs=[available[n] for n in wanted],
     )
+
+
+# --- the repository extension: which versions are loaded (admins; the model server's token) ---
+
+# Also 403 (a user who is not an admin, a key without the `admin` scope) and, for changes, 409.
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": OipError}}
+_CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {**_ADMIN_ERRORS, 409: {"model": OipError}}
+
+
+@router.post("/repository/index", summary="Repository index", responses=_ADMIN_ERRORS)
+async def repository_index(
+    _caller: OipAdmin, repository: ModelRepositoryDep, body: RepositoryIndexRequest | None = None
+) -> list[RepositoryModel]:
+    """Every version of the manifest, and every one the fleet's state names, with its state in the
+    process that answered."""
+    wanted = body.ready if body is not None else None
+    return [
+        RepositoryModel(name=v.name, version=v.version, state=v.state, reason=v.reason)
+        for v in repository.index()
+        if wanted is None or (v.state == "READY") == wanted
+    ]
+
+
+@router.post(
+    "/repository/models/{name}/load",
+    summary="Load a model version",
+    responses=_CHANGE_ERRORS,
+)
+async def repository_load(
+    caller: OipAdmin,
+    repository: ModelRepositoryDep,
+    name: str = ModelName,
+    body: RepositoryLoadRequest | None = None,
+) -> RepositoryChanged:
+    """`parameters.version` (none: the newest the manifest lists). The file's sha256 is checked
+    and a warm-up row run before the version can be routed to (409 naming the file otherwise,
+    and nothing changes); on the web tier every worker and replica then loads it too."""
+    version = body.parameters.version if body is not None and body.parameters is not None else None
+    loaded, revision = await repository.load(caller, name, version)
+    return RepositoryChanged(name=name, version=loaded, revision=revision)
+
+
+@router.post(
+    "/repository/models/{name}/unload",
+    summary="Unload a model version",
+    responses=_CHANGE_ERRORS,
+)
+async def repository_unload(
+    caller: OipAdmin,
+    repository: ModelRepositoryDep,
+    name: str = ModelName,
+    body: RepositoryLoadRequest | None = None,
+) -> RepositoryChanged:
+    """`parameters.version` (none: the whole model and its aliases). Refused (409) while an alias
+    routes to the version; its in-flight requests finish before it goes."""
+    version = body.parameters.version if body is not None and body.parameters is not None else None
+    revision = await repository.unload(caller, name, version)
+    return RepositoryChanged(name=name, version=version, revision=revision)

@@ -39,6 +39,12 @@ _MODEL_PATHS = (
     "/v2/models/{name}",
     "/v2/models/{name}/ready",
     "/v2/models/{name}/infer",
+    "/api/v1/models/{name}/versions/{version}/predict",
+    "/v2/models/{name}/versions/{version}",
+    "/v2/models/{name}/versions/{version}/ready",
+    "/v2/models/{name}/versions/{version}/infer",
+    "/api/v1/models/{name}/aliases",
+    "/api/v1/models/{name}/aliases/{alias}",
 )
 
 
@@ -171,6 +177,12 @@ def _set_body(operation: JSON, ref: str, examples: JSON | None = None) -> None:
 
 
 def _document_models(document: Document, schemas: JSON, manifest: Manifest) -> None:
+    # Each model as a fresh deployment serves it: the first version the manifest lists (other
+    # versions of a model take the same features, as a new version of one model would).
+    firsts: dict[str, ModelSpec] = {}
+    for spec in manifest.models:
+        firsts.setdefault(spec.name, spec)
+    manifest = manifest.model_copy(update={"models": tuple(firsts.values())})
     # One component, so a generated client has one enum of the model names.
     schemas["ModelName"] = {
         "type": "string",
@@ -236,8 +248,9 @@ def _document_inputs(document: Document, schemas: JSON, manifest: Manifest) -> N
         }
         for spec in manifest.models
     }
-    for operation in _operations(document, "/api/v1/models/{name}/predict"):
-        _set_body(operation, ref(batch), examples)
+    for path in ("/api/v1/models/{name}/predict", "/api/v1/models/{name}/versions/{version}/predict"):
+        for operation in _operations(document, path):
+            _set_body(operation, ref(batch), examples)
 
     # FastAPI's generic bodies, replaced above by the per-model ones.
     for name in ("PredictRequest", "BatchPredictRequest"):

@@ -229,6 +229,14 @@ class Settings(BaseSettings):
         "with ENVIRONMENT=production.",
     )
     ml_enabled: bool = Field(True, description="Load and serve the models of the manifest.")
+    model_state_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often each process reads the revision of the fleet's desired model state "
+        "(what is loaded, where each alias points) and converges on a new one: the bound, after "
+        "an admin's change, within which every worker and replica serves it (docs/models.md).",
+    )
     ml_model_dir: Path = Field(ROOT_DIR / "ml_models", description="Folder of manifest.json and model files.")
     ml_onnx_threads: int = Field(2, ge=1, description="Threads running ONNX models (shared by all).")
     ml_process_workers: int = Field(

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from app.services.api_keys import KeyRing
+    from app.services.model_fleet import ModelFleet
     from app.services.prediction_log import PredictionLog
 
 
@@ -33,6 +34,7 @@ class Resources:
     codec: TokenCodec
     keys: KeyRing
     registry: ModelRegistry
+    fleet: ModelFleet
     prediction_log: PredictionLog
     limits: Limits
     sampler: Sampler
@@ -61,7 +63,7 @@ def state_of(app_or_connection: Starlette | HTTPConnection) -> State:
     return cast(State, app.state.service)
 
 
-def registry_settings(settings: Settings) -> RegistrySettings:
+def registry_settings(settings: Settings, *, unload_grace_s: float = 0.0) -> RegistrySettings:
     """The model layer's tunables from the service's settings (web tier and model server alike)."""
     token = settings.model_server_token
     return RegistrySettings(
@@ -74,17 +76,19 @@ def registry_settings(settings: Settings) -> RegistrySettings:
         close_timeout_s=float(settings.timeout_graceful_shutdown),
         remote_url=settings.ml_remote_url,
         remote_token=token.get_secret_value() if token else None,
+        unload_grace_s=unload_grace_s,
     )
 
 
 @dataclass(slots=True, eq=False)
 class ModelServerState:
-    """The model server's one state (app.model_server): its settings and its model registry; no
-    database, no users."""
+    """The model server's one state (app.model_server): its settings, its model registry and the
+    fleet state it follows (read from the database: no users, no other table)."""
 
     settings: Settings
     registry: ModelRegistry
     token: str | None
+    fleet: ModelFleet | None = None
 
 
 def model_server_state_of(app_or_connection: Starlette | HTTPConnection) -> ModelServerState:

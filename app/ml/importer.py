@@ -98,7 +98,9 @@ def add_model(
     except ValueError as exc:
         raise ModelLoadError(where, _first_error(exc)) from None
     _run_once(spec, data, source, found.model)
-    models = [m.model_dump(mode="json") for m in manifest.models if m.name != name]
+    # Appended: the model's other versions stay listed (a fresh deployment serves the first;
+    # a running one loads this one when an admin asks, app.services.model_fleet).
+    models = [m.model_dump(mode="json") for m in manifest.models]
     raw = {**manifest.model_dump(mode="json", exclude_none=True), "models": [*models, entry]}
     try:
         Manifest.model_validate(raw)

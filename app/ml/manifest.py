@@ -58,6 +58,9 @@ class RemoteSpec(_Frozen):
     # service's model server requires it); "none" for a server guarded by the network alone.
     auth: Literal["none", "service-token"] = "none"
     connect_timeout_ms: int = Field(1000, ge=1, le=60_000)
+    # True for this service's own model server (`ML_REMOTE_URL`): a version is loaded there,
+    # through its repository extension, before this side routes to it.
+    managed: bool = False
     max_connections: int = Field(32, ge=1, le=1024, description="Pooled keep-alive connections.")
 
     @property
@@ -160,7 +163,9 @@ class ModelSpec(_Frozen):
 
 
 class Manifest(_Frozen):
-    """The whole manifest: every served model plus which one the default and heavy routes use."""
+    """The catalog of model files: every version that may be served (which ones are, and where
+    each alias points, is the fleet's desired state, app.ml.fleet), plus which model the default
+    and heavy routes use."""
 
     schema_version: Literal[1]
     default_model: str
@@ -169,13 +174,30 @@ class Manifest(_Frozen):
 
     @model_validator(mode="after")
     def _references_exist(self) -> Manifest:
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ValueError("model names must be unique")
+        keys = [(m.name, m.version) for m in self.models]
+        if len(set(keys)) != len(keys):
+            raise ValueError("each (name, version) may appear once")
+        names = {m.name for m in self.models}
         for role, name in (("default_model", self.default_model), ("heavy_model", self.heavy_model)):
             if name is not None and name not in names:
                 raise ValueError(f"{role} {name!r} is not one of the models")
         return self
+
+    def find(self, name: str, version: str) -> ModelSpec | None:
+        """The entry of one version of a model, or None."""
+        for spec in self.models:
+            if spec.name == name and spec.version == version:
+                return spec
+        return None
+
+    def versions(self, name: str) -> tuple[str, ...]:
+        """The versions the manifest lists for a model, in its order (the first is the one a fresh
+        deployment serves; `models add` appends)."""
+        return tuple(spec.version for spec in self.models if spec.name == name)
+
+    def names(self) -> tuple[str, ...]:
+        """Every model's name once, in the manifest's order."""
+        return tuple(dict.fromkeys(spec.name for spec in self.models))
 
 
 def served_remotely(manifest: Manifest, url: str) -> Manifest:
@@ -193,6 +215,7 @@ def served_remotely(manifest: Manifest, url: str) -> Manifest:
             version=spec.version,
             output="probabilities" if spec.task == "classification" else "prediction",
             auth="service-token",
+            managed=True,
         )
         models.append(
             spec.model_copy(

@@ -1,8 +1,12 @@
-"""The model registry: loads every model of the manifest at start-up and serves predictions.
+"""The model registry: the model versions this process serves, and the routes to them.
 
-One instance per web process, opened in the lifespan (`await registry.start()`) and closed at
-shutdown (`await registry.close()`). Routes call `registry.predict(...)` and map the domain errors
-of `app.ml.errors` to HTTP; nothing here knows about HTTP.
+One instance per process (web worker or model server), opened in the lifespan
+(`await registry.start(state)`) and closed at shutdown (`await registry.close()`). What it loads
+and where each alias points follow a `FleetState` (app.ml.fleet): `start` loads the state it is
+given, `converge` moves to a new one without a restart (loading first, then moving routes, then
+unloading what nothing routes to any more, after its in-flight requests finish). Routes call
+`registry.predict(...)` and map the domain errors of `app.ml.errors` to HTTP; nothing here knows
+about HTTP or the database.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from app.ml.batching import BatcherStats, BatchingConfig, BatchObserver, MicroBatcher
-from app.ml.errors import ModelNotFound, ModelsNotReady
+from app.ml.errors import ModelError, ModelLoadError, ModelNotFound, ModelsNotReady
+from app.ml.fleet import DEFAULT_ALIAS, Alias, FleetState, Key, VersionNotFound, seed
 from app.ml.inputs import validate_features, validate_rows
 from app.ml.manifest import (
     Manifest,
@@ -77,6 +82,11 @@ class RegistrySettings:
     remote_connect_retries: int = 1
     # How often each remote model's readiness is asked of its server.
     remote_probe_interval_s: float = 2.0
+    # A version the desired state no longer loads is unloaded this long after (0: at once). The
+    # model server waits a few polls, so web workers still routing to it have moved on first.
+    unload_grace_s: float = 0.0
+    # A version that failed to load is tried again after this long.
+    load_retry_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.onnx_threads < 1 or self.onnx_intra_op_threads < 1 or self.process_workers < 1:
@@ -87,7 +97,7 @@ class RegistrySettings:
 
 @dataclass(frozen=True, slots=True)
 class ModelMetrics:
-    """A snapshot of one model's gauges and counters, for a metrics exporter."""
+    """A snapshot of one model version's gauges and counters, for a metrics exporter."""
 
     name: str
     version: str
@@ -97,6 +107,16 @@ class ModelMetrics:
     stats: BatcherStats
 
 
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    """One version as this process sees it, for the repository index."""
+
+    name: str
+    version: str
+    state: str  # READY, LOADING or UNAVAILABLE (the protocol's repository states)
+    reason: str
+
+
 @dataclass(slots=True)
 class _Served:
     spec: ModelSpec
@@ -104,8 +124,11 @@ class _Served:
     batcher: MicroBatcher
 
 
+_Built = tuple[ModelSpec, Runtime, int]
+
+
 class ModelRegistry:
-    """Every model of the manifest, verified and loaded, each behind its own micro-batcher."""
+    """The loaded model versions, each behind its own micro-batcher, and each model's aliases."""
 
     def __init__(
         self, settings: RegistrySettings | None = None, *, on_batch: BatchObserver | None = None
@@ -113,7 +136,17 @@ class ModelRegistry:
         self.settings = settings or RegistrySettings()
         self._on_batch = on_batch
         self._manifest: Manifest | None = None
-        self._served: dict[str, _Served] = {}
+        self._served: dict[Key, _Served] = {}
+        # The aliases requests follow here: those of the desired state whose versions are all
+        # loaded here (an alias whose new target is still loading keeps its previous route).
+        self._routes: dict[str, dict[str, Alias]] = {}
+        self._desired: FleetState | None = None
+        self._failed: dict[Key, tuple[str, float]] = {}
+        # Versions loaded ahead of the state that will name them (an admin's load, a web tier's
+        # repository call): not unloaded before this monotonic deadline.
+        self._pinned: dict[Key, float] = {}
+        self._undesired_since: dict[Key, float] = {}
+        self._lock = asyncio.Lock()
         self._onnx_executor: ThreadPoolExecutor | None = None
         self._backends: dict[BackendKey, Backend] = {}
         self._ready = False
@@ -134,78 +167,159 @@ class ModelRegistry:
             s.runtime.is_ready for s in self._served.values() if isinstance(s.runtime, ProcessPoolRuntime)
         )
 
-    async def start(self) -> None:
-        """Read the manifest, verify every file's sha256, load every model, start the workers.
+    @property
+    def revision(self) -> int | None:
+        """The revision of the desired state this process has converged on (None before start)."""
+        return self._desired.revision if self._desired is not None else None
 
-        Any failure raises ModelLoadError (one line naming the file) after undoing what was started.
+    @property
+    def settled(self) -> bool:
+        """Every version of the desired state loaded here and nothing else left to unload."""
+        desired = self._desired
+        if desired is None:
+            return False
+        effective = {(m, name): a for m, aliases in self._routes.items() for name, a in aliases.items()}
+        return set(self._served) == set(desired.loaded) and effective == dict(desired.aliases)
+
+    async def start(self, state: FleetState | None = None) -> None:
+        """Read the manifest, then load what `state` says (None: the manifest's `seed`), each file's
+        sha256 verified, each model loaded, the worker pools started.
+
+        Any failure raises ModelLoadError (one line naming the file) after undoing what was
+        started. A version the state names but this process's manifest lacks is skipped (and
+        reported by `index()`), so a replica with an older manifest still serves the rest.
         """
         if self._ready:
             return
-        model_dir = self.settings.model_dir
         started = time.perf_counter()
         try:
             manifest = await asyncio.to_thread(self._read_manifest)
             self._manifest = manifest
+            state = state if state is not None else seed(manifest)
             self._onnx_executor = ThreadPoolExecutor(
                 max_workers=self.settings.onnx_threads, thread_name_prefix="onnx"
             )
-            pools: list[tuple[ModelSpec, ProcessPoolRuntime]] = []
-            remote: dict[str, tuple[Runtime, int]] = {}
-            for spec in manifest.models:
-                if spec.remote is not None:
-                    remote[spec.name] = (
-                        RemoteRuntime(spec, self._backend(spec)),
-                        spec.remote.max_connections,
-                    )
-                elif spec.format != "onnx":
-                    # Verified here too, so a missing or corrupt file is reported by the web
-                    # process before any worker starts (workers verify again what they load).
-                    await asyncio.to_thread(read_verified, model_dir, spec)
-                    pool = ProcessPoolRuntime(
-                        spec,
-                        model_path(model_dir, spec).resolve(),
-                        display_path(model_dir, spec),
-                        workers=self.settings.process_workers,
-                        start_method=self.settings.start_method,
-                        nice=self.settings.process_worker_nice,
-                        start_timeout_s=self.settings.start_timeout_s,
-                    )
-                    pools.append((spec, pool))
-            # Worker pools start side by side (each waits mostly on its processes) while the ONNX
-            # models load here; then every model is served, in the manifest's order.
-            wait = self.settings.wait_for_workers
-            starting = asyncio.gather(*(pool.start(wait=wait) for _, pool in pools), return_exceptions=True)
-            loaded: dict[str, tuple[Runtime, int]] = {
-                **remote,
-                **{spec.name: (pool, self.settings.process_workers) for spec, pool in pools},
-            }
-            try:
-                for spec in manifest.models:
-                    if spec.format == "onnx":
-                        runtime: Runtime = await asyncio.to_thread(self._load_onnx, spec)
-                        loaded[spec.name] = (runtime, self.settings.onnx_threads)
-            except BaseException:
-                await starting
-                await asyncio.gather(*(p.close(force=True) for _, p in pools))
-                raise
-            failed = [r for r in await starting if isinstance(r, BaseException)]
-            if failed:
-                await asyncio.gather(*(p.close(force=True) for _, p in pools))
-                raise failed[0]
-            for spec in manifest.models:
-                self._serve(spec, *loaded[spec.name])
+            specs = [spec for spec in manifest.models if (spec.name, spec.version) in state.loaded]
+            for key in sorted(state.loaded - {(s.name, s.version) for s in specs}):
+                self._failed[key] = ("not in this process's manifest", time.monotonic())
+                log.warning("model %s@%s: not in this process's manifest; not served here", *key)
+            for spec, runtime, concurrency in await self._build_many(specs):
+                self._serve(spec, runtime, concurrency)
         except BaseException:
             await self._shutdown(force=True)
             raise
-        for served in self._served.values():
-            served.batcher.start()
         for backend in self._backends.values():
             backend.start()
+        self._desired = state
+        self._set_routes(state)
         self._ready = True
         log.info(
             "models ready: %s (%.1f s)",
-            ", ".join(f"{s.spec.name}@{s.spec.version}" for s in self._served.values()),
+            ", ".join(f"{name}@{version}" for name, version in self._served),
             time.perf_counter() - started,
+        )
+
+    async def _build_many(self, specs: builtins.list[ModelSpec]) -> builtins.list[_Built]:
+        """Start-up: worker pools start side by side (each waits mostly on its processes) while
+        the ONNX models load here; remote models are only described (their readiness is polled,
+        so a model server that is not up yet does not fail this start)."""
+        model_dir = self.settings.model_dir
+        pools: builtins.list[tuple[ModelSpec, ProcessPoolRuntime]] = []
+        built: dict[Key, _Built] = {}
+        for spec in specs:
+            if spec.remote is not None:
+                built[(spec.name, spec.version)] = (
+                    spec,
+                    RemoteRuntime(spec, self._backend(spec)),
+                    spec.remote.max_connections,
+                )
+            elif spec.format != "onnx":
+                # Verified here too, so a missing or corrupt file is reported by the web process
+                # before any worker starts (workers verify again what they load).
+                await asyncio.to_thread(read_verified, model_dir, spec)
+                pools.append((spec, self._pool(spec)))
+        wait = self.settings.wait_for_workers
+        starting = asyncio.gather(*(pool.start(wait=wait) for _, pool in pools), return_exceptions=True)
+        for spec, pool in pools:
+            built[(spec.name, spec.version)] = (spec, pool, self.settings.process_workers)
+        try:
+            for spec in specs:
+                if spec.format == "onnx":
+                    runtime: Runtime = await asyncio.to_thread(self._load_onnx, spec)
+                    built[(spec.name, spec.version)] = (spec, runtime, self.settings.onnx_threads)
+        except BaseException:
+            await starting
+            await asyncio.gather(*(p.close(force=True) for _, p in pools))
+            raise
+        failed = [r for r in await starting if isinstance(r, BaseException)]
+        if failed:
+            await asyncio.gather(*(p.close(force=True) for _, p in pools))
+            raise failed[0]
+        return [built[(spec.name, spec.version)] for spec in specs]
+
+    async def _build(self, spec: ModelSpec) -> _Built:
+        """At run time: one version loaded (its file's hash verified, its workers up, or its model
+        server told to load it) and a warm-up row run through it, or ModelLoadError."""
+        runtime: Runtime
+        if spec.remote is not None:
+            backend = self._backend(spec)
+            remote = RemoteRuntime(spec, backend)
+            runtime, concurrency = remote, spec.remote.max_connections
+            try:
+                await remote.load_on_server()
+            except BaseException:
+                await remote.close()
+                raise
+            backend.start()
+        elif spec.format == "onnx":
+            runtime, concurrency = await asyncio.to_thread(self._load_onnx, spec), self.settings.onnx_threads
+        else:
+            await asyncio.to_thread(read_verified, self.settings.model_dir, spec)
+            pool = self._pool(spec)
+            try:
+                await pool.start(wait=True)
+            except BaseException:
+                await pool.close(force=True)
+                raise
+            runtime, concurrency = pool, self.settings.process_workers
+        try:
+            await self._warm_up(spec, runtime)
+        except BaseException:
+            await runtime.close(force=True)
+            raise
+        return spec, runtime, concurrency
+
+    async def _warm_up(self, spec: ModelSpec, runtime: Runtime) -> None:
+        """One row of zeros, end to end: a version that cannot answer it is never routed to."""
+        where = self._where(spec)
+        x = np.zeros((1, len(spec.features)), dtype=np.float32)
+        try:
+            outputs = await runtime.run(x, spec.timeout_ms / 1000 * self.settings.hard_timeout_factor)
+            predictions = to_predictions(spec, outputs)
+        except ModelError as exc:
+            raise ModelLoadError(where, f"the warm-up prediction failed: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the runtime raised, the version cannot serve
+            reason = f"the warm-up prediction failed: {type(exc).__name__}: {exc}"
+            raise ModelLoadError(where, reason) from None
+        if len(predictions) != 1:
+            raise ModelLoadError(where, f"the warm-up prediction gave {len(predictions)} rows for 1")
+        if isinstance(runtime, RemoteRuntime):
+            runtime.answered()
+
+    def _where(self, spec: ModelSpec) -> str:
+        if spec.remote is not None:
+            return f"{spec.remote.base_url}{spec.remote.model_path}"
+        return display_path(self.settings.model_dir, spec)
+
+    def _pool(self, spec: ModelSpec) -> ProcessPoolRuntime:
+        return ProcessPoolRuntime(
+            spec,
+            model_path(self.settings.model_dir, spec).resolve(),
+            display_path(self.settings.model_dir, spec),
+            workers=self.settings.process_workers,
+            start_method=self.settings.start_method,
+            nice=self.settings.process_worker_nice,
+            start_timeout_s=self.settings.start_timeout_s,
         )
 
     def _read_manifest(self) -> Manifest:
@@ -230,7 +344,7 @@ class ModelRegistry:
         return backend
 
     def _load_onnx(self, spec: ModelSpec) -> OnnxRuntime:
-        assert self._onnx_executor is not None  # noqa: S101 - created just before, for mypy
+        assert self._onnx_executor is not None  # noqa: S101 - created at start, for mypy
         data = read_verified(self.settings.model_dir, spec)
         return OnnxRuntime(
             spec,
@@ -250,9 +364,148 @@ class ModelRegistry:
             hard_timeout_factor=self.settings.hard_timeout_factor,
             enabled=self.settings.batching_enabled,
         )
-        self._served[spec.name] = _Served(
-            spec, runtime, MicroBatcher(spec.name, runtime, config, self._on_batch)
-        )
+        served = _Served(spec, runtime, MicroBatcher(spec.name, runtime, config, self._on_batch))
+        self._served[(spec.name, spec.version)] = served
+        served.batcher.start()
+
+    # --- converging on a desired state ------------------------------------------------------------
+
+    async def converge(self, state: FleetState) -> None:
+        """Move to `state`: load the versions it adds (a failure is recorded, retried after
+        `load_retry_s`, and leaves the routes as they were), then route each alias to its
+        versions once they are all loaded here, then unload the versions nothing routes to any
+        more, each after its in-flight requests have finished."""
+        async with self._lock:
+            if not self._ready:
+                return
+            self._desired = state
+            wanted = [k for k in sorted(state.loaded) if k not in self._served]
+            manifest = self._require_manifest()
+            if any(manifest.find(*k) is None for k in wanted):
+                manifest = await self._reread_manifest()
+            now = time.monotonic()
+            for key in wanted:
+                failed = self._failed.get(key)
+                if failed is not None and now - failed[1] < self.settings.load_retry_s:
+                    continue
+                spec = manifest.find(*key)
+                if spec is None:
+                    self._failed[key] = ("not in this process's manifest", now)
+                    log.warning("model %s@%s: not in this process's manifest; not served here", *key)
+                    continue
+                try:
+                    self._serve(*await self._build(spec))
+                except ModelError as exc:
+                    self._failed[key] = (str(exc), time.monotonic())
+                    log.warning("model %s@%s: could not be loaded: %s", *key, exc)
+                    continue
+                self._failed.pop(key, None)
+                log.info("model %s@%s loaded", *key)
+            self._set_routes(state)
+            await self._unload_unrouted(state)
+
+    @property
+    def pending(self) -> bool:
+        """Something of the desired state is still to do here (a load to retry, an unload waiting
+        for its grace period): converge() again even if the state has not changed."""
+        return self._desired is not None and not self.settled
+
+    def _set_routes(self, state: FleetState) -> None:
+        routes: dict[str, dict[str, Alias]] = {}
+        for (model, name), alias in state.aliases.items():
+            effective: Alias | None = alias
+            if not all((model, v) in self._served for v in alias.versions):
+                effective = self._routes.get(model, {}).get(name)
+                if effective is not None and not all((model, v) in self._served for v in effective.versions):
+                    effective = None
+            if effective is not None:
+                routes.setdefault(model, {})[name] = effective
+        self._routes = routes
+
+    async def _unload_unrouted(self, state: FleetState) -> None:
+        now = time.monotonic()
+        routed = {(m, v) for m, aliases in self._routes.items() for a in aliases.values() for v in a.versions}
+        for key in builtins.list(self._served):
+            if key in state.loaded or key in routed or self._pinned.get(key, 0.0) > now:
+                self._undesired_since.pop(key, None)
+                continue
+            since = self._undesired_since.setdefault(key, now)
+            if now - since >= self.settings.unload_grace_s:
+                self._undesired_since.pop(key, None)
+                await self._unload(key)
+        for key in builtins.list(self._pinned):
+            if self._pinned[key] <= now:
+                del self._pinned[key]
+
+    async def _unload(self, key: Key) -> None:
+        """Out of every route at once; then its in-flight and queued requests finish (up to
+        close_timeout_s) before its runtime stops."""
+        served = self._served.pop(key)
+        for aliases in self._routes.values():
+            for name in [n for n, a in aliases.items() if key[1] in a.versions and a.model == key[0]]:
+                del aliases[name]
+        drained = True
+        try:
+            async with asyncio.timeout(self.settings.close_timeout_s):
+                await served.batcher.drain()
+        except TimeoutError:
+            drained = False
+        await served.batcher.stop()
+        await served.runtime.close(force=not drained)
+        log.info("model %s@%s unloaded", *key)
+
+    async def _reread_manifest(self) -> Manifest:
+        """The manifest as it is on disk now (`models add` may have added versions), or, if it
+        cannot be read, the one read before."""
+        try:
+            self._manifest = await asyncio.to_thread(self._read_manifest)
+        except ModelLoadError as exc:
+            log.warning("models: the manifest cannot be read again (%s); using the one read before", exc)
+        return self._require_manifest()
+
+    async def load_now(self, name: str, version: str | None, *, hold_s: float = float("inf")) -> ModelSpec:
+        """Load one version here, now (its hash verified, a warm-up row run), ahead of the
+        desired state that will name it: an admin's load verifies this way before the state
+        changes. No version: the last one the manifest lists. The version is not unloaded by
+        converge() for `hold_s` seconds (until `release()`).
+
+        Raises ModelNotFound or VersionNotFound (not in the manifest), ModelLoadError."""
+        if not self._ready:
+            raise ModelsNotReady()
+        manifest = await self._reread_manifest()
+        versions = manifest.versions(name)
+        if not versions:
+            raise ModelNotFound(name, manifest.names())
+        version = version or versions[-1]
+        spec = manifest.find(name, version)
+        if spec is None:
+            raise VersionNotFound(name, version, versions)
+        key = (name, version)
+        async with self._lock:
+            self._pinned[key] = time.monotonic() + hold_s
+            if key not in self._served:
+                try:
+                    self._serve(*await self._build(spec))
+                except BaseException as exc:
+                    self._pinned.pop(key, None)
+                    if isinstance(exc, ModelError):
+                        self._failed[key] = (str(exc), time.monotonic())
+                    raise
+                self._failed.pop(key, None)
+                log.info("model %s@%s loaded", *key)
+        return spec
+
+    def release(self, name: str, version: str) -> None:
+        """End a `load_now` hold: converge() may unload the version if the state does not name it."""
+        self._pinned.pop((name, version), None)
+
+    async def unload_now(self, name: str, version: str) -> None:
+        """Unload one version here, now (the model server's repository extension)."""
+        async with self._lock:
+            if (name, version) not in self._served:
+                raise VersionNotFound(name, version, tuple(self.versions(name)))
+            self._pinned.pop((name, version), None)
+            await self._unload((name, version))
 
     async def close(self) -> None:
         """Refuse new predictions, let in-flight ones finish (up to close_timeout_s), stop the pools.
@@ -275,12 +528,13 @@ class ModelRegistry:
         await self._shutdown(force=not drained)
 
     async def _shutdown(self, *, force: bool) -> None:
-        served = list(self._served.values())
+        served = builtins.list(self._served.values())
         self._served.clear()
+        self._routes = {}
         for s in served:
             await s.batcher.stop()
         await asyncio.gather(*(s.runtime.close(force=force) for s in served), return_exceptions=True)
-        backends = list(self._backends.values())
+        backends = builtins.list(self._backends.values())
         self._backends.clear()
         await asyncio.gather(*(b.close() for b in backends), return_exceptions=True)
         executor, self._onnx_executor = self._onnx_executor, None
@@ -299,22 +553,73 @@ class ModelRegistry:
         """Name of the model `/api/v1/predict-heavy` serves, if the manifest names one."""
         return self._require_manifest().heavy_model
 
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest as last read (at start, and again by each load)."""
+        return self._require_manifest()
+
     def _require_manifest(self) -> Manifest:
         if self._manifest is None:
             raise ModelsNotReady()
         return self._manifest
 
-    def get(self, name: str) -> ModelSpec:
-        """The manifest entry of a served model, or ModelNotFound."""
-        served = self._served.get(name)
-        if served is None:
-            raise ModelNotFound(name, self._served.keys())
-        return served.spec
+    def _names(self) -> builtins.list[str]:
+        names = dict.fromkeys(self._manifest.names() if self._manifest else ())
+        names.update(dict.fromkeys(m for m, _ in self._served))
+        return [n for n in names if n in self._routes or any(m == n for m, _ in self._served)]
 
-    def model_ready(self, name: str) -> bool:
+    def get(self, name: str, version: str | None = None) -> ModelSpec:
+        """A served model's manifest entry: that of `version` (a version or an alias), or of the
+        version its `default` alias mostly routes to; ModelNotFound or VersionNotFound."""
+        if version is not None:
+            alias = self._routes.get(name, {}).get(version)
+            if (name, version) not in self._served and alias is not None:
+                version = alias.primary
+            return self._resolve(name, version, None, any_state=True).spec
+        alias = self._routes.get(name, {}).get(DEFAULT_ALIAS)
+        if alias is not None:
+            return self._served[(name, alias.primary)].spec
+        for (model, _), served in self._served.items():
+            if model == name:
+                return served.spec
+        raise ModelNotFound(name, self._names())
+
+    def versions(self, name: str) -> builtins.list[str]:
+        """The versions of a model loaded here."""
+        return sorted(v for m, v in self._served if m == name)
+
+    def aliases(self, name: str) -> builtins.list[Alias]:
+        """The aliases requests to this model follow here."""
+        return [a for _, a in sorted(self._routes.get(name, {}).items())]
+
+    def loaded(self) -> dict[str, builtins.list[str]]:
+        """Every model's versions loaded here."""
+        return {name: self.versions(name) for name in self._names()}
+
+    def index(self) -> builtins.list[VersionStatus]:
+        """Every version of the manifest, and every one the desired state names, with its state
+        here: READY (loaded), LOADING (wanted, not loaded yet), UNAVAILABLE (not wanted, or
+        failed to load: the reason says)."""
+        desired = self._desired.loaded if self._desired is not None else frozenset()
+        keys = dict.fromkeys((s.name, s.version) for s in (self._manifest.models if self._manifest else ()))
+        keys.update(dict.fromkeys(sorted(desired | set(self._served))))
+        out = []
+        for key in keys:
+            if key in self._served:
+                out.append(VersionStatus(*key, "READY", ""))
+            elif key in self._failed:
+                out.append(VersionStatus(*key, "UNAVAILABLE", self._failed[key][0]))
+            elif key in desired:
+                out.append(VersionStatus(*key, "LOADING", ""))
+            else:
+                out.append(VersionStatus(*key, "UNAVAILABLE", "not loaded"))
+        return out
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether this model answers now: loaded, its worker pool up, or its server ready."""
-        served = self._lookup(name)
-        runtime = served.runtime
+        if not self._ready:
+            raise ModelsNotReady()
+        runtime = self._served[(name, self.get(name, version).version)].runtime
         if isinstance(runtime, ProcessPoolRuntime | RemoteRuntime):
             return runtime.is_ready
         return True
@@ -323,48 +628,87 @@ class ModelRegistry:
         """The served models that would not answer now (a remote server down, a pool restarting)."""
         if not self._ready:
             return [spec.name for spec in self.list()]
-        return [name for name in self._served if not self.model_ready(name)]
+        return [name for name in self._names() if not self.model_ready(name)]
 
-    def metrics(self) -> dict[str, ModelMetrics]:
-        """Gauges and counters per model, read at scrape time by a metrics collector."""
-        out: dict[str, ModelMetrics] = {}
-        for name, s in self._served.items():
+    def metrics(self) -> dict[Key, ModelMetrics]:
+        """Gauges and counters per model version, read at scrape time by a metrics collector."""
+        out: dict[Key, ModelMetrics] = {}
+        for key, s in self._served.items():
             restarts = s.runtime.restarts if isinstance(s.runtime, ProcessPoolRuntime) else 0
-            out[name] = ModelMetrics(
-                name, s.spec.version, s.batcher.queue_depth, s.batcher.in_flight, restarts, s.batcher.stats
+            out[key] = ModelMetrics(
+                key[0], key[1], s.batcher.queue_depth, s.batcher.in_flight, restarts, s.batcher.stats
             )
         return out
 
-    def worker_pids(self, name: str) -> builtins.list[int]:
+    def worker_pids(self, name: str, version: str | None = None) -> builtins.list[int]:
         """Process ids of a process-pool model's workers (empty for thread-run models)."""
-        self.get(name)
-        runtime = self._served[name].runtime
+        runtime = self._served[(name, self.get(name, version).version)].runtime
         return runtime.worker_pids() if isinstance(runtime, ProcessPoolRuntime) else []
+
+    def list(self) -> builtins.list[ModelSpec]:
+        """Each served model's entry (that of the version its `default` alias mostly routes to),
+        in manifest order."""
+        return [self.get(name) for name in self._names()]
 
     # --- predicting -------------------------------------------------------------------------------
 
-    async def predict(self, name: str, rows: object, *, field: str = "rows") -> PredictionResult:
+    def route(self, name: str, version: str | None = None, caller: int | None = None) -> ModelSpec:
+        """The version one request goes to: `version` if it names a loaded version, else the alias
+        it names (None: `default`), split by weight (sticky per `caller` where the alias says)."""
+        return self._resolve(name, version, caller).spec
+
+    async def predict(
+        self,
+        name: str,
+        rows: object,
+        *,
+        field: str = "rows",
+        version: str | None = None,
+        caller: int | None = None,
+    ) -> PredictionResult:
         """Predict a batch of rows (arrays in feature order or objects keyed by feature name).
 
-        Raises ModelNotFound, InvalidInput, BatchTooLarge (validation, before any queueing),
-        ModelOverloaded (queue full, at once), PredictionTimeout, ModelWorkerCrashed,
+        Raises ModelNotFound, VersionNotFound, InvalidInput, BatchTooLarge (validation, before any
+        queueing), ModelOverloaded (queue full, at once), PredictionTimeout, ModelWorkerCrashed,
         PredictionFailed or ModelsNotReady. `field` prefixes the field paths of input errors.
         """
-        served = self._lookup(name)
+        served = self._resolve(name, version, caller)
         return await self._predict(served, validate_rows(served.spec, rows, field=field))
 
-    async def predict_one(self, name: str, features: object, *, field: str = "features") -> PredictionResult:
+    async def predict_one(
+        self,
+        name: str,
+        features: object,
+        *,
+        field: str = "features",
+        version: str | None = None,
+        caller: int | None = None,
+    ) -> PredictionResult:
         """Predict one row; same errors as predict(), field paths like `features.2`."""
-        served = self._lookup(name)
+        served = self._resolve(name, version, caller)
         return await self._predict(served, validate_features(served.spec, features, field=field))
 
-    def _lookup(self, name: str) -> _Served:
-        if not self._ready:
+    def _resolve(self, name: str, ref: str | None, caller: int | None, *, any_state: bool = False) -> _Served:
+        if not self._ready and not any_state:
             raise ModelsNotReady()
-        served = self._served.get(name)
-        if served is None:
-            raise ModelNotFound(name, self._served.keys())
-        return served
+        if ref is not None:
+            served = self._served.get((name, ref))
+            if served is not None:
+                return served
+        aliases = self._routes.get(name)
+        alias = aliases.get(ref or DEFAULT_ALIAS) if aliases is not None else None
+        if alias is not None:
+            return self._served[(name, alias.pick(caller))]
+        desired = self._desired
+        wanted = desired is not None and name in desired.models()
+        if aliases is None and not wanted and not any(m == name for m, _ in self._served):
+            raise ModelNotFound(name, self._names())
+        named = desired is not None and ((name, ref) in desired.loaded or (name, ref) in desired.aliases)
+        if ref is None or named:
+            # Named by the desired state but not routable here yet (still loading).
+            raise ModelsNotReady()
+        known = (*self.versions(name), *(a.name for a in self.aliases(name)))
+        raise VersionNotFound(name, ref, known)
 
     async def _predict(self, served: _Served, x: np.ndarray) -> PredictionResult:
         started = time.perf_counter()
@@ -377,9 +721,3 @@ class ModelRegistry:
             to_predictions(spec, outputs),
             (time.perf_counter() - started) * 1000,
         )
-
-    def list(self) -> builtins.list[ModelSpec]:
-        """Every served model's manifest entry, in manifest order."""
-        if self._manifest is None:
-            return []
-        return [spec for spec in self._manifest.models if spec.name in self._served]

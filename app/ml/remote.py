@@ -35,7 +35,7 @@ from typing import Literal
 import httpx
 import numpy as np
 
-from app.ml.errors import BackendError, BackendUnavailable, PredictionTimeout
+from app.ml.errors import BackendError, BackendUnavailable, ModelLoadError, PredictionTimeout
 from app.ml.manifest import ModelSpec, RemoteSpec
 
 log = logging.getLogger(__name__)
@@ -164,27 +164,33 @@ class Backend:
         self._probe_paths[name] = f"{remote.model_path}/ready"
         self._ready[name] = False
 
+    def unwatch(self, name: str) -> None:
+        self._probe_paths.pop(name, None)
+        self._ready.pop(name, None)
+
     def is_ready(self, name: str) -> bool:
         return self._ready.get(name, False) and self.breaker.state != "open"
 
     def start(self) -> None:
-        self._prober = asyncio.create_task(self._probe_loop(), name=f"oip-probe-{self.key.base_url}")
+        """Start probing (once: later calls, for versions loaded at run time, change nothing)."""
+        if self._prober is None:
+            self._prober = asyncio.create_task(self._probe_loop(), name=f"oip-probe-{self.key.base_url}")
 
     async def probe(self) -> None:
         """Ask the server whether each watched model is ready; a ready answer closes the breaker."""
-        for name, path in self._probe_paths.items():
+        for name, path in list(self._probe_paths.items()):
             try:
                 response = await self.client.get(path, timeout=max(1.0, self.probe_interval_s))
             except httpx.HTTPError:
-                self._set_ready(name, False)
+                self.set_ready(name, False)
                 continue
             ready = response.status_code == 200 and _ready_flag(response)
-            self._set_ready(name, ready)
+            self.set_ready(name, ready)
             if ready and self.breaker.state != "closed":
                 log.info("remote model %s: its server answers again; circuit closed", name)
                 self.breaker.succeeded()
 
-    def _set_ready(self, name: str, ready: bool) -> None:
+    def set_ready(self, name: str, ready: bool) -> None:
         if self._ready.get(name) != ready:
             log.log(logging.INFO if ready else logging.WARNING, "remote model %s: ready=%s", name, ready)
         self._ready[name] = ready
@@ -225,11 +231,41 @@ class RemoteRuntime:
         self.backend = backend
         self._path = f"{self.remote.model_path}/infer"
         self._width = len(spec.labels) if spec.task == "classification" else 1
-        backend.watch(spec.name, self.remote)
+        # Readiness is per version: two versions of a model may be served side by side.
+        self._watched = f"{spec.name}@{spec.version}"
+        backend.watch(self._watched, self.remote)
 
     @property
     def is_ready(self) -> bool:
-        return self.backend.is_ready(self.spec.name)
+        return self.backend.is_ready(self._watched)
+
+    def answered(self) -> None:
+        """It just answered a prediction (the warm-up): ready without waiting for the next probe."""
+        self.backend.set_ready(self._watched, True)
+
+    async def load_on_server(self) -> None:
+        """Ask this service's model server to load the version (its repository extension: file
+        hash checked, a warm-up row run); a no-op for servers the manifest does not manage.
+
+        Raises ModelLoadError with the server's reason, or BackendUnavailable."""
+        remote = self.remote
+        if not remote.managed:
+            return
+        name = self.spec.name
+        try:
+            response = await self.backend.client.post(
+                f"/v2/repository/models/{remote.model}/load",
+                json={"parameters": {"version": remote.version}} if remote.version else {},
+                timeout=120.0,
+            )
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(name, f"cannot reach the model server ({type(exc).__name__})") from None
+        if response.status_code >= 500:
+            said = f"the model server answered {response.status_code}{_said(response)}"
+            raise BackendUnavailable(name, said)
+        if response.status_code != 200:
+            where = f"{remote.base_url}{remote.model_path}"
+            raise ModelLoadError(where, f"the model server refused the load{_said(response)}")
 
     async def wait_ready(self) -> bool:
         # Never waits: an open circuit is answered in run() at once with BackendUnavailable.
@@ -298,7 +334,7 @@ class RemoteRuntime:
 
     async def close(self, *, force: bool = False) -> None:  # noqa: ARG002 - Runtime protocol
         # The backend's client is shared by its models and closed by the registry.
-        return None
+        self.backend.unwatch(self._watched)
 
     def _outputs(self, response: httpx.Response, rows: int) -> np.ndarray:
         name, wanted = self.spec.name, self.remote.output

@@ -3,7 +3,18 @@
 from app.models.api_key import ApiKey
 from app.models.base import Base
 from app.models.item import Item
+from app.models.model_state import ModelState, ModelStateChange
 from app.models.prediction import PredictionRecord
 from app.models.user import AuthSession, RefreshToken, User
 
-__all__ = ["ApiKey", "AuthSession", "Base", "Item", "PredictionRecord", "RefreshToken", "User"]
+__all__ = [
+    "ApiKey",
+    "AuthSession",
+    "Base",
+    "Item",
+    "ModelState",
+    "ModelStateChange",
+    "PredictionRecord",
+    "RefreshToken",
+    "User",
+]

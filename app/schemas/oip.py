@@ -97,3 +97,38 @@ class ModelReady(BaseModel):
 
 class OipError(BaseModel):
     error: str
+
+
+# --- the repository extension ---
+
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class RepositoryIndexRequest(_Open):
+    ready: bool | None = Field(None, description="Only the versions ready (true) or not (false).")
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY", "LOADING", "UNAVAILABLE"]
+    reason: str
+
+
+class LoadParameters(_Open):
+    version: str | None = Field(
+        None, pattern=VERSION_PATTERN, description="The version to load; none: the manifest's newest."
+    )
+
+
+class RepositoryLoadRequest(_Open):
+    parameters: LoadParameters | None = None
+
+
+class RepositoryChanged(BaseModel):
+    name: str
+    version: str | None = Field(description="The version loaded or unloaded; null: every version.")
+    revision: int | None = Field(
+        description="The fleet state's revision after the change (null on the model server, which "
+        "loads for itself only)."
+    )

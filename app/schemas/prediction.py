@@ -81,6 +81,11 @@ class FeatureInfo(BaseModel):
     type: Literal["float"]
 
 
+class AliasRoute(BaseModel):
+    version: str
+    weight: int
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -94,6 +99,11 @@ class ModelInfo(BaseModel):
     max_batch_size: int = Field(description="Most rows one request may send.")
     timeout_ms: int = Field(description="Time limit per request.")
     example_request: dict[str, Any] = Field(description="A valid body for /models/{name}/predict.")
+    versions: list[str] = Field(description="The versions loaded in the process that answered.")
+    aliases: dict[str, list[AliasRoute]] = Field(
+        description="Where each alias sends requests in that process (`default`: requests that "
+        "name no version), with each version's share in percent."
+    )
 
 
 class PredictionRecordPublic(ResponseModel):

@@ -13,6 +13,7 @@ from typing import Any
 from app.core.errors import (
     AppError,
     BadGateway,
+    Conflict,
     GatewayTimeout,
     NotFound,
     PayloadTooLarge,
@@ -20,6 +21,7 @@ from app.core.errors import (
     ValidationFailed,
 )
 from app.ml import errors as ml
+from app.ml.fleet import Alias, StateConflict, VersionNotFound
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import PredictionResult
 from app.ml.registry import ModelRegistry
@@ -29,6 +31,18 @@ from app.services.prediction_log import PredictionEvent, PredictionLog
 
 class ModelNotFound(NotFound):
     pass
+
+
+class VersionConflict(Conflict):
+    """The change would leave a route broken, or the state forbids it (app.ml.fleet)."""
+
+    code = "model-state-conflict"
+
+
+class ModelLoadFailed(Conflict):
+    """A version could not be loaded: its file's hash, its format, its warm-up; names the file."""
+
+    code = "model-load-failed"
 
 
 class PredictionError(AppError):
@@ -48,11 +62,19 @@ class CallerGone(AppError):
     status, code, title = 499, "client-closed-request", "Client Closed Request"
 
 
-def translate(exc: ml.ModelError) -> AppError:
+def translate(exc: ml.ModelError) -> AppError:  # noqa: PLR0912 - one case per domain error
     """The service error for a model-layer error: its HTTP status, code and client-facing detail."""
     match exc:
         case ml.ModelNotFound():
             return ModelNotFound(f"No model named {exc.name!r}. Available: {', '.join(exc.available)}.")
+        case VersionNotFound():
+            what = "version" if exc.ref == "*" else f"version or alias {exc.ref!r}"
+            known = f" Known: {', '.join(exc.known)}." if exc.known else ""
+            return ModelNotFound(f"Model {exc.model!r} has no {what} here.{known}")
+        case StateConflict():
+            return VersionConflict(exc.message)
+        case ml.ModelLoadError():
+            return ModelLoadFailed(f"{exc.file}: {exc.reason}")
         case ml.InvalidInput():
             return ValidationFailed(
                 f"Invalid input for model {exc.model!r}; expected features in this order: "
@@ -110,21 +132,29 @@ class InferenceService:
         """Every model loaded (and none being replaced)."""
         return self.registry.ready
 
-    def model_ready(self, name: str) -> bool:
-        """Whether this model answers now (its worker pool up, its remote server ready)."""
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether this model (version) answers now (its worker pool up, its remote server ready)."""
         try:
-            return self.registry.model_ready(name)
+            return self.registry.model_ready(name, version)
         except ml.ModelError as exc:
             raise translate(exc) from None
 
     def models(self) -> list[ModelSpec]:
         return self.registry.list()
 
-    def model(self, name: str) -> ModelSpec:
+    def model(self, name: str, version: str | None = None) -> ModelSpec:
+        """A model's entry: that of `version` (a version or an alias), or of its default."""
         try:
-            return self.registry.get(name)
+            return self.registry.get(name, version)
         except ml.ModelError as exc:
             raise translate(exc) from None
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of a model loaded in this process."""
+        return self.registry.versions(name)
+
+    def aliases(self, name: str) -> list[Alias]:
+        return self.registry.aliases(name)
 
     def default_model(self) -> str:
         try:
@@ -138,40 +168,68 @@ class InferenceService:
         except ml.ModelError as exc:
             raise translate(exc) from None
 
-    async def predict_rows(self, user_id: int, name: str, rows: Any, field: str = "rows") -> PredictionResult:
+    async def predict_rows(
+        self, user_id: int, name: str, rows: Any, field: str = "rows", version: str | None = None
+    ) -> PredictionResult:
+        """`version`: a version or an alias of the model; None: its `default` alias. The result
+        names the version that served it (an alias may split between versions)."""
+        spec = self._route(user_id, name, version)
         return await self._run(
-            user_id, name, rows, lambda: self.registry.predict(name, rows, field=field), batch=True
+            user_id,
+            spec,
+            rows,
+            lambda: self.registry.predict(name, rows, field=field, version=spec.version),
+            batch=True,
         )
 
-    async def predict_one(self, user_id: int, name: str, features: Any) -> PredictionResult:
+    async def predict_one(
+        self, user_id: int, name: str, features: Any, version: str | None = None
+    ) -> PredictionResult:
+        spec = self._route(user_id, name, version)
         return await self._run(
-            user_id, name, features, lambda: self.registry.predict_one(name, features), batch=False
+            user_id,
+            spec,
+            features,
+            lambda: self.registry.predict_one(name, features, version=spec.version),
+            batch=False,
         )
+
+    def route(self, user_id: int, name: str, version: str | None) -> ModelSpec:
+        """The version a request of this caller goes to (`version`: a version, an alias or None)."""
+        return self._route(user_id, name, version)
+
+    def _route(self, user_id: int, name: str, version: str | None) -> ModelSpec:
+        try:
+            return self.registry.route(name, version, user_id)
+        except ml.ModelError as exc:
+            raise translate(exc) from None
 
     async def _run(
         self,
         user_id: int,
-        name: str,
+        spec: ModelSpec,
         inputs: Any,
         call: Callable[[], Awaitable[PredictionResult]],
         *,
         batch: bool,
     ) -> PredictionResult:
+        name = spec.name
         try:
             result = await self._unless_caller_gone(name, call())
         except ml.ModelError as exc:
             error = translate(exc)
             # Bad input and unknown models are the client's mistake, not a prediction: not logged.
-            if not isinstance(exc, ml.InvalidInput | ml.BatchTooLarge | ml.ModelNotFound | ml.ModelsNotReady):
+            if not isinstance(
+                exc,
+                ml.InvalidInput | ml.BatchTooLarge | ml.ModelNotFound | ml.ModelsNotReady | VersionNotFound,
+            ):
                 metrics.observe_model_rejected(name, error.code)
-                spec = self.registry.get(name)
                 rows = len(inputs) if batch and isinstance(inputs, list) else 1
                 if self.log is not None:
                     self.log.record(PredictionEvent(user_id, spec.name, spec.version, rows, 0.0, error.code))
             raise error from None
         if self.log is None:
             return result
-        spec = self.registry.get(name)
         self.log.record(
             PredictionEvent(
                 user_id=user_id,

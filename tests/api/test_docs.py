@@ -174,7 +174,7 @@ async def test_a_204_documents_and_sends_no_content(
         for method, path, operation in _operations(openapi)
         if "204" in operation["responses"]
     ]
-    assert len(no_content) == 6  # item, password, user, log-out, and the two key revocations
+    assert len(no_content) == 7  # item, password, user, log-out, the two key revocations, an alias
     for method, path, response in no_content:
         assert "content" not in response, f"{method} {path}"
     created = await client.post("/api/v1/items", json={"title": "x"}, headers=user_headers)

@@ -220,6 +220,6 @@ async def test_registry_time_limit_on_the_process_pool(make_model_dir: MakeModel
         # A process round trip plus a 100-tree forest takes well over 1 ms.
         with pytest.raises(PredictionTimeout):
             await registry.predict_one("breast_cancer", [10.0] * 30)
-        assert registry.metrics()["breast_cancer"].stats.timeouts == 1
+        assert registry.metrics()[("breast_cancer", "1.0.0")].stats.timeouts == 1
     finally:
         await registry.close()

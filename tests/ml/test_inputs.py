@@ -141,4 +141,4 @@ async def test_registry_validates_before_queueing(registry: ModelRegistry) -> No
     }
     with pytest.raises(BatchTooLarge):
         await registry.predict("breast_cancer", [[1.0] * 30] * 129)
-    assert registry.metrics()["breast_cancer"].stats.requests == 0  # nothing reached the queue
+    assert registry.metrics()[("breast_cancer", "1.0.0")].stats.requests == 0  # nothing reached the queue

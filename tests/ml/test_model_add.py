@@ -68,6 +68,34 @@ async def test_an_added_onnx_and_skops_model_are_served_like_the_bundled_ones(
         await registry.close()
 
 
+async def test_a_new_version_is_listed_beside_the_old_and_served_side_by_side(
+    make_model_dir: MakeModelDir, tmp_path: Path
+) -> None:
+    """A second version of a model is appended: the first stays listed (and is what a fresh
+    deployment serves), and both can be loaded at once."""
+    model_dir = make_model_dir()
+    source = tmp_path / "retrained.onnx"
+    source.write_bytes((MODEL_DIR / "iris.onnx").read_bytes())
+    add_model(model_dir, source, name="iris", version="2.0.0", labels=["setosa", "versicolor", "virginica"])
+    manifest = load_manifest(model_dir)
+    assert manifest.versions("iris") == ("1.0.0", "2.0.0")
+    assert {m.name for m in manifest.models} == {"iris", "breast_cancer", "diabetes"}
+
+    registry = ModelRegistry(settings_for(model_dir))
+    await registry.start()
+    try:
+        assert registry.versions("iris") == ["1.0.0"]  # the seed: each model's first version
+        await registry.load_now("iris", "2.0.0")
+        assert registry.versions("iris") == ["1.0.0", "2.0.0"]
+        x = np.array(IRIS_ROWS, dtype=np.float32)
+        new = await registry.predict("iris", x, version="2.0.0")
+        old = await registry.predict("iris", x)
+        assert (new.version, old.version) == ("2.0.0", "1.0.0")
+        assert new.predictions == old.predictions
+    finally:
+        await registry.close()
+
+
 @pytest.mark.parametrize(
     ("case", "reason"),
     [

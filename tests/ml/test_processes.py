@@ -60,10 +60,10 @@ async def test_killed_worker_fails_its_requests_and_is_replaced(registry: ModelR
     (pid,) = registry.worker_pids(HEAVY)
     os.kill(pid, signal.SIGSTOP)
     in_flight = asyncio.create_task(registry.predict_one(HEAVY, ROW))
-    await wait_until(lambda: registry.metrics()[HEAVY].in_flight_batches == 1)
+    await wait_until(lambda: registry.metrics()[(HEAVY, "1.0.0")].in_flight_batches == 1)
     # These wait in the queue (the one worker is busy) and must be served by the replacement.
     queued = [asyncio.create_task(registry.predict_one(HEAVY, ROW)) for _ in range(2)]
-    await wait_until(lambda: registry.metrics()[HEAVY].queue_depth == 2)
+    await wait_until(lambda: registry.metrics()[(HEAVY, "1.0.0")].queue_depth == 2)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(ModelWorkerCrashed):
         await in_flight
@@ -72,7 +72,7 @@ async def test_killed_worker_fails_its_requests_and_is_replaced(registry: ModelR
     assert isinstance(result.predictions[0], ClassPrediction)
     assert registry.worker_pids(HEAVY) != [pid]
     assert not _alive(pid)
-    metrics = registry.metrics()[HEAVY]
+    metrics = registry.metrics()[(HEAVY, "1.0.0")]
     assert metrics.worker_restarts == 1
     assert metrics.stats.failures == 1
 
@@ -106,7 +106,7 @@ async def test_stuck_worker_is_killed_past_the_hard_limit(make_model_dir: MakeMo
                 await asyncio.sleep(0.1)
         assert result is not None, "no prediction within 50 tries after the pool restarted"
         assert result.model == HEAVY
-        restarts = registry.metrics()[HEAVY].worker_restarts
+        restarts = registry.metrics()[(HEAVY, "1.0.0")].worker_restarts
         # One restart for the stuck worker; a slow retry past the hard limit may have added more.
         assert restarts == 1 if tries == 1 else restarts >= 1
     finally:
@@ -144,7 +144,7 @@ async def test_close_gives_up_on_stuck_work_and_still_leaves_no_process() -> Non
     (pid,) = registry.worker_pids(HEAVY)
     os.kill(pid, signal.SIGSTOP)
     stuck = asyncio.create_task(registry.predict_one(HEAVY, ROW))
-    await wait_until(lambda: registry.metrics()[HEAVY].in_flight_batches == 1)
+    await wait_until(lambda: registry.metrics()[(HEAVY, "1.0.0")].in_flight_batches == 1)
     await registry.close()  # waits 0.3 s for the stuck batch, then kills the worker
     with pytest.raises(ModelsNotReady):
         await stuck

@@ -26,9 +26,9 @@ from tests.conftest import empty_tables
 
 # Path/query parameters that name an object belonging to one user (checked for BOLA).
 OWNED_ID_PARAMS = frozenset({"item_id", "user_id", "key_id"})
-# Path parameters that name something shared by every user: the model catalogue (a model and the
-# one version of it that is served).
-PUBLIC_PATH_PARAMS = frozenset({"name", "version"})
+# Path parameters that name something shared by every user: the model catalogue (a model, its
+# versions and its aliases).
+PUBLIC_PATH_PARAMS = frozenset({"name", "version", "alias"})
 
 PASSWORD_HASH_MARKERS = ("$argon2", "hashed_password")
 

@@ -50,7 +50,7 @@ async def test_a_prediction_past_its_time_limit_answers_504(
         assert "1 ms" in problem["detail"]
         heavy = await client.post("/api/v1/predict-heavy", json={"features": ROW}, headers=headers)
         assert_problem(heavy, 504)
-        assert state_of(app).resources.registry.metrics()[HEAVY].stats.timeouts == 2
+        assert state_of(app).resources.registry.metrics()[(HEAVY, "1.0.0")].stats.timeouts == 2
 
 
 async def test_a_full_model_queue_answers_503_with_retry_after(
@@ -79,10 +79,10 @@ async def test_a_full_model_queue_answers_503_with_retry_after(
         try:
             running = asyncio.create_task(predict())
             await _until(
-                lambda: registry.metrics()[HEAVY].in_flight_batches == 1, "the first request running"
+                lambda: registry.metrics()[(HEAVY, "1.0.0")].in_flight_batches == 1, "the first request running"
             )
             waiting = asyncio.create_task(predict())
-            await _until(lambda: registry.metrics()[HEAVY].queue_depth == 1, "the second request queued")
+            await _until(lambda: registry.metrics()[(HEAVY, "1.0.0")].queue_depth == 1, "the second request queued")
             refused = await asyncio.wait_for(predict(), WAIT_S)  # a queued one would never answer
             problem = assert_problem(refused, 503)
             assert "overloaded" in problem["detail"]
@@ -90,7 +90,7 @@ async def test_a_full_model_queue_answers_503_with_retry_after(
             # Refused at once: the two requests ahead of it are still waiting for the worker.
             assert not running.done()
             assert not waiting.done()
-            assert registry.metrics()[HEAVY].stats.rejected == 1
+            assert registry.metrics()[(HEAVY, "1.0.0")].stats.rejected == 1
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker, signal.SIGCONT)

@@ -88,7 +88,7 @@ def test_health_and_metadata(client: triton.InferenceServerClient, token: str) -
     assert client.is_server_live(headers=auth(token))
     assert client.is_server_ready(headers=auth(token))
     assert client.is_model_ready("iris", headers=auth(token))
-    assert client.get_server_metadata(headers=auth(token))["extensions"] == []
+    assert client.get_server_metadata(headers=auth(token))["extensions"] == ["model_repository"]
     meta = client.get_model_metadata("iris", headers=auth(token))
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
     assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities"}

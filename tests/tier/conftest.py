@@ -201,6 +201,10 @@ def model_server_env(port: int, **overrides: str) -> dict[str, str]:
             "WEB_CONCURRENCY": "1",
             "TIMEOUT_GRACEFUL_SHUTDOWN": "5",
             "ML_ENABLED": "true",
+            # The fleet's desired state is read from here (app.services.model_fleet): an empty
+            # in-memory database has none, so the model server serves the manifest's seed unless
+            # a test points it at the web tier's database.
+            "DATABASE_URL": "sqlite+aiosqlite:///:memory:",
         }
     )
     env.update(overrides)

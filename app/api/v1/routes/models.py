@@ -1,14 +1,19 @@
-"""/api/v1/models: the model registry clients read, and batch predictions by model name."""
+"""/api/v1/models: the models clients read, batch predictions by model name (and version or
+alias), and the aliases admins point."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, status
 
-from app.api.deps import InferenceDep, ModelReader, Predictor
+from app.api.deps import AdminUser, FleetDep, InferenceDep, ModelReader, Predictor
 from app.api.v1 import PREFIX
+from app.ml.fleet import ALIAS_PATTERN
 from app.ml.manifest import ModelSpec
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
+from app.schemas.model_state import AliasPublic, AliasUpdate
+from app.schemas.oip import VERSION_PATTERN
 from app.schemas.prediction import (
+    AliasRoute,
     BatchPredictRequest,
     BatchPredictResponse,
     FeatureInfo,
@@ -16,15 +21,18 @@ from app.schemas.prediction import (
     RowPrediction,
     row_fields,
 )
+from app.services.inference import InferenceService
 
 router = APIRouter(
     prefix=f"{PREFIX}/models", tags=["models"], responses=problem_responses(*AUTHENTICATED_ERRORS)
 )
 
 ModelName = Path(min_length=1, max_length=64, description="The model's name.")
+VersionRef = Path(pattern=VERSION_PATTERN, description="A version of the model, or one of its aliases.")
+AliasName = Path(pattern=ALIAS_PATTERN, description="The alias (`default`, `production`, ...).")
 
 
-def model_info(spec: ModelSpec) -> ModelInfo:
+def model_info(inference: InferenceService, spec: ModelSpec) -> ModelInfo:
     return ModelInfo(
         name=spec.name,
         version=spec.version,
@@ -36,17 +44,23 @@ def model_info(spec: ModelSpec) -> ModelInfo:
         max_batch_size=spec.batching.max_batch_size,
         timeout_ms=spec.timeout_ms,
         example_request={"rows": [{f.name: 0.0 for f in spec.features}]},
+        versions=inference.versions(spec.name),
+        aliases={
+            a.name: [AliasRoute(version=s.version, weight=s.weight) for s in a.splits]
+            for a in inference.aliases(spec.name)
+        },
     )
 
 
 @router.get("", summary="List the served models")
 async def list_models(_user: ModelReader, inference: InferenceDep) -> list[ModelInfo]:
-    return [model_info(spec) for spec in inference.models()]
+    """Each model as its `default` alias serves it, with the versions loaded and the aliases."""
+    return [model_info(inference, spec) for spec in inference.models()]
 
 
 @router.get("/{name}", summary="A model's metadata and input schema", responses=problem_responses(404, 422))
 async def read_model(_user: ModelReader, inference: InferenceDep, name: str = ModelName) -> ModelInfo:
-    return model_info(inference.model(name))
+    return model_info(inference, inference.model(name))
 
 
 @router.post(
@@ -65,3 +79,59 @@ async def predict_rows(
         model=result.model,
         version=result.version,
     )
+
+
+@router.post(
+    "/{name}/versions/{version}/predict",
+    summary="Predict with one version (or alias) of a model",
+    responses=problem_responses(404, *JSON_BODY_ERRORS, 500, 504),
+)
+async def predict_version(
+    body: BatchPredictRequest,
+    user: Predictor,
+    inference: InferenceDep,
+    name: str = ModelName,
+    version: str = VersionRef,
+) -> BatchPredictResponse:
+    """As `/models/{name}/predict`, for one version loaded side by side with others, or for an
+    alias (`production`, a canary split): `version` in the answer names the one that served."""
+    result = await inference.predict_rows(user.id, name, body.rows, version=version)
+    return BatchPredictResponse(
+        predictions=[RowPrediction(**row_fields(p)) for p in result.predictions],
+        model=result.model,
+        version=result.version,
+    )
+
+
+@router.get("/{name}/aliases", summary="A model's aliases", responses=problem_responses(404, 422))
+async def list_aliases(_user: ModelReader, fleet: FleetDep, name: str = ModelName) -> list[AliasPublic]:
+    """As the fleet's desired state has them (each process follows within a poll)."""
+    return [AliasPublic.of(a) for a in await fleet.aliases(name)]
+
+
+@router.put(
+    "/{name}/aliases/{alias}",
+    summary="Point an alias, or split it between versions (admin)",
+    responses=problem_responses(404, 409, *JSON_BODY_ERRORS),
+)
+async def set_alias(
+    body: AliasUpdate, admin: AdminUser, fleet: FleetDep, name: str = ModelName, alias: str = AliasName
+) -> AliasPublic:
+    """`{"version": "2.0.0"}`, or a canary: `{"split": [{"version": "1.0.0", "weight": 90},
+    {"version": "2.0.0", "weight": 10}], "sticky": true}`. Every version must be loaded (409);
+    weights are whole percent adding up to 100 (422). A worker moves the alias once it has loaded
+    the versions, so a route never breaks; all follow within `MODEL_STATE_POLL_SECONDS`."""
+    return AliasPublic.of(await fleet.set_alias(admin.id, name, alias, body.splits(), sticky=body.sticky))
+
+
+@router.delete(
+    "/{name}/aliases/{alias}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove an alias (admin)",
+    responses=problem_responses(404, 409, 422),
+)
+async def delete_alias(
+    admin: AdminUser, fleet: FleetDep, name: str = ModelName, alias: str = AliasName
+) -> None:
+    """Every model keeps its `default` alias (409)."""
+    await fleet.delete_alias(admin.id, name, alias)
