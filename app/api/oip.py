@@ -276,11 +276,11 @@ async def repository_index(
 ) -> list[RepositoryModel]:
     """Every version of the manifest, and every one the fleet's state names, with its state in the
     process that answered."""
-    wanted = body.ready if body is not None else None
+    only_ready = body is not None and body.ready is True  # the protocol: false filters nothing
     return [
         RepositoryModel(name=v.name, version=v.version, state=v.state, reason=v.reason)
         for v in repository.index()
-        if wanted is None or (v.state == "READY") == wanted
+        if not only_ready or v.state == "READY"
     ]
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from app.core.config import Settings
 
@@ -76,13 +76,20 @@ def _sqlite_engine(settings: Settings, url: str) -> AsyncEngine:
     path = sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Pooled: each aiosqlite connection owns a thread, too costly to open per request. WAL
+        # lets readers run beside the one writer; writers wait for each other up to the busy timeout.
+        pool: dict[str, Any] = {
+            "pool_size": settings.db_pool_size,
+            "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout,
+        }
+    else:
+        # In memory: one database per connection, so one connection shared (SQLAlchemy's
+        # StaticPool takes no pool sizes).
+        pool = {"poolclass": StaticPool}
     engine = create_async_engine(
         url,
-        # Pooled: each aiosqlite connection owns a thread, too costly to open per request. WAL lets
-        # readers run beside the one writer; writers wait for each other up to the busy timeout.
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout,
+        **pool,
         connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
         echo=settings.db_echo,
     )

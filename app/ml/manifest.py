@@ -283,7 +283,8 @@ def read_verified(model_dir: Path, spec: ModelSpec) -> bytes:
         raise ModelLoadError(
             _display(path),
             f"sha256 mismatch (manifest {spec.local_sha256[:12]}..., file {digest[:12]}...): "
-            "corrupt or replaced; rebuild with `make models`",
+            "corrupt or replaced; restore the file (`make models` rebuilds the bundled ones) or add it "
+            "again with `python -m app.cli models add`",
         )
     return data
 

@@ -379,6 +379,9 @@ class ModelRegistry:
             if not self._ready:
                 return
             self._desired = state
+            for key in state.loaded:
+                # Held until the state named it (a load ahead of the state): it now does.
+                self._pinned.pop(key, None)
             wanted = [k for k in sorted(state.loaded) if k not in self._served]
             manifest = self._require_manifest()
             if any(manifest.find(*k) is None for k in wanted):

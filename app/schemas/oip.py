@@ -105,7 +105,7 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class RepositoryIndexRequest(_Open):
-    ready: bool | None = Field(None, description="Only the versions ready (true) or not (false).")
+    ready: bool | None = Field(None, description="true: only the versions ready now; false or none: all.")
 
 
 class RepositoryModel(BaseModel):

@@ -51,5 +51,11 @@ def test_the_model_server_wants_its_token_and_has_no_users(model_server: Server)
         ).status_code
         == 404
     )
-    assert httpx.get(f"{url}/readyz").json() == {"status": "ready", "models": "3 loaded"}
+    assert httpx.get(f"{url}/readyz").json() == {
+        "status": "ready",
+        "models": "3 loaded",
+        # No stored state in its (empty, in-memory) database: the manifest's seed, revision 0.
+        "model_versions": {"iris": ["1.0.0"], "breast_cancer": ["1.0.0"], "diabetes": ["1.0.0"]},
+        "model_state_revision": 0,
+    }
     assert 'model_predictions_total{model="iris"' in httpx.get(f"{url}/metrics").text
