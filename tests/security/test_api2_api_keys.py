@@ -105,7 +105,14 @@ async def test_every_key_route_refuses_a_bad_key(
         assert (await client.delete(f"/api/v1/users/{owner_id}", headers=admin_headers)).status_code == 204
     for route, _scopes in routes:
         json = VALID_BODIES.get(route.label, {}) if route.has_json_body else None
-        url = route.url(item_id=item_id, user_id=owner_id, key_id=made["id"], name="iris", version="1.0.0", alias="production")
+        url = route.url(
+            item_id=item_id,
+            user_id=owner_id,
+            key_id=made["id"],
+            name="iris",
+            version="1.0.0",
+            alias="production",
+        )
         response = await client.request(route.method, url, json=json, headers=_bearer(key))
         _assert_refused(route, response, 401)
         assert good[12:] not in response.text
@@ -125,7 +132,9 @@ async def test_every_key_route_refuses_a_key_without_its_scope(
         keys[scope] = (await _key(client, admin_headers, [s for s in Scope if s != scope]))["key"]
     for route, scopes in _key_routes(app):
         json = VALID_BODIES.get(route.label, {}) if route.has_json_body else None
-        url = route.url(item_id=item_id, user_id=admin_id, key_id=1, name="iris", version="1.0.0", alias="production")
+        url = route.url(
+            item_id=item_id, user_id=admin_id, key_id=1, name="iris", version="1.0.0", alias="production"
+        )
         for scope in scopes:
             response = await client.request(route.method, url, json=json, headers=_bearer(keys[scope]))
             _assert_refused(route, response, 403)

@@ -124,7 +124,13 @@ async def test_no_response_of_any_route_carries_a_password_hash(
     """Every route, called by a user and by an admin with real ids, plus the auth flow itself."""
     item = (await client.post("/api/v1/items", json={"title": "t"}, headers=user_headers)).json()
     user = (await client.get("/api/v1/users/me", headers=user_headers)).json()
-    ids = {"item_id": item["id"], "user_id": user["id"], "name": "x", "version": "1.0.0", "alias": "production"}
+    ids = {
+        "item_id": item["id"],
+        "user_id": user["id"],
+        "name": "x",
+        "version": "1.0.0",
+        "alias": "production",
+    }
     seen = []
     email = "sweep@example.com"
     seen.append(await client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD}))

@@ -37,7 +37,8 @@ async def test_every_admin_route_refuses_a_user_token_with_403(
         if route.path.startswith("/v2/"):
             # The Open Inference Protocol's error shape (app.http.problems), same statuses.
             assert (refused.status_code, anonymous.status_code) == (403, 401), route.label
-            assert "error" in refused.json() and "error" in anonymous.json(), route.label
+            assert "error" in refused.json(), route.label
+            assert "error" in anonymous.json(), route.label
         else:
             assert_problem(refused, 403)
             assert_problem(anonymous, 401)
@@ -69,7 +70,9 @@ async def test_a_user_cannot_make_themself_admin_by_any_route(
     me = (await client.get("/api/v1/users/me", headers=user_headers)).json()
     for route in api_routes(app):
         if route.method in ("PATCH", "POST", "PUT") and route.has_json_body:
-            url = route.url(user_id=me["id"], item_id=1, key_id=1, name="x", version="1.0.0", alias="production")
+            url = route.url(
+                user_id=me["id"], item_id=1, key_id=1, name="x", version="1.0.0", alias="production"
+            )
             await client.request(route.method, url, json={"is_admin": True}, headers=user_headers)
     after = await client.get("/api/v1/users/me", headers=user_headers)
     assert after.status_code == 200

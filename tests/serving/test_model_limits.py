@@ -79,10 +79,13 @@ async def test_a_full_model_queue_answers_503_with_retry_after(
         try:
             running = asyncio.create_task(predict())
             await _until(
-                lambda: registry.metrics()[(HEAVY, "1.0.0")].in_flight_batches == 1, "the first request running"
+                lambda: registry.metrics()[(HEAVY, "1.0.0")].in_flight_batches == 1,
+                "the first request running",
             )
             waiting = asyncio.create_task(predict())
-            await _until(lambda: registry.metrics()[(HEAVY, "1.0.0")].queue_depth == 1, "the second request queued")
+            await _until(
+                lambda: registry.metrics()[(HEAVY, "1.0.0")].queue_depth == 1, "the second request queued"
+            )
             refused = await asyncio.wait_for(predict(), WAIT_S)  # a queued one would never answer
             problem = assert_problem(refused, 503)
             assert "overloaded" in problem["detail"]
