@@ -31,7 +31,7 @@ install: $(VENV_STAMP) ## Install the locked dependencies into .venv
 run: $(VENV_STAMP) ## Serve on http://127.0.0.1:8000 (embedded SQLite, migrated at start-up)
 	$(UV) run --no-sync python -m app.cli serve
 
-model-server: $(VENV_STAMP) ## The model server alone on http://127.0.0.1:8001 (/v2, no database; docs/deployment.md)
+model-server: $(VENV_STAMP) ## The model server alone on http://127.0.0.1:8001 (/v2; reads the model state from DATABASE_URL; docs/deployment.md)
 	PORT=$${PORT:-8001} $(UV) run --no-sync python -m app.cli model-server
 
 serve: run ## Production entry point (same command; configure it with environment variables)

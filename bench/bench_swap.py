@@ -45,6 +45,7 @@ from bench.harness import (
     PYTHON,
     RESULTS,
     ROOT,
+    RawConnection,
     Server,
     cores,
     free_port,
@@ -99,39 +100,6 @@ class Sample:
     version: str | None
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection that returns the status and the body."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length, close = 0, False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            lower = name.strip().lower()
-            if lower == b"content-length":
-                length = int(value)
-            elif lower == b"connection" and value.strip().lower() == b"close":
-                close = True
-        body = await self.reader.readexactly(length) if length else b""
-        if close:
-            self.close()
-        return status, body
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-
 @dataclass
 class ClosedLoop:
     """`CONNECTIONS` connections, each sending its next prediction as soon as the last came back."""
@@ -153,7 +121,7 @@ class ClosedLoop:
         self._tasks = [asyncio.create_task(self._worker(raw)) for _ in range(CONNECTIONS)]
 
     async def _worker(self, raw: bytes) -> None:
-        conn = Connection(self.port)
+        conn = RawConnection("127.0.0.1", self.port)
         while not self._stop:
             sent = time.perf_counter()
             try:

@@ -105,6 +105,41 @@ def _os_name() -> str:
 # --------------------------------------------------------------------------- processes
 
 
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection on raw asyncio streams (no client library between the
+    load and the server); reconnects when the server closes it. Answers (status, body)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.reader, self.writer
+        writer.write(raw)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length, close = 0, False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            lower = name.strip().lower()
+            if lower == b"content-length":
+                length = int(value)
+            elif lower == b"connection" and value.strip().lower() == b"close":
+                close = True
+        body = await reader.readexactly(length) if length else b""
+        if close:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness import RawConnection
+
 # Percentiles stored for the latency-distribution plot (HdrHistogram style: dense near the tail).
 PERCENTILES = [
     *range(0, 90, 5),
@@ -82,42 +84,6 @@ def build_request(kind: str, plan: dict[str, Any], rng: random.Random) -> bytes:
     return f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n".encode()
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection; reconnects when the server closes it."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, raw: bytes) -> int:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self.reader, self.writer
-        writer.write(raw)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        close = False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            lower = name.strip().lower()
-            if lower == b"content-length":
-                length = int(value)
-            elif lower == b"connection" and value.strip().lower() == b"close":
-                close = True
-        if length:
-            await reader.readexactly(length)
-        if close:
-            self.close()
-        return status
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-
 @dataclass
 class Recorder:
     latencies: list[float] = field(default_factory=list)  # seconds
@@ -160,7 +126,7 @@ async def open_loop(  # noqa: PLR0917 - the generator's knobs, named at the one 
 
     async def worker() -> None:
         nonlocal next_index
-        conn = Connection(host, port)
+        conn = RawConnection(host, port)
         try:
             conn.reader, conn.writer = await asyncio.open_connection(host, port)
         except OSError as exc:
@@ -176,7 +142,7 @@ async def open_loop(  # noqa: PLR0917 - the generator's knobs, named at the one 
                 await asyncio.sleep(delay)
             sent = time.perf_counter()
             try:
-                status = await conn.request(make())
+                status, _ = await conn.request(make())
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 rec.errors[type(exc).__name__] += 1
                 conn.close()
@@ -194,11 +160,11 @@ async def closed_loop(host: str, port: int, make: Any, duration: float, connecti
     stop = time.perf_counter() + duration
 
     async def worker() -> None:
-        conn = Connection(host, port)
+        conn = RawConnection(host, port)
         while time.perf_counter() < stop:
             began = time.perf_counter()
             try:
-                status = await conn.request(make())
+                status, _ = await conn.request(make())
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 rec.errors[type(exc).__name__] += 1
                 conn.close()

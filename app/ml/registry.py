@@ -368,6 +368,15 @@ class ModelRegistry:
         self._served[(spec.name, spec.version)] = served
         served.batcher.start()
 
+    async def _serve_loaded(self, spec: ModelSpec) -> None:
+        """Load one version at run time and serve it, unless the registry closed meanwhile (its
+        runtime is then stopped here, not left running with nothing to close it)."""
+        built = await self._build(spec)
+        if not self._ready:
+            await built[1].close(force=True)
+            raise ModelsNotReady()
+        self._serve(*built)
+
     # --- converging on a desired state ------------------------------------------------------------
 
     async def converge(self, state: FleetState) -> None:
@@ -388,6 +397,8 @@ class ModelRegistry:
                 manifest = await self._reread_manifest()
             now = time.monotonic()
             for key in wanted:
+                if not self._ready:
+                    return  # closed while an earlier version loaded
                 failed = self._failed.get(key)
                 if failed is not None and now - failed[1] < self.settings.load_retry_s:
                     continue
@@ -397,13 +408,15 @@ class ModelRegistry:
                     log.warning("model %s@%s: not in this process's manifest; not served here", *key)
                     continue
                 try:
-                    self._serve(*await self._build(spec))
+                    await self._serve_loaded(spec)
                 except ModelError as exc:
                     self._failed[key] = (str(exc), time.monotonic())
                     log.warning("model %s@%s: could not be loaded: %s", *key, exc)
                     continue
                 self._failed.pop(key, None)
                 log.info("model %s@%s loaded", *key)
+            if not self._ready:
+                return
             self._set_routes(state)
             await self._unload_unrouted(state)
 
@@ -488,7 +501,7 @@ class ModelRegistry:
             self._pinned[key] = time.monotonic() + hold_s
             if key not in self._served:
                 try:
-                    self._serve(*await self._build(spec))
+                    await self._serve_loaded(spec)
                 except BaseException as exc:
                     self._pinned.pop(key, None)
                     if isinstance(exc, ModelError):

@@ -242,3 +242,32 @@ async def test_workers_run_below_the_web_process_cpu_priority() -> None:
         assert os.getpriority(os.PRIO_PROCESS, replacement) == min(19, own + 5)
     finally:
         await registry.close()
+
+
+async def test_a_version_still_loading_when_the_registry_closes_is_stopped_not_left_running(
+    make_model_dir: MakeModelDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin's load that finishes after shutdown began: its worker processes are stopped
+    there, not served by a registry nothing will close again."""
+
+    def second_version(manifest: dict[str, Any]) -> None:
+        manifest["models"].append({**model_entry(manifest, HEAVY), "version": "2.0.0"})
+
+    registry = ModelRegistry(settings_for(make_model_dir(second_version)))
+    await registry.start()
+    built: list[Any] = []
+    build = ModelRegistry._build
+
+    async def recording(self: ModelRegistry, spec: Any) -> Any:
+        result = await build(self, spec)
+        built.append(result[1])
+        return result
+
+    monkeypatch.setattr(ModelRegistry, "_build", recording)
+    loading = asyncio.create_task(registry.load_now(HEAVY, "2.0.0"))
+    await asyncio.sleep(0.05)  # the new version's workers are starting
+    await registry.close()
+    with pytest.raises(ModelsNotReady):
+        await loading
+    (runtime,) = built
+    assert runtime.worker_pids() == []  # its pool was shut down, its workers joined
