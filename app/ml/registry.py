@@ -143,8 +143,9 @@ class ModelRegistry:
         self._desired: FleetState | None = None
         self._failed: dict[Key, tuple[str, float]] = {}
         # Versions loaded ahead of the state that will name them (an admin's load, a web tier's
-        # repository call): not unloaded before this monotonic deadline.
-        self._pinned: dict[Key, float] = {}
+        # repository call): (monotonic deadline, revision applied when loaded). Not unloaded
+        # before the deadline, unless a later state is applied (see converge).
+        self._pinned: dict[Key, tuple[float, int]] = {}
         self._undesired_since: dict[Key, float] = {}
         self._lock = asyncio.Lock()
         self._onnx_executor: ThreadPoolExecutor | None = None
@@ -388,9 +389,14 @@ class ModelRegistry:
             if not self._ready:
                 return
             self._desired = state
-            for key in state.loaded:
-                # Held until the state named it (a load ahead of the state): it now does.
-                self._pinned.pop(key, None)
+            for key, (deadline, revision) in builtins.list(self._pinned.items()):
+                # A load ahead of the state is held until a state names it, or, for a load made
+                # for another process (a web tier's repository call: a finite hold), until any
+                # later state arrives: then the change that would have named it came and went
+                # (a load and an unload within one poll) or never came (refused). The unload
+                # grace covers a state applied just before the one naming it.
+                if key in state.loaded or (deadline != float("inf") and state.revision > revision):
+                    del self._pinned[key]
             wanted = [k for k in sorted(state.loaded) if k not in self._served]
             manifest = self._require_manifest()
             if any(manifest.find(*k) is None for k in wanted):
@@ -442,7 +448,7 @@ class ModelRegistry:
         now = time.monotonic()
         routed = {(m, v) for m, aliases in self._routes.items() for a in aliases.values() for v in a.versions}
         for key in builtins.list(self._served):
-            if key in state.loaded or key in routed or self._pinned.get(key, 0.0) > now:
+            if key in state.loaded or key in routed or self._pinned.get(key, (0.0, 0))[0] > now:
                 self._undesired_since.pop(key, None)
                 continue
             since = self._undesired_since.setdefault(key, now)
@@ -450,7 +456,7 @@ class ModelRegistry:
                 self._undesired_since.pop(key, None)
                 await self._unload(key)
         for key in builtins.list(self._pinned):
-            if self._pinned[key] <= now:
+            if self._pinned[key][0] <= now:
                 del self._pinned[key]
 
     async def _unload(self, key: Key) -> None:
@@ -498,7 +504,7 @@ class ModelRegistry:
             raise VersionNotFound(name, version, versions)
         key = (name, version)
         async with self._lock:
-            self._pinned[key] = time.monotonic() + hold_s
+            self._pinned[key] = (time.monotonic() + hold_s, self.revision or 0)
             if key not in self._served:
                 try:
                     await self._serve_loaded(spec)

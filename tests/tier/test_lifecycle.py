@@ -1,10 +1,16 @@
-"""The model lifecycle across the tiers, real model server: a web tier whose models are all served
-by the model server (ML_REMOTE_URL) and that model server share one database (a SQLite file). An
-admin loads iris 2.0.0 through the web tier: the model server loads it first (its repository
-extension), before the state names it; the default alias moves to 2.0.0 and 1.0.0 is unloaded: the
-model server, polling the state, drops 1.0.0 after its grace; a steady predict load sees no
-failure meanwhile. A version whose file fails its hash is refused by the model server, and the web
-tier answers 409 naming the file, with nothing changed."""
+"""The model lifecycle across the tiers, real model server: two web tiers (in process, as two web
+workers) whose models are all served by one model server (ML_REMOTE_URL), the three sharing one
+database (a SQLite file). Under a steady predict load spread across both web tiers, an admin loads
+iris 2.0.0 through web tier A (the model server loads it first, through its repository extension,
+before the state names it), sends it a 10% canary, moves `default` to it and unloads 1.0.0: no
+request fails, every answer names the version that served it, the canary's share of 2,000
+predictions is within a few points of 10%, and both web tiers and the model server report the same
+revision and versions within the convergence bound after each change (the model server drops
+1.0.0 after its grace, not before). A version whose file fails its hash is refused by the model
+server, and the web tier answers 409 naming the file, with nothing changed.
+
+And a regression: a version the model server loaded at a web tier's request was held 120 s even
+after the state named it, so unloading it took two minutes to reach the model server."""
 
 from __future__ import annotations
 
@@ -13,12 +19,14 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -30,13 +38,17 @@ from tests.faults.server import ROOT, Server
 from tests.tier.conftest import MODEL_SERVER_TOKEN, client_for, start_model_server, web_app
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+VERSIONS = {"1.0.0", "2.0.0"}
 POLL_S = 0.3
 # The model server unloads a version the state dropped this long after it first saw the change
 # (app.model_server: 3 polls).
 GRACE_S = 3 * POLL_S
-# Every change must have reached the model server within this long of the admin's call returning.
+# Every change must have reached every process within this long of the admin's call returning
+# (a poll, plus the grace for an unload on the model server; the rest is slack for a busy host).
 CONVERGENCE_S = 5.0
-LOAD_CLIENTS = 2
+LOAD_CLIENTS = 6  # concurrent predict loops, each alternating between the web tiers
+CANARY_SAMPLE = 2_000
+CANARY_SHARE = (0.06, 0.14)  # the share of the sample 2.0.0 must serve (10% asked)
 BAD_FILE = "iris-3.0.0.onnx"
 SERVICE = {"Authorization": f"Bearer {MODEL_SERVER_TOKEN}"}
 REPOSITORY = "/api/v1/model-repository"
@@ -61,7 +73,7 @@ def model_dir_with_iris_versions(tmp_path: Path) -> Path:
 
 
 async def migrate(database_url: str) -> None:
-    """The shared database at the head revision before either tier starts: the model server only
+    """The shared database at the head revision before any tier starts: the model server only
     reads it (it never migrates), and must find the state's table from its first poll."""
     engine = create_engine(make_settings(database_url))
     try:
@@ -90,9 +102,89 @@ async def make_admin(application: FastAPI, client: httpx.AsyncClient) -> dict[st
     return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
 
+# --- the deployment -------------------------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    """One model server (a subprocess) and `len(webs)` web tiers in front of it, on one database;
+    an admin and a user (both usable on every web tier: the users table is shared)."""
+
+    server: Server
+    model_server: httpx.AsyncClient
+    webs: dict[str, httpx.AsyncClient]
+    admin: dict[str, str]
+    user: dict[str, str]
+
+    def web(self, name: str) -> httpx.AsyncClient:
+        return self.webs[name]
+
+    async def ready(self) -> dict[str, Any]:
+        """The model server's /readyz."""
+        return await server_ready(self.model_server)
+
+    def model_server_events(self) -> list[str]:
+        log = self.server.log_path.read_text(errors="replace")
+        return [json.loads(line).get("event", "") for line in log.splitlines() if line.startswith("{")]
+
+
+@asynccontextmanager
+async def deployment(tmp_path: Path, web_tiers: int) -> AsyncIterator[Deployment]:
+    """The model server polling every POLL_S (its INFO log names each load and unload), and
+    `web_tiers` web tiers ("a", "b", ...) with every model remote on it, polling as often."""
+    model_dir = model_dir_with_iris_versions(tmp_path)
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    await migrate(database_url)
+    server: Server = await asyncio.to_thread(
+        start_model_server,
+        tmp_path,
+        DATABASE_URL=database_url,
+        MODEL_STATE_POLL_SECONDS=str(POLL_S),
+        ML_MODEL_DIR=str(model_dir),
+        LOG_LEVEL="INFO",  # the registry's "model iris@2.0.0 loaded" lines
+    )
+    try:
+        async with AsyncExitStack() as stack:
+            apps: list[FastAPI] = []
+            webs: dict[str, httpx.AsyncClient] = {}
+            for name in "ab"[:web_tiers]:
+                # empty=False on every tier: the database is this test's own file, and emptying it
+                # while the model server still polls would send that server back to the
+                # manifest's seed (loading 1.0.0 again).
+                application = await stack.enter_async_context(
+                    web_app(
+                        database_url,
+                        model_dir,
+                        empty=False,
+                        ml_remote_url=server.base_url,
+                        model_state_poll_seconds=POLL_S,
+                    )
+                )
+                apps.append(application)
+                webs[name] = await stack.enter_async_context(client_for(application))
+            model_server = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=server.base_url, timeout=30)
+            )
+            first = webs["a"]
+            yield Deployment(
+                server,
+                model_server,
+                webs,
+                admin=await make_admin(apps[0], first),
+                user=await login(first, f"lifecycle-{uuid.uuid4().hex[:10]}@example.com"),
+            )
+    finally:
+        server.stop()
+
+
+# --- the steady load ------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    tier: str  # the web tier that answered
     sent: float  # monotonic time the request was sent
+    answered: float  # monotonic time its answer (or transport error) came back
     status: int  # 0: a transport error
     version: str | None
     body: str  # the answer's text when it was not a 200
@@ -100,58 +192,81 @@ class Outcome:
 
 @dataclass
 class PredictLoad:
-    """`LOAD_CLIENTS` closed loops of POST /api/v1/models/iris/predict (no version: `default`) on
-    the web tier, until stopped; every answer recorded."""
+    """`LOAD_CLIENTS` closed loops of POST /api/v1/models/iris/predict (no version: `default`),
+    each alternating between the web tiers, until stopped; every answer recorded."""
 
-    client: httpx.AsyncClient
+    webs: dict[str, httpx.AsyncClient]
     headers: dict[str, str]
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._loop()) for _ in range(LOAD_CLIENTS)]
+        self._tasks = [asyncio.create_task(self._loop(i)) for i in range(LOAD_CLIENTS)]
 
-    async def _loop(self) -> None:
+    async def _loop(self, turn: int) -> None:
+        tiers = sorted(self.webs)
         while not self._stop.is_set():
+            tier = tiers[turn % len(tiers)]
+            turn += 1
             sent = time.monotonic()
             try:
-                response = await self.client.post(
+                response = await self.webs[tier].post(
                     "/api/v1/models/iris/predict", json={"rows": IRIS_ROWS}, headers=self.headers
                 )
             except httpx.HTTPError as exc:
-                self.outcomes.append(Outcome(sent, 0, None, f"{type(exc).__name__}: {exc}"))
+                failed = f"{type(exc).__name__}: {exc}"
+                self.outcomes.append(Outcome(tier, sent, time.monotonic(), 0, None, failed))
                 continue
+            answered = time.monotonic()
             if response.status_code == 200:
-                self.outcomes.append(Outcome(sent, 200, response.json().get("version"), ""))
+                version = response.json().get("version")
+                self.outcomes.append(Outcome(tier, sent, answered, 200, version, ""))
             else:
-                self.outcomes.append(Outcome(sent, response.status_code, None, response.text[:300]))
-            await asyncio.sleep(0.005)
+                body = response.text[:300]
+                self.outcomes.append(Outcome(tier, sent, answered, response.status_code, None, body))
+            await asyncio.sleep(0.002)
 
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks)
 
     def since(self, moment: float, until: float = float("inf")) -> list[Outcome]:
+        """The answers to requests sent in [moment, until)."""
         return [o for o in self.outcomes if moment <= o.sent < until]
 
-    async def wait_for(self, count: int, moment: float) -> None:
-        """Until `count` answers to requests sent after `moment` (within 30 s)."""
-        deadline = time.monotonic() + 30
+    def answered_before(self, moment: float) -> list[Outcome]:
+        return [o for o in self.outcomes if o.answered < moment]
+
+    async def wait_for(self, count: int, moment: float) -> list[Outcome]:
+        """The first `count` answers to requests sent after `moment` (within 60 s)."""
+        deadline = time.monotonic() + 60
         while len(self.since(moment)) < count:
-            assert time.monotonic() < deadline, f"only {len(self.since(moment))} answers in 30 s"
+            assert time.monotonic() < deadline, f"only {len(self.since(moment))} answers in 60 s"
             await asyncio.sleep(0.02)
+        return sorted(self.since(moment), key=lambda o: o.sent)[:count]
 
 
-async def server_ready(server: httpx.AsyncClient) -> dict[str, Any]:
-    ready = await server.get("/readyz")
+# --- what each process reports --------------------------------------------------------------------
+
+
+async def server_ready(client: httpx.AsyncClient) -> dict[str, Any]:
+    ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.text
     body: dict[str, Any] = ready.json()
     return body
 
 
+def iris_on(ready: dict[str, Any]) -> list[str] | None:
+    versions: list[str] | None = ready["model_versions"].get("iris")
+    return versions
+
+
 async def until(
-    check: Callable[[], Awaitable[dict[str, Any]]], want: Callable[[dict[str, Any]], bool], what: str
+    check: Callable[[], Awaitable[dict[str, Any]]],
+    want: Callable[[dict[str, Any]], bool],
+    what: str,
+    bound: float = CONVERGENCE_S,
 ) -> tuple[dict[str, Any], float]:
     """Poll `check` until `want` holds of its answer; (that answer, seconds it took)."""
     started = time.monotonic()
@@ -160,13 +275,8 @@ async def until(
         elapsed = time.monotonic() - started
         if want(seen):
             return seen, elapsed
-        assert elapsed < CONVERGENCE_S, f"not within {CONVERGENCE_S} s: {what}; last seen {seen}"
+        assert elapsed < bound, f"not within {bound} s: {what}; last seen {seen}"
         await asyncio.sleep(0.05)
-
-
-def iris_on(ready: dict[str, Any]) -> list[str] | None:
-    versions: list[str] | None = ready["model_versions"].get("iris")
-    return versions
 
 
 async def predict_version(client: httpx.AsyncClient, headers: dict[str, str], version: str) -> dict[str, Any]:
@@ -190,48 +300,20 @@ def here(state: dict[str, Any]) -> dict[tuple[str, str], str]:
     return {(v["name"], v["version"]): v["state"] for v in state["here"]}
 
 
-async def test_versions_load_through_the_web_tier_onto_the_model_server_and_leave_after_its_grace(
+# --- the lifecycle under load ---------------------------------------------------------------------
+
+
+async def test_two_web_tiers_and_the_model_server_load_canary_promote_and_unload_under_load(
     tmp_path: Path,
 ) -> None:
-    model_dir = model_dir_with_iris_versions(tmp_path)
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
-    await migrate(database_url)
-    server: Server = await asyncio.to_thread(
-        start_model_server,
-        tmp_path,
-        DATABASE_URL=database_url,
-        MODEL_STATE_POLL_SECONDS=str(POLL_S),
-        ML_MODEL_DIR=str(model_dir),
-        LOG_LEVEL="INFO",  # the registry's "model iris@2.0.0 loaded" lines
-    )
-    try:
-        # empty=False: the database is this test's own file, and emptying it while the model
-        # server still polls would send that server back to the manifest's seed.
-        async with (
-            web_app(
-                database_url,
-                model_dir,
-                empty=False,
-                ml_remote_url=server.base_url,
-                model_state_poll_seconds=POLL_S,
-            ) as app,
-            client_for(app) as web,
-            httpx.AsyncClient(base_url=server.base_url, timeout=30) as model_server,
-        ):
-            tiers = Tiers(
-                web,
-                model_server,
-                server,
-                admin=await make_admin(app, web),
-                user=await login(web, f"lifecycle-{uuid.uuid4().hex[:10]}@example.com"),
-            )
-            await tiers.run()
-    finally:
-        server.stop()
-    # Each version loaded once on the model server (the web tier's repository call; the polls
-    # after it found it loaded), 1.0.0 unloaded once, and the refused file never loaded.
-    log = server.log_path.read_text(errors="replace")
-    events = [json.loads(line).get("event", "") for line in log.splitlines() if line.startswith("{")]
+    async with deployment(tmp_path, web_tiers=2) as tiers:
+        run = Lifecycle(tiers)
+        await run.run()
+    # Each version loaded once on the model server (web tier A's repository call; B's load when
+    # it followed the state, and the polls, found it loaded), 1.0.0 unloaded once, and the
+    # refused file never loaded.
+    log = tiers.server.log_path.read_text(errors="replace")
+    events = tiers.model_server_events()
     assert events.count("model iris@2.0.0 loaded") == 1, log[-3000:]
     assert events.count("model iris@1.0.0 unloaded") == 1, log[-3000:]
     assert "model iris@1.0.0 loaded" not in events, log[-3000:]
@@ -240,34 +322,70 @@ async def test_versions_load_through_the_web_tier_onto_the_model_server_and_leav
 
 
 @dataclass
-class Tiers:
-    """The test's web tier (in process), its model server, their clients and users, and the
-    steady predict load running through the changes."""
+class Lifecycle:
+    """The changes, made through either web tier, and the steady predict load running through
+    them; when each was asked and how long every process took to report it."""
 
-    web: httpx.AsyncClient
-    model_server: httpx.AsyncClient
-    server: Server
-    admin: dict[str, str]
-    user: dict[str, str]
+    tiers: Deployment
     load: PredictLoad = field(init=False)
     moments: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    # Seconds after 1.0.0's unload was asked that the model server still had it, and no longer.
+    unload_seen: dict[str, float] = field(default_factory=dict)
+    sample: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.load = PredictLoad(self.web, self.user)
+        self.load = PredictLoad(self.tiers.webs, self.tiers.user)
 
-    async def ready(self) -> dict[str, Any]:
-        """The model server's /readyz."""
-        return await server_ready(self.model_server)
+    async def states(self) -> dict[str, dict[str, Any]]:
+        """What each process reports: its /readyz's revision and iris versions; and, on the web
+        tiers, how iris's `default` is routed there (version -> weight)."""
+        ready = await self.tiers.ready()
+        seen = {"model server": {"revision": ready["model_state_revision"], "versions": iris_on(ready)}}
+        for name, web in self.tiers.webs.items():
+            ready = await server_ready(web)
+            model = await web.get("/api/v1/models/iris", headers=self.tiers.admin)
+            assert model.status_code == 200, model.text
+            default = model.json()["aliases"].get("default", [])
+            seen[f"web {name}"] = {
+                "revision": ready["model_state_revision"],
+                "versions": iris_on(ready),
+                "default": {r["version"]: r["weight"] for r in default},
+            }
+        return seen
+
+    async def converged(
+        self, step: str, *, revision: int, versions: list[str], default: dict[str, int]
+    ) -> None:
+        """Until every process reports `revision` with iris `versions` loaded (and, on the web
+        tiers, `default` routed as given); the seconds since the admin's call returned (the
+        moment `step`) are this step's convergence time. Fails after CONVERGENCE_S."""
+        want = {"revision": revision, "versions": versions}
+        want_web = {**want, "default": default}
+
+        def agree(seen: dict[str, Any]) -> bool:
+            return all(s == (want if p == "model server" else want_web) for p, s in seen.items())
+
+        await until(self.states, agree, f"every process at revision {revision}, iris {versions}, {default}")
+        self.timings[step] = time.monotonic() - self.moments[step]
 
     async def run(self) -> None:
-        first = await self.ready()
-        assert iris_on(first) == ["1.0.0"], first
-        assert first["model_state_revision"] == 0  # nothing stored yet: the manifest's seed
-        reference = await predict_version(self.web, self.user, "1.0.0")
+        web_a, web_b = self.tiers.web("a"), self.tiers.web("b")
+        first = await self.states()
+        assert set(first) == {"model server", "web a", "web b"}
+        for process, seen in first.items():
+            # Nothing stored yet: the manifest's seed.
+            assert seen["revision"] == 0, (process, seen)
+            assert seen["versions"] == ["1.0.0"], (process, seen)
+        reference = await predict_version(web_a, self.tiers.user, "1.0.0")
+        assert (await predict_version(web_b, self.tiers.user, "1.0.0"))["predictions"] == reference[
+            "predictions"
+        ]
         self.load.start()
         try:
-            await self.load.wait_for(30, time.monotonic())  # steady before the first change
+            await self.load.wait_for(100, time.monotonic())  # steady before the first change
             await self.load_2(reference)
+            await self.canary()
             await self.promote_2_and_unload_1()
             await self.refuse_a_file_failing_its_hash()
         finally:
@@ -275,99 +393,203 @@ class Tiers:
         await self.check_the_load()
 
     async def load_2(self, reference: dict[str, Any]) -> None:
-        """Load 2.0.0 through the web tier: the model server has it loaded when the call returns
-        (it loaded it before the state was stored), and follows the state to revision 1."""
-        loaded = await self.web.post(f"{REPOSITORY}/iris/versions/2.0.0/load", headers=self.admin)
-        assert loaded.status_code == 200, f"{loaded.text}\n{self.server.log_tail()}"
+        """Load 2.0.0 through web tier A: the model server has it loaded when the call returns
+        (it loaded it before the state was stored), and every process follows the state to
+        revision 1; nothing routes to 2.0.0 yet."""
+        tiers = self.tiers
+        loaded = await tiers.web("a").post(f"{REPOSITORY}/iris/versions/2.0.0/load", headers=tiers.admin)
+        assert loaded.status_code == 200, f"{loaded.text}\n{tiers.server.log_tail()}"
+        self.moments["load"] = time.monotonic()
         state = loaded.json()
         assert state["revision"] == 1
         assert loaded_iris(state) == ["1.0.0", "2.0.0"]
         assert here(state)[("iris", "2.0.0")] == "READY"
-        at_once = await self.ready()
+        at_once = await tiers.ready()
         assert iris_on(at_once) == ["1.0.0", "2.0.0"], at_once
-        index = await self.model_server.post("/v2/repository/index", json={"ready": True}, headers=SERVICE)
+        index = await tiers.model_server.post("/v2/repository/index", json={"ready": True}, headers=SERVICE)
         assert index.status_code == 200, index.text
         assert {("iris", "1.0.0"), ("iris", "2.0.0")} <= {(v["name"], v["version"]) for v in index.json()}
-        await until(self.ready, lambda r: r["model_state_revision"] == 1, "the model server at revision 1")
+        await self.converged("load", revision=1, versions=["1.0.0", "2.0.0"], default={"1.0.0": 100})
 
-        # 2.0.0 answers by version, as 1.0.0 does (the same file); nothing routes to it yet.
-        by_version = await predict_version(self.web, self.user, "2.0.0")
-        assert by_version["predictions"] == reference["predictions"]
-        await self.load.wait_for(20, time.monotonic())
+        # 2.0.0 answers by version on both web tiers, as 1.0.0 does (the same file).
+        for web in tiers.webs.values():
+            by_version = await predict_version(web, tiers.user, "2.0.0")
+            assert by_version["predictions"] == reference["predictions"]
+        await self.load.wait_for(50, time.monotonic())
+
+    async def canary(self) -> None:
+        """`default` split 90/10 between 1.0.0 and 2.0.0 (not sticky), set through web tier B;
+        then a sample of the predictions sent once every process routes it."""
+        tiers = self.tiers
+        split = [{"version": "1.0.0", "weight": 90}, {"version": "2.0.0", "weight": 10}]
+        self.moments["canary asked"] = time.monotonic()
+        alias = await tiers.web("b").put(
+            "/api/v1/models/iris/aliases/default", json={"split": split, "sticky": False}, headers=tiers.admin
+        )
+        assert alias.status_code == 200, alias.text
+        self.moments["canary"] = time.monotonic()
+        assert alias.json()["splits"] == split
+        assert alias.json()["sticky"] is False
+        await self.converged(
+            "canary", revision=2, versions=["1.0.0", "2.0.0"], default={"1.0.0": 90, "2.0.0": 10}
+        )
+        self.sample = await self.load.wait_for(CANARY_SAMPLE, time.monotonic())
 
     async def promote_2_and_unload_1(self) -> None:
-        """`default` to 2.0.0, then 1.0.0 unloaded: the model server drops it after a poll and
-        its grace, and no sooner."""
-        self.moments["moving"] = time.monotonic()
-        moved = await self.web.put(
-            "/api/v1/models/iris/aliases/default", json={"version": "2.0.0"}, headers=self.admin
+        """`default` to 2.0.0 (through A), then 1.0.0 unloaded (through B): the web tiers drop it
+        at their next poll, the model server after a poll and its grace, and no sooner."""
+        tiers = self.tiers
+        moved = await tiers.web("a").put(
+            "/api/v1/models/iris/aliases/default", json={"version": "2.0.0"}, headers=tiers.admin
         )
         assert moved.status_code == 200, moved.text
+        self.moments["promote"] = time.monotonic()
         assert moved.json()["splits"] == [{"version": "2.0.0", "weight": 100}]
+        await self.converged("promote", revision=3, versions=["1.0.0", "2.0.0"], default={"2.0.0": 100})
         self.moments["promoted"] = time.monotonic()
-        await self.load.wait_for(20, self.moments["promoted"])
+        await self.load.wait_for(100, self.moments["promoted"])
 
         asked = time.monotonic()
-        unloaded = await self.web.post(f"{REPOSITORY}/iris/versions/1.0.0/unload", headers=self.admin)
+        unloaded = await tiers.web("b").post(f"{REPOSITORY}/iris/versions/1.0.0/unload", headers=tiers.admin)
         assert unloaded.status_code == 200, unloaded.text
-        assert unloaded.json()["revision"] == 3
+        self.moments["unload"] = time.monotonic()
+        assert unloaded.json()["revision"] == 4
         assert loaded_iris(unloaded.json()) == ["2.0.0"]
-        soon = await self.ready()
-        self.moments["soon"] = time.monotonic() - asked
+        soon = await tiers.ready()
+        self.unload_seen["still there"] = time.monotonic() - asked
         if time.monotonic() < asked + GRACE_S:
             # Within the grace (counted from when the model server saw the change, after `asked`):
             # 1.0.0 is still loaded there, for web workers that have not moved on yet.
             assert iris_on(soon) == ["1.0.0", "2.0.0"], soon
         await until(
-            self.ready,
-            lambda r: iris_on(r) == ["2.0.0"] and r["model_state_revision"] == 3,
-            "the model server serving iris 2.0.0 alone, at revision 3",
+            tiers.ready,
+            lambda r: iris_on(r) == ["2.0.0"] and r["model_state_revision"] == 4,
+            "the model server serving iris 2.0.0 alone, at revision 4",
         )
-        took = self.moments["gone"] = time.monotonic() - asked
+        took = self.unload_seen["gone"] = time.monotonic() - asked
         assert took >= GRACE_S, f"1.0.0 left the model server {took:.2f} s after the unload"
-        web_ready = (await self.web.get("/readyz")).json()
-        assert web_ready["model_versions"]["iris"] == ["2.0.0"], web_ready
-        assert web_ready["model_state_revision"] == 3
-        await self.load.wait_for(20, time.monotonic())
+        await self.converged("unload", revision=4, versions=["2.0.0"], default={"2.0.0": 100})
+        await self.load.wait_for(50, time.monotonic())
 
     async def refuse_a_file_failing_its_hash(self) -> None:
         """The model server refuses iris 3.0.0 (its file fails its sha256): the web tier answers
         409 naming the file, and nothing changes anywhere."""
-        refused = await self.web.post(f"{REPOSITORY}/iris/versions/3.0.0/load", headers=self.admin)
+        tiers = self.tiers
+        refused = await tiers.web("a").post(f"{REPOSITORY}/iris/versions/3.0.0/load", headers=tiers.admin)
         body = assert_problem(refused, 409)
         assert body["type"].endswith("/model-load-failed"), body
         assert BAD_FILE in body["detail"], body
         assert "sha256" in body["detail"], body
-        after = await self.web.get(REPOSITORY, headers=self.admin)
+        after = await tiers.web("b").get(REPOSITORY, headers=tiers.admin)
         assert after.status_code == 200, after.text
-        assert after.json()["revision"] == 3
+        assert after.json()["revision"] == 4
         assert loaded_iris(after.json()) == ["2.0.0"]
-        assert here(after.json())[("iris", "3.0.0")] != "READY"
-        still = await self.ready()
-        assert iris_on(still) == ["2.0.0"], still
-        assert still["model_state_revision"] == 3
-        by_3 = await self.web.post(
-            "/api/v1/models/iris/versions/3.0.0/predict", json={"rows": IRIS_ROWS}, headers=self.user
-        )
-        assert by_3.status_code == 404, by_3.text
-        await self.load.wait_for(20, time.monotonic())
+        refused_here = await tiers.web("a").get(REPOSITORY, headers=tiers.admin)
+        assert here(refused_here.json())[("iris", "3.0.0")] != "READY"
+        for process, seen in (await self.states()).items():
+            assert seen["revision"] == 4, (process, seen)
+            assert seen["versions"] == ["2.0.0"], (process, seen)
+        for web in tiers.webs.values():
+            by_3 = await web.post(
+                "/api/v1/models/iris/versions/3.0.0/predict", json={"rows": IRIS_ROWS}, headers=tiers.user
+            )
+            assert by_3.status_code == 404, by_3.text
+        await self.load.wait_for(50, time.monotonic())
 
     async def check_the_load(self) -> None:
         outcomes = self.load.outcomes
         statuses: dict[int, int] = {}
         for o in outcomes:
             statuses[o.status] = statuses.get(o.status, 0) + 1
-        broken = [o for o in outcomes if o.status != 200]
-        assert statuses == {200: len(outcomes)}, f"{statuses}, e.g. {broken[:5]}\n{self.server.log_tail()}"
-        # Until `default` was asked to move, 1.0.0 served every request; from its answer on, 2.0.0.
-        assert {o.version for o in self.load.since(0, self.moments["moving"])} == {"1.0.0"}
-        assert {o.version for o in self.load.since(self.moments["promoted"])} == {"2.0.0"}
+        broken = [o for o in outcomes if o.status != 200 or o.version not in VERSIONS]
+        assert not broken, f"{statuses}, e.g. {broken[:5]}\n{self.tiers.server.log_tail()}"
+        assert {o.tier for o in outcomes} == {"a", "b"}
+
+        # Answered before the canary was asked: 1.0.0. Sent once every process routed the
+        # canary: the sample, both versions from both tiers, 2.0.0 near 10%. Sent once every
+        # process routed `default` to 2.0.0: 2.0.0 only.
+        before = self.load.answered_before(self.moments["canary asked"])
+        assert before
+        assert {o.version for o in before} == {"1.0.0"}
+        sample = self.sample
+        assert len(sample) == CANARY_SAMPLE
+        share = sum(o.version == "2.0.0" for o in sample) / len(sample)
+        by_tier = {
+            tier: (sum(o.version == "2.0.0" for o in mine) / len(mine), len(mine))
+            for tier in ("a", "b")
+            if (mine := [o for o in sample if o.tier == tier])
+        }
+        assert set(by_tier) == {"a", "b"}, by_tier
+        assert all(tier_share > 0 for tier_share, _ in by_tier.values()), by_tier
+        after = self.load.since(self.moments["promoted"])
+        assert after
+        assert {o.version for o in after} == {"2.0.0"}, {o.version for o in after}
         print(
-            f"\n{len(outcomes)} predictions during the changes: {statuses}; 1.0.0 still on the model "
-            f"server {self.moments['soon']:.2f} s after its unload was asked, gone after "
-            f"{self.moments['gone']:.2f} s (poll {POLL_S} s, grace {GRACE_S:.1f} s)"
+            f"\n{len(outcomes)} predictions across web tiers a and b during the changes: {statuses}; "
+            f"canary share {share:.1%} of {len(sample)} "
+            f"({', '.join(f'{t}: {s:.1%} of {n}' for t, (s, n) in by_tier.items())}); "
+            f"convergence (admin call returned -> both web tiers and the model server report it), "
+            f"poll {POLL_S} s, grace {GRACE_S:.1f} s: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
+            + f"; 1.0.0 still on the model server {self.unload_seen['still there']:.2f} s after its "
+            f"unload was asked, gone after {self.unload_seen['gone']:.2f} s"
         )
+        assert CANARY_SHARE[0] <= share <= CANARY_SHARE[1], share
+        assert all(v < CONVERGENCE_S for v in self.timings.values()), self.timings
+
         # The model server only read the state: every revision was the admin's.
-        history = (await self.web.get(REPOSITORY, headers=self.admin)).json()["history"]
-        assert [h["revision"] for h in history] == [3, 2, 1]
+        history = (await self.tiers.web("a").get(REPOSITORY, headers=self.tiers.admin)).json()["history"]
+        assert [h["revision"] for h in history] == [4, 3, 2, 1]
         assert len({h["changed_by"] for h in history}) == 1
+
+
+# --- regression -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "seen", [True, False], ids=["after-the-model-server-saw-the-load", "within-one-poll"]
+)
+async def test_a_version_loaded_for_a_web_tier_leaves_the_model_server_soon_after_its_unload(
+    tmp_path: Path, seen: bool
+) -> None:
+    """The model server holds a version it loaded at a web tier's request (LocalRepository, 120 s)
+    only until a later state comes: unloaded through the web tier without any alias ever routing
+    to it, 2.0.0 leaves the model server after a poll and its grace, not two minutes later; also
+    when the load and the unload both happen within one of its polls (it never sees a state
+    naming 2.0.0)."""
+    async with deployment(tmp_path, web_tiers=1) as tiers:
+        web = tiers.web("a")
+        assert iris_on(await tiers.ready()) == ["1.0.0"]
+        loaded = await web.post(f"{REPOSITORY}/iris/versions/2.0.0/load", headers=tiers.admin)
+        assert loaded.status_code == 200, f"{loaded.text}\n{tiers.server.log_tail()}"
+        assert loaded.json()["revision"] == 1
+        assert iris_on(await tiers.ready()) == ["1.0.0", "2.0.0"]
+        if seen:
+            # The model server has seen the state name 2.0.0 (its hold for the web tier is over).
+            await until(
+                tiers.ready, lambda r: r["model_state_revision"] == 1, "the model server at revision 1"
+            )
+
+        unloaded = await web.post(f"{REPOSITORY}/iris/versions/2.0.0/unload", headers=tiers.admin)
+        assert unloaded.status_code == 200, unloaded.text
+        asked = time.monotonic()
+        assert unloaded.json()["revision"] == 2
+        assert loaded_iris(unloaded.json()) == ["1.0.0"]
+        await until(
+            tiers.ready,
+            lambda r: iris_on(r) == ["1.0.0"] and r["model_state_revision"] == 2,
+            "the model server serving iris 1.0.0 alone after 2.0.0's unload",
+        )
+        took = time.monotonic() - asked
+        print(f"\n2.0.0 gone from the model server {took:.2f} s after its unload (poll {POLL_S} s)")
+        assert took >= GRACE_S, f"2.0.0 left the model server {took:.2f} s after the unload"
+        web_ready = await server_ready(web)
+        assert iris_on(web_ready) == ["1.0.0"], web_ready
+        by_default = await web.post(
+            "/api/v1/models/iris/predict", json={"rows": IRIS_ROWS}, headers=tiers.user
+        )
+        assert by_default.status_code == 200, by_default.text
+        assert by_default.json()["version"] == "1.0.0"
+    events = tiers.model_server_events()
+    assert events.count("model iris@2.0.0 loaded") == 1, events
+    assert events.count("model iris@2.0.0 unloaded") == 1, events
