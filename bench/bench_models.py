@@ -189,12 +189,13 @@ async def _registry_run(
     try:
         for i in range(clients):  # warm-up
             await registry.predict_one(name, rows[i % len(rows)])
-        before = registry.metrics()[name].stats
+        key = (name, registry.get(name).version)  # the metrics are per model version
+        before = registry.metrics()[key].stats
         batches0, rows0 = before.batches, before.batch_rows
         start = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(clients)))
         elapsed = time.perf_counter() - start
-        stats = registry.metrics()[name].stats
+        stats = registry.metrics()[key].stats
     finally:
         await registry.close()
     latencies.sort()
