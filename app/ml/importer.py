@@ -152,10 +152,8 @@ def _inspect_onnx(data: bytes, where: str) -> Found:
 
 def _onnx_class_labels(data: bytes) -> tuple[str, ...] | None:
     """The class labels skl2onnx and other converters store on the classifier node, if any."""
-    try:
-        import onnx  # noqa: PLC0415 - optional: without it, --labels names the classes
-    except ImportError:
-        return None
+    import onnx  # noqa: PLC0415 - the command alone loads it (a main dependency: the image has it)
+
     model = onnx.load_from_string(data)
     for node in model.graph.node:
         for attribute in node.attribute:
