@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,6 +26,7 @@ from app.db.migrations import upgrade_to_head
 from app.http.state import state_of
 from app.main import create_app
 from app.models import Base
+from tests.lifespan import lifespan
 
 TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
 
@@ -99,7 +99,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     # The app itself, not `manager.app` (a wrapper function without `.state`): the lifespan keeps
     # its resources on `app.state`, which tests and `make_user` reach into.
-    async with LifespanManager(application):
+    async with lifespan(application):
         try:
             yield application
         finally:

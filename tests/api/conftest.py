@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.core.config import Settings
 from app.main import create_app
 from tests.conftest import PASSWORD, Headers
+from tests.lifespan import lifespan
 
 
 async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, Any]:
@@ -37,7 +37,7 @@ async def user_id(client: httpx.AsyncClient, headers: Headers) -> int:
 async def serve(settings: Settings, app: FastAPI | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """A client for an app of its own (other settings), with its lifespan run."""
     application = app or create_app(settings)
-    async with LifespanManager(application) as manager:
+    async with lifespan(application) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import PASSWORD, Headers, empty_tables, make_settings
+from tests.lifespan import lifespan
 
 
 @asynccontextmanager
@@ -22,7 +22,7 @@ async def running_app(
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """An app built from the test settings plus `overrides`, and a client for it."""
     app = create_app(make_settings(database_url, **overrides))
-    async with LifespanManager(app):
+    async with lifespan(app):
         try:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:

@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import gc
 
-from asgi_lifespan import LifespanManager
-
 from app.core.config import Settings
 from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import empty_tables
+from tests.lifespan import lifespan
 
 
 async def test_the_heap_is_frozen_while_serving_and_released_at_shutdown(settings: Settings) -> None:
     before = gc.get_threshold()
     assert gc.get_freeze_count() == 0
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with lifespan(application):
         # The app's routes, schemas and SQLAlchemy structures: tens of thousands of objects that
         # full collections no longer walk.
         assert gc.get_freeze_count() > 10_000
@@ -31,6 +30,6 @@ async def test_the_heap_is_frozen_while_serving_and_released_at_shutdown(setting
 async def test_both_can_be_switched_off(settings: Settings) -> None:
     before = gc.get_threshold()
     application = create_app(settings.model_copy(update={"gc_freeze": False, "gc_gen0_threshold": 0}))
-    async with LifespanManager(application):
+    async with lifespan(application):
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == before

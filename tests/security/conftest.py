@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -23,6 +22,7 @@ from app.core.config import Settings
 from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import empty_tables
+from tests.lifespan import lifespan
 
 # Path/query parameters that name an object belonging to one user (checked for BOLA).
 OWNED_ID_PARAMS = frozenset({"item_id", "user_id", "key_id"})
@@ -122,8 +122,7 @@ def contains_password_hash(text: str) -> bool:
 async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A client on an app built with its own settings; its tables are emptied afterwards."""
     application = create_app(settings)
-    # Model worker processes can take longer to start than asgi-lifespan's default 5 s.
-    async with LifespanManager(application, startup_timeout=60, shutdown_timeout=60):
+    async with lifespan(application):
         try:
             transport = httpx.ASGITransport(app=application)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI
 from pydantic import ValidationError
 from sqlalchemy.exc import ProgrammingError
@@ -20,6 +19,7 @@ from app.core.config import Settings
 from app.main import create_app
 from tests.conftest import Headers, assert_problem, make_settings
 from tests.faults.server import ROOT, free_port, server_env, start_server
+from tests.lifespan import lifespan
 from tests.security.conftest import serve
 
 STRONG_KEY = "k" * 16 + "Zq8#vT2!pL9@wX4$" + "m" * 16
@@ -184,7 +184,7 @@ async def failing_app(settings: Settings) -> AsyncIterator[FastAPI]:
         raise ProgrammingError("SELECT secret FROM nowhere", {}, Exception(SECRET_DETAIL))
 
     app.include_router(router)
-    async with LifespanManager(app):
+    async with lifespan(app):
         yield app
 
 

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest_asyncio
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import PASSWORD, empty_tables, make_settings
+from tests.lifespan import lifespan
 from tests.ml.conftest import make_model_dir  # noqa: F401 - the fixture, for tests with edited manifests
 
 
@@ -21,7 +21,7 @@ async def ml_app(database_url: str) -> AsyncIterator[FastAPI]:
     application = create_app(
         make_settings(database_url, ml_enabled=True, prediction_log_flush_ms=20, rate_limit_enabled=False)
     )
-    async with LifespanManager(application, startup_timeout=120, shutdown_timeout=60):
+    async with lifespan(application):
         try:
             yield application
         finally:

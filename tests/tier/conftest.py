@@ -25,13 +25,13 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import empty_tables, make_settings
 from tests.faults.server import ROOT, Server, free_port, start_server
+from tests.lifespan import lifespan
 
 MODEL_DIR = ROOT / "ml_models"
 MODEL_SERVER_TOKEN = "model-server-test-token-" + "t" * 24
@@ -268,7 +268,7 @@ async def web_app(
         **overrides,
     )
     application = create_app(settings)
-    async with LifespanManager(application, startup_timeout=120, shutdown_timeout=60):
+    async with lifespan(application):
         try:
             yield application
         finally:
