@@ -75,6 +75,8 @@ class Container:
     engine: Engine
     name: str
     port: int | None = None
+    # When `run -d` returned (time.monotonic()): the container had started by then.
+    created: float = field(default_factory=time.monotonic)
 
     @property
     def base_url(self) -> str:
@@ -118,12 +120,35 @@ class Container:
 
         Podman schedules health checks with systemd timers, and there is no systemd here, so the
         check is run on demand (`podman healthcheck run`) exactly as the timer would; Docker runs
-        it by itself every --health-interval (1 s in these tests)."""
+        it by itself every --health-interval, so this waits for its next check to be recorded."""
         if self.engine.command == "podman":
             self.engine("healthcheck", "run", self.name, timeout=30)
         else:
-            time.sleep(1.5)
+            previous = self._last_check()
+            deadline = time.monotonic() + 60
+            while self._last_check() == previous:
+                assert time.monotonic() < deadline, f"no health check ran in 60 s:\n{self.logs()[-3000:]}"
+                time.sleep(0.2)
         return self.inspect("{{.State.Health.Status}}")
+
+    def _last_check(self) -> str:
+        """When the latest recorded health check started (Docker keeps only the last five)."""
+        checks = json.loads(self.inspect("{{json .State.Health.Log}}") or "null") or []
+        return str(checks[-1].get("Start")) if checks else ""
+
+    def wait_health(self, status: str, timeout: float = 60) -> list[str]:
+        """Run checks until the engine reports `status`; the statuses seen, in order."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while not seen or seen[-1] != status:
+            assert time.monotonic() < deadline, f"not {status} in {timeout} s: {seen}\n{self.logs()[-3000:]}"
+            seen.append(self.health())
+        return seen
+
+    def wait_start_period(self, seconds: float) -> None:
+        """Wait until a health-check start period of `seconds` is over: `run -d` returned after
+        the container started, so this errs on the late side."""
+        time.sleep(max(0.0, self.created + seconds - time.monotonic()))
 
     def stop(self, grace: int) -> float:
         """`stop` (SIGTERM, SIGKILL after `grace` seconds); returns how long it took."""
