@@ -195,8 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     models = sub.add_parser("models", help="the model directory").add_subparsers(dest="action", required=True)
     add = models.add_parser("add", help="bring an ONNX or skops model file (docs/models.md)")
     add.add_argument("file", help="an .onnx or .skops file")
-    add.add_argument("--name", required=True, help="the model's name in the API (a-z, 0-9, _ and -)")
-    add.add_argument("--version", required=True)
+    add.add_argument(
+        "--name", required=True, help="the model's name in the API (a-z, 0-9, _ and -; at most 64)"
+    )
+    add.add_argument(
+        "--version", required=True, help="a-z, 0-9, ., _ and - (at most 64), not an alias's name"
+    )
     add.add_argument(
         "--features", help="comma-separated feature names (default: the model's, or x0, x1, ...)"
     )

@@ -17,6 +17,7 @@ from app.api.deps import InferenceDep, ModelRepositoryDep, OipAdmin, OipPredicto
 from app.core.errors import BadRequest
 from app.ml.inputs import TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
+from app.ml.names import MODEL_NAME_PATTERN, VERSION_PATTERN
 from app.ml.predictions import ClassPrediction, RegressionPrediction
 from app.schemas.oip import (
     InferenceRequest,
@@ -53,8 +54,8 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": OipError} for status in (400, 401, 404, 413, 422, 429, 503, 504)
 }
-ModelName = Path(min_length=1, max_length=64)
-ModelVersion = Path(min_length=1, max_length=64)
+ModelName = Path(pattern=MODEL_NAME_PATTERN, description="The model's name.")
+ModelVersion = Path(pattern=VERSION_PATTERN, description="The model's version.")
 PLATFORMS = {"onnx": "onnxruntime_onnx", "skops": "sklearn_skops", "remote": "remote_oip"}
 NUMERIC = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
 

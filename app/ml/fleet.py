@@ -8,7 +8,9 @@ the rules are the same whoever applies them:
 - a version can be routed to only once it is loaded, and cannot be unloaded while an alias routes
   to it;
 - every loaded model has a `default` alias, used by requests that name no version;
-- a split's weights are whole percentages adding up to 100.
+- a split's weights are whole percentages adding up to 100;
+- an alias's name is never the name of a version of its model, in either order (a version named
+  like an alias would be shadowed by it on some routes and shadow it on others).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 
 from app.ml.errors import ModelError
 from app.ml.manifest import Manifest
+from app.ml.names import DEFAULT_ALIAS as _DEFAULT_ALIAS
 
-DEFAULT_ALIAS = "default"
+DEFAULT_ALIAS = _DEFAULT_ALIAS  # every loaded model's alias (no version may be named so)
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 MAX_SPLITS = 4
 
@@ -123,6 +126,11 @@ class FleetState:
 
     def load(self, model: str, version: str) -> FleetState:
         """Loaded; the model's first version also becomes its `default`."""
+        if version == DEFAULT_ALIAS or (model, version) in self.aliases:
+            raise StateConflict(
+                f"{version!r} is an alias of model {model!r}; a version named like it cannot be "
+                "loaded (add the file again under another version)."
+            )
         aliases = dict(self.aliases)
         if (model, DEFAULT_ALIAS) not in aliases:
             aliases[(model, DEFAULT_ALIAS)] = Alias(model, DEFAULT_ALIAS, (Split(version, 100),))
@@ -155,6 +163,10 @@ class FleetState:
         )
 
     def set_alias(self, alias: Alias) -> FleetState:
+        if (alias.model, alias.name) in self.loaded:
+            raise StateConflict(
+                f"{alias.name!r} is a version of model {alias.model!r}; an alias needs another name."
+            )
         missing = [v for v in alias.versions if (alias.model, v) not in self.loaded]
         if missing:
             raise StateConflict(
@@ -212,8 +224,15 @@ class FleetState:
 
 def seed(manifest: Manifest) -> FleetState:
     """What a fresh deployment serves: the first version the manifest lists for each model, as
-    its `default`."""
+    its `default` (an entry this process sets aside included: it is then reported UNAVAILABLE,
+    as a version whose file is corrupt is)."""
     state = FleetState(0, frozenset())
-    for name in manifest.names():
-        state = state.load(name, manifest.versions(name)[0])
+    first: dict[str, str] = {}
+    for name, version in manifest.listed():  # an entry set aside too: it is reported unavailable
+        first.setdefault(name, version)
+    for name, version in first.items():
+        try:
+            state = state.load(name, version)
+        except StateConflict:  # a version named `default`, set aside by the manifest anyway
+            continue
     return state

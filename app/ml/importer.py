@@ -3,8 +3,9 @@
 The file is inspected (its format from its name, its input width, its classes where it carries
 them), loaded and run once on a row of zeros by the runtime that will serve it, hashed, copied into
 the model directory and entered in the manifest, which is validated whole before it is written
-(atomically). A file that cannot be served is refused with one line saying why
-(`ModelLoadError`); nothing is copied or written then.
+(atomically, keeping the mode of the file it replaces: 0644 for a new one). A name, version or
+file that cannot be served is refused with one line saying why (`ModelLoadError`); nothing is
+copied or written then.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +25,12 @@ import numpy as np
 
 from app.ml.errors import ModelLoadError
 from app.ml.manifest import MANIFEST_NAME, Manifest, ModelSpec, load_manifest
+from app.ml.names import name_problem, version_problem
 
 FORMATS = {".onnx": "onnx", ".skops": "skops"}
+# A new file's mode (the manifest and a replaced file keep theirs): readable by a service that
+# runs as another user than the one who added the model.
+NEW_FILE_MODE = 0o644
 # What a new entry gets unless the manifest is edited afterwards (docs/models.md).
 DEFAULTS: dict[str, Any] = {
     "batching": {"max_batch_size": 64, "max_batch_wait_ms": 2},
@@ -58,6 +64,7 @@ def add_model(
 ) -> ModelSpec:
     """Inspect, run once, copy and enter `source` in `model_dir`'s manifest; the new entry."""
     where = str(source)
+    _check_names(name, version, labels, where)
     suffix = source.suffix.lower()
     if suffix not in FORMATS:
         raise ModelLoadError(
@@ -76,7 +83,8 @@ def add_model(
     if found.classifier and not classes:
         raise ModelLoadError(where, "a classifier that names no classes: pass --labels in its output order")
     manifest = load_manifest(model_dir)
-    if any(m.name == name and m.version == version for m in manifest.models):
+    listed = {(m.name, m.version) for m in manifest.models} | {r.key for r in manifest.rejected}
+    if (name, version) in listed:
         raise ModelLoadError(where, f"the manifest already serves {name} {version}")
     target = f"{name}-{version}{suffix}"
     entry = {
@@ -98,17 +106,39 @@ def add_model(
     except ValueError as exc:
         raise ModelLoadError(where, _first_error(exc)) from None
     _run_once(spec, data, source, found.model)
-    # Appended: the model's other versions stay listed (a fresh deployment serves the first;
-    # a running one loads this one when an admin asks, app.services.model_fleet).
-    models = [m.model_dump(mode="json") for m in manifest.models]
-    raw = {**manifest.model_dump(mode="json", exclude_none=True), "models": [*models, entry]}
+    # Appended to the manifest as written: the model's other versions stay listed (a fresh
+    # deployment serves the first; a running one loads this one when an admin asks,
+    # app.services.model_fleet), and so do entries this version of the code sets aside.
+    path = model_dir / MANIFEST_NAME
+    document = json.loads(path.read_bytes())
+    raw = {**document, "models": [*document["models"], entry]}
     try:
-        Manifest.model_validate(raw)
+        Manifest.parse(raw)
     except ValueError as exc:
         raise ModelLoadError(where, _first_error(exc)) from None
-    _copy(data, model_dir / target, where)
-    _write_atomically(model_dir / MANIFEST_NAME, json.dumps(raw, indent=2) + "\n")
+    copied = _copy(data, model_dir / target, where)
+    try:
+        _write_atomically(path, json.dumps(raw, indent=2) + "\n")
+    except OSError as exc:
+        if copied:
+            (model_dir / target).unlink(missing_ok=True)
+        raise ModelLoadError(str(path), f"cannot be written ({exc.strerror or exc})") from None
     return spec
+
+
+def _check_names(name: str, version: str, labels: Sequence[str] | None, where: str) -> None:
+    """The rule for names and versions (app.ml.names), before anything is read."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise ModelLoadError(where, f"--name {name!r}: {problem}")
+    problem = version_problem(version)
+    if problem is not None:
+        raise ModelLoadError(where, f"--version {version!r}: {problem}")
+    if labels:
+        repeated = sorted({label for label in labels if list(labels).count(label) > 1})
+        if repeated:
+            twice = ", ".join(map(repr, repeated))
+            raise ModelLoadError(where, f"--labels names {twice} more than once: each class needs its own")
 
 
 def _first_error(exc: ValueError) -> str:
@@ -218,16 +248,29 @@ def _run_once(spec: ModelSpec, data: bytes, source: Path, model: Any) -> None:
         )
 
 
-def _copy(data: bytes, target: Path, where: str) -> None:
-    if target.exists() and target.read_bytes() != data:
+def _copy(data: bytes, target: Path, where: str) -> bool:
+    """The file in the model directory; True if it was not there before."""
+    existed = target.exists()
+    if existed and target.read_bytes() != data:
         raise ModelLoadError(where, f"{target.name} already exists in the model directory with other content")
-    _write_atomically(target, data)
+    try:
+        _write_atomically(target, data)
+    except OSError as exc:
+        raise ModelLoadError(str(target), f"cannot be written ({exc.strerror or exc})") from None
+    return not existed
 
 
 def _write_atomically(path: Path, content: str | bytes) -> None:
+    """Written aside, then renamed over `path`, with the mode `path` had (NEW_FILE_MODE if new):
+    mkstemp's 0600 would hide it from a service running as another user."""
     raw = content.encode() if isinstance(content, str) else content
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = NEW_FILE_MODE
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(handle, mode)
         with os.fdopen(handle, "wb") as file:
             file.write(raw)
         Path(temporary).replace(path)

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from app.ml.errors import ModelLoadError
+from app.ml.names import DEFAULT_ALIAS, MAX_LENGTH, MODEL_NAME_RULE, VERSION_RULE, ModelName, Version
 
 MANIFEST_NAME = "manifest.json"
 
@@ -42,10 +53,10 @@ class RemoteSpec(_Frozen):
     service's own model server (`python -m app.cli model-server`), MLServer, KServe or Triton."""
 
     url: str = Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$", description="The server's base URL.")
+    # The model's name on that server (MLServer and Triton names may have capitals); the version
+    # follows this service's rule (app.ml.names), as every version this service serves does.
     model: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    version: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-    )
+    version: Version | None = None
     input: str = Field("input", min_length=1, max_length=128, description="The input tensor's name.")
     datatype: Literal["FP32", "FP64"] = "FP32"
     output: str = Field(
@@ -77,8 +88,8 @@ class RemoteSpec(_Frozen):
 class ModelSpec(_Frozen):
     """One served model: what it computes, where its file is (or which server runs it), and how."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    version: str = Field(min_length=1, max_length=64)
+    name: ModelName
+    version: Version
     task: Task
     format: ModelFormat | None = None
     file: str | None = Field(default=None, description="Path relative to the model directory.")
@@ -87,7 +98,8 @@ class ModelSpec(_Frozen):
     remote: RemoteSpec | None = Field(default=None, description="Only for `executor: remote`.")
     features: tuple[FeatureSpec, ...] = Field(min_length=1)
     labels: tuple[str, ...] = Field(
-        default=(), description="Class names in the order of the model's probability columns."
+        default=(),
+        description="Class names in the order of the model's probability columns, each once.",
     )
     batching: BatchingSpec
     timeout_ms: int = Field(ge=1, le=600_000, description="Time limit per request, queue included.")
@@ -107,11 +119,21 @@ class ModelSpec(_Frozen):
             raise ValueError("must be a relative path inside the model directory")
         return value
 
+    @field_validator("version")
+    @classmethod
+    def _not_an_alias(cls, value: str) -> str:
+        if value == DEFAULT_ALIAS:
+            raise ValueError(f"{DEFAULT_ALIAS!r} is every model's alias, not a version")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         names = [f.name for f in self.features]
         if len(set(names)) != len(names):
             raise ValueError("feature names must be unique")
+        if len(set(self.labels)) != len(self.labels):
+            # Predictions are keyed by label: a repeated one would hide a class's probability.
+            raise ValueError("labels must be unique")
         if self.task == "classification" and len(self.labels) < 2:
             raise ValueError("a classifier needs at least two labels")
         if self.task == "regression" and self.labels:
@@ -162,26 +184,91 @@ class ModelSpec(_Frozen):
         return self.sha256
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedEntry:
+    """A manifest entry this process cannot take (a name or version outside the rule, a field
+    it refuses): set aside, reported as UNAVAILABLE with `reason`, never served; the others are."""
+
+    name: str
+    version: str
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.version)
+
+
 class Manifest(_Frozen):
     """The catalog of model files: every version that may be served (which ones are, and where
     each alias points, is the fleet's desired state, app.ml.fleet), plus which model the default
-    and heavy routes use."""
+    and heavy routes use. Read it with `Manifest.parse`: an entry that fails validation is set
+    aside (`rejected`) instead of failing the whole file."""
 
     schema_version: Literal[1]
     default_model: str
     heavy_model: str | None = None
     models: tuple[ModelSpec, ...] = Field(min_length=1)
+    _rejected: tuple[RejectedEntry, ...] = PrivateAttr(default=())
+    _order: tuple[tuple[str, str], ...] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _references_exist(self) -> Manifest:
+    def _references_exist(self, info: ValidationInfo) -> Manifest:
         keys = [(m.name, m.version) for m in self.models]
         if len(set(keys)) != len(keys):
             raise ValueError("each (name, version) may appear once")
-        names = {m.name for m in self.models}
+        # A model whose entries were all set aside is still the one its route names (it answers
+        # 503 there until an entry it can take comes back), not a reason to refuse the file.
+        context = info.context if isinstance(info.context, dict) else {}
+        names = {m.name for m in self.models} | set(context.get("rejected_names", ()))
         for role, name in (("default_model", self.default_model), ("heavy_model", self.heavy_model)):
             if name is not None and name not in names:
                 raise ValueError(f"{role} {name!r} is not one of the models")
         return self
+
+    @classmethod
+    def parse(cls, raw: Any) -> Manifest:
+        """Validate a manifest document: each entry on its own (those that fail are set aside,
+        see `rejected`), then the whole. Raises ValidationError for what concerns the whole file
+        (its keys, references, duplicates, no entry that can be taken)."""
+        entries = raw.get("models") if isinstance(raw, dict) else None
+        if not isinstance(entries, list) or not entries:
+            return cls.model_validate(raw)
+        taken: list[ModelSpec] = []
+        rejected: list[RejectedEntry] = []
+        order: list[tuple[str, str]] = []
+        for index, entry in enumerate(entries):
+            try:
+                spec = ModelSpec.model_validate(entry)
+            except ValidationError as exc:
+                rejected.append(_rejected(index, entry, exc))
+                order.append(rejected[-1].key)
+            else:
+                taken.append(spec)
+                order.append((spec.name, spec.version))
+        if not taken:
+            return cls.model_validate(raw)  # every entry refused: the first one's error, for the file
+        context = {"rejected_names": [r.name for r in rejected]}
+        manifest = cls.model_validate({**raw, "models": taken}, context=context)
+        manifest._rejected = tuple(rejected)
+        manifest._order = tuple(order)
+        return manifest
+
+    def listed(self) -> tuple[tuple[str, str], ...]:
+        """Every (name, version) of the file, those set aside included, in its order."""
+        if self._order is not None:
+            return self._order
+        return tuple((spec.name, spec.version) for spec in self.models)
+
+    @property
+    def rejected(self) -> tuple[RejectedEntry, ...]:
+        """The entries set aside when the manifest was read, in its order."""
+        return self._rejected
+
+    def rejection(self, name: str, version: str) -> RejectedEntry | None:
+        for entry in self._rejected:
+            if entry.key == (name, version):
+                return entry
+        return None
 
     def find(self, name: str, version: str) -> ModelSpec | None:
         """The entry of one version of a model, or None."""
@@ -200,23 +287,47 @@ class Manifest(_Frozen):
         return tuple(dict.fromkeys(spec.name for spec in self.models))
 
 
+_RULES = {"name": f"must be {MODEL_NAME_RULE}", "version": f"must be {VERSION_RULE}"}
+
+
+def _rejected(index: int, entry: object, exc: ValidationError) -> RejectedEntry:
+    """What a refused entry is called (its name and version as written, shortened) and why."""
+    fields = entry if isinstance(entry, dict) else {}
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "string_pattern_mismatch":
+        message = _RULES.get(where, message)
+    reason = f"manifest entry {index} refused: {where + ': ' if where else ''}{message}"
+    return RejectedEntry(
+        str(fields.get("name", f"#{index}"))[:MAX_LENGTH],
+        str(fields.get("version", "?"))[:MAX_LENGTH],
+        reason,
+    )
+
+
 def served_remotely(manifest: Manifest, url: str) -> Manifest:
     """The manifest with every local model served by this service's model server at `url` (the
     web tier's `ML_REMOTE_URL`): same names, versions, features, labels and limits, so inputs are
     checked here exactly as there; remote entries stay as they are."""
     models = []
-    for spec in manifest.models:
+    rejected = list(manifest.rejected)
+    for index, spec in enumerate(manifest.models):
         if spec.remote is not None:
             models.append(spec)
             continue
-        remote = RemoteSpec(
-            url=url,
-            model=spec.name,
-            version=spec.version,
-            output="probabilities" if spec.task == "classification" else "prediction",
-            auth="service-token",
-            managed=True,
-        )
+        try:
+            remote = RemoteSpec(
+                url=url,
+                model=spec.name,
+                version=spec.version,
+                output="probabilities" if spec.task == "classification" else "prediction",
+                auth="service-token",
+                managed=True,
+            )
+        except ValidationError as exc:  # the rule (app.ml.names) makes it unreachable; kept safe
+            rejected.append(_rejected(index, spec.model_dump(), exc))
+            continue
         models.append(
             spec.model_copy(
                 update={
@@ -229,7 +340,9 @@ def served_remotely(manifest: Manifest, url: str) -> Manifest:
                 }
             )
         )
-    return manifest.model_copy(update={"models": tuple(models)})
+    served = manifest.model_copy(update={"models": tuple(models)})
+    served._rejected = tuple(rejected)
+    return served
 
 
 def _display(path: Path) -> str:
@@ -250,7 +363,7 @@ def load_manifest(model_dir: Path) -> Manifest:
     except OSError as exc:
         raise ModelLoadError(_display(path), f"cannot be read ({exc.strerror})") from None
     try:
-        return Manifest.model_validate(json.loads(raw))
+        return Manifest.parse(json.loads(raw))
     except json.JSONDecodeError as exc:
         raise ModelLoadError(_display(path), f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except ValidationError as exc:
@@ -292,3 +405,8 @@ def read_verified(model_dir: Path, spec: ModelSpec) -> bytes:
 def display_path(model_dir: Path, spec: ModelSpec) -> str:
     """How messages name a model file."""
     return _display(model_path(model_dir, spec))
+
+
+def display_manifest(model_dir: Path) -> str:
+    """How messages name the manifest."""
+    return _display(model_dir / MANIFEST_NAME)

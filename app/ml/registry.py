@@ -28,6 +28,7 @@ from app.ml.inputs import validate_features, validate_rows
 from app.ml.manifest import (
     Manifest,
     ModelSpec,
+    display_manifest,
     display_path,
     load_manifest,
     model_path,
@@ -156,8 +157,9 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """True between a successful start() and close(): every file verified, every model loaded
-        (process-pool models may still be starting when `wait_for_workers` is off)."""
+        """True between a successful start() and close(): every version of the state tried, those
+        that could be taken loaded (process-pool models may still be starting when
+        `wait_for_workers` is off); see `index()` for those that could not."""
         return self._ready
 
     @property
@@ -186,9 +188,11 @@ class ModelRegistry:
         """Read the manifest, then load what `state` says (None: the manifest's `seed`), each file's
         sha256 verified, each model loaded, the worker pools started.
 
-        Any failure raises ModelLoadError (one line naming the file) after undoing what was
-        started. A version the state names but this process's manifest lacks is skipped (and
-        reported by `index()`), so a replica with an older manifest still serves the rest.
+        A version this process cannot take (not in its manifest, its entry refused, its file
+        missing, corrupt or not loadable) is logged, reported UNAVAILABLE by `index()` with the
+        reason and tried again after `load_retry_s` by `converge`, as a running process does: the
+        rest is served. Only a manifest that cannot be read at all raises ModelLoadError (one line
+        naming it), after undoing what was started.
         """
         if self._ready:
             return
@@ -202,10 +206,12 @@ class ModelRegistry:
             )
             specs = [spec for spec in manifest.models if (spec.name, spec.version) in state.loaded]
             for key in sorted(state.loaded - {(s.name, s.version) for s in specs}):
-                self._failed[key] = ("not in this process's manifest", time.monotonic())
-                log.warning("model %s@%s: not in this process's manifest; not served here", *key)
-            for spec, runtime, concurrency in await self._build_many(specs):
+                self._cannot_take(key, self._absent(manifest, key))
+            built, failures = await self._build_many(specs)
+            for spec, runtime, concurrency in built:
                 self._serve(spec, runtime, concurrency)
+            for key, reason in failures.items():
+                self._cannot_take(key, f"could not be loaded: {reason}")
         except BaseException:
             await self._shutdown(force=True)
             raise
@@ -220,13 +226,27 @@ class ModelRegistry:
             time.perf_counter() - started,
         )
 
-    async def _build_many(self, specs: builtins.list[ModelSpec]) -> builtins.list[_Built]:
+    def _cannot_take(self, key: Key, reason: str) -> None:
+        self._failed[key] = (reason, time.monotonic())
+        log.warning("model %s@%s: %s; not served here", *key, reason)
+
+    @staticmethod
+    def _absent(manifest: Manifest, key: Key) -> str:
+        """Why a version the state names has no entry this process can take."""
+        rejected = manifest.rejection(*key)
+        return rejected.reason if rejected is not None else "not in this process's manifest"
+
+    async def _build_many(
+        self, specs: builtins.list[ModelSpec]
+    ) -> tuple[builtins.list[_Built], dict[Key, str]]:
         """Start-up: worker pools start side by side (each waits mostly on its processes) while
         the ONNX models load here; remote models are only described (their readiness is polled,
-        so a model server that is not up yet does not fail this start)."""
+        so a model server that is not up yet does not fail this start). A version that cannot
+        be loaded is left out, with the reason: (what was built, {version: reason})."""
         model_dir = self.settings.model_dir
         pools: builtins.list[tuple[ModelSpec, ProcessPoolRuntime]] = []
         built: dict[Key, _Built] = {}
+        failures: dict[Key, str] = {}
         for spec in specs:
             if spec.remote is not None:
                 built[(spec.name, spec.version)] = (
@@ -237,7 +257,11 @@ class ModelRegistry:
             elif spec.format != "onnx":
                 # Verified here too, so a missing or corrupt file is reported by the web process
                 # before any worker starts (workers verify again what they load).
-                await asyncio.to_thread(read_verified, model_dir, spec)
+                try:
+                    await asyncio.to_thread(read_verified, model_dir, spec)
+                except ModelError as exc:
+                    failures[(spec.name, spec.version)] = str(exc)
+                    continue
                 pools.append((spec, self._pool(spec)))
         wait = self.settings.wait_for_workers
         starting = asyncio.gather(*(pool.start(wait=wait) for _, pool in pools), return_exceptions=True)
@@ -246,17 +270,28 @@ class ModelRegistry:
         try:
             for spec in specs:
                 if spec.format == "onnx":
-                    runtime: Runtime = await asyncio.to_thread(self._load_onnx, spec)
+                    try:
+                        runtime: Runtime = await asyncio.to_thread(self._load_onnx, spec)
+                    except ModelError as exc:
+                        failures[(spec.name, spec.version)] = str(exc)
+                        continue
                     built[(spec.name, spec.version)] = (spec, runtime, self.settings.onnx_threads)
         except BaseException:
             await starting
             await asyncio.gather(*(p.close(force=True) for _, p in pools))
             raise
-        failed = [r for r in await starting if isinstance(r, BaseException)]
-        if failed:
+        results = await starting
+        unexpected = [r for r in results if isinstance(r, BaseException) and not isinstance(r, ModelError)]
+        if unexpected:
             await asyncio.gather(*(p.close(force=True) for _, p in pools))
-            raise failed[0]
-        return [built[(spec.name, spec.version)] for spec in specs]
+            raise unexpected[0]
+        for (spec, pool), result in zip(pools, results, strict=True):
+            if isinstance(result, ModelError):
+                key = (spec.name, spec.version)
+                failures[key] = str(result)
+                del built[key]
+                await pool.close(force=True)
+        return [built[(s.name, s.version)] for s in specs if (s.name, s.version) in built], failures
 
     async def _build(self, spec: ModelSpec) -> _Built:
         """At run time: one version loaded (its file's hash verified, its workers up, or its model
@@ -410,8 +445,7 @@ class ModelRegistry:
                     continue
                 spec = manifest.find(*key)
                 if spec is None:
-                    self._failed[key] = ("not in this process's manifest", now)
-                    log.warning("model %s@%s: not in this process's manifest; not served here", *key)
+                    self._cannot_take(key, self._absent(manifest, key))
                     continue
                 try:
                     await self._serve_loaded(spec)
@@ -500,6 +534,9 @@ class ModelRegistry:
             raise ModelNotFound(name, manifest.names())
         version = version or versions[-1]
         spec = manifest.find(name, version)
+        rejected = manifest.rejection(name, version)
+        if spec is None and rejected is not None:
+            raise ModelLoadError(display_manifest(self.settings.model_dir), rejected.reason)
         if spec is None:
             raise VersionNotFound(name, version, versions)
         key = (name, version)
@@ -623,7 +660,10 @@ class ModelRegistry:
         here: READY (loaded), LOADING (wanted, not loaded yet), UNAVAILABLE (not wanted, or
         failed to load: the reason says)."""
         desired = self._desired.loaded if self._desired is not None else frozenset()
-        keys = dict.fromkeys((s.name, s.version) for s in (self._manifest.models if self._manifest else ()))
+        manifest = self._manifest
+        keys = dict.fromkeys((s.name, s.version) for s in (manifest.models if manifest else ()))
+        rejected = {r.key: r.reason for r in (manifest.rejected if manifest else ())}
+        keys.update(dict.fromkeys(rejected))
         keys.update(dict.fromkeys(sorted(desired | set(self._served))))
         out = []
         for key in keys:
@@ -631,6 +671,8 @@ class ModelRegistry:
                 out.append(VersionStatus(*key, "READY", ""))
             elif key in self._failed:
                 out.append(VersionStatus(*key, "UNAVAILABLE", self._failed[key][0]))
+            elif key in rejected:
+                out.append(VersionStatus(*key, "UNAVAILABLE", rejected[key]))
             elif key in desired:
                 out.append(VersionStatus(*key, "LOADING", ""))
             else:

@@ -137,6 +137,12 @@ class ModelFleet:
         """Load a version (None: the newest the manifest lists) everywhere: here first (hash,
         warm-up), and only then into the stored state, so a version that cannot serve is refused
         (409) with nothing changed and the old version serving on."""
+        if version is not None:
+            try:
+                # A version named like one of the model's aliases: refused before any loading.
+                (await self.state()).load(name, version)
+            except ml.ModelError as exc:
+                raise translate(exc) from None
         try:
             spec = await self.registry.load_now(name, version)
         except ml.ModelError as exc:

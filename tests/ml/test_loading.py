@@ -1,4 +1,6 @@
-"""Start-up: every file is verified and loaded; a missing or corrupt one stops start-up, naming it."""
+"""Start-up: every file is verified and loaded; a missing or corrupt one, or an entry this process
+cannot take, is set aside (UNAVAILABLE, the reason naming it) and the rest served, as a running
+process does; only a manifest that cannot be read stops start-up, naming it."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from app.ml.errors import ModelLoadError, ModelNotFound, ModelsNotReady
+from app.ml.fleet import seed
 from app.ml.manifest import ModelSpec, load_manifest
-from app.ml.registry import ModelRegistry
+from app.ml.registry import ModelRegistry, VersionStatus
 from tests.ml.conftest import MODEL_DIR, MakeModelDir, model_entry, settings_for
+
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 async def _start_fails(model_dir: Path) -> ModelLoadError:
@@ -28,32 +34,94 @@ async def _start_fails(model_dir: Path) -> ModelLoadError:
     return caught.value
 
 
+async def _start_without(model_dir: Path, name: str) -> VersionStatus:
+    """Start over `model_dir`; `name`'s version is set aside and every other model served. Its
+    status in the index (UNAVAILABLE, one line naming why)."""
+    registry = ModelRegistry(settings_for(model_dir))
+    await registry.start()
+    try:
+        assert registry.ready
+        others = {"iris", "breast_cancer", "diabetes"} - {name}
+        assert set(registry.loaded()) == others
+        for other in others:
+            spec = registry.get(other)
+            await registry.predict_one(other, [0.0] * len(spec.features))
+        with pytest.raises((ModelsNotReady, ModelNotFound)):
+            await registry.predict_one(name, IRIS_ROW)
+        # Readiness stands on what is served: one model set aside does not take the rest out.
+        assert registry.not_ready() == []
+        status = next(s for s in registry.index() if s.name == name)
+        assert (status.version, status.state) == ("1.0.0", "UNAVAILABLE")
+        assert "\n" not in status.reason
+        return status
+    finally:
+        await registry.close()
+        assert multiprocessing.active_children() == []
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("file", ["iris.onnx", "breast_cancer.skops"])
-async def test_missing_model_file_names_the_file(make_model_dir: MakeModelDir, file: str) -> None:
+@pytest.mark.parametrize(("file", "name"), [("iris.onnx", "iris"), ("breast_cancer.skops", "breast_cancer")])
+async def test_missing_model_file_is_set_aside_naming_the_file(
+    make_model_dir: MakeModelDir, file: str, name: str
+) -> None:
     model_dir = make_model_dir()
     (model_dir / file).unlink()
-    error = await _start_fails(model_dir)
-    assert error.file.endswith(file)
-    assert file in str(error)
-    assert "file not found" in str(error)
+    status = await _start_without(model_dir, name)
+    assert file in status.reason
+    assert "file not found" in status.reason
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("file", ["iris.onnx", "breast_cancer.skops", "diabetes.onnx"])
-async def test_corrupt_model_file_names_the_file(make_model_dir: MakeModelDir, file: str) -> None:
+@pytest.mark.parametrize(
+    ("file", "name"),
+    [("iris.onnx", "iris"), ("breast_cancer.skops", "breast_cancer"), ("diabetes.onnx", "diabetes")],
+)
+async def test_corrupt_model_file_is_set_aside_naming_the_file(
+    make_model_dir: MakeModelDir, file: str, name: str
+) -> None:
     model_dir = make_model_dir()
     data = bytearray((model_dir / file).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (model_dir / file).write_bytes(bytes(data))
-    error = await _start_fails(model_dir)
-    assert error.file.endswith(file)
-    assert "sha256 mismatch" in str(error)
+    status = await _start_without(model_dir, name)
+    assert file in status.reason
+    assert "sha256 mismatch" in status.reason
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("file", ["iris.onnx", "breast_cancer.skops"])
-async def test_garbage_with_a_matching_hash_is_refused_too(make_model_dir: MakeModelDir, file: str) -> None:
+async def test_a_corrupt_unrouted_version_does_not_stop_a_fresh_start(
+    make_model_dir: MakeModelDir, tmp_path: Path
+) -> None:
+    """Issue 21, finding 3: one byte appended to the file of a version loaded but routed to by no
+    alias stopped every new process (exit 3) while the running ones served on."""
+    from app.ml.importer import add_model
+
+    model_dir = make_model_dir()
+    source = tmp_path / "iris2.onnx"
+    source.write_bytes((MODEL_DIR / "iris.onnx").read_bytes())
+    add_model(model_dir, source, name="iris", version="2.0.0", labels=["setosa", "versicolor", "virginica"])
+    with (model_dir / "iris-2.0.0.onnx").open("ab") as file:
+        file.write(b"\0")
+    state = seed(load_manifest(model_dir)).load("iris", "2.0.0")
+    registry = ModelRegistry(settings_for(model_dir))
+    await registry.start(state)
+    try:
+        assert registry.versions("iris") == ["1.0.0"]
+        assert (await registry.predict_one("iris", IRIS_ROW)).version == "1.0.0"
+        assert registry.not_ready() == []  # the default version answers: the process is ready
+        status = next(s for s in registry.index() if (s.name, s.version) == ("iris", "2.0.0"))
+        assert status.state == "UNAVAILABLE"
+        assert "iris-2.0.0.onnx" in status.reason
+        assert "sha256 mismatch" in status.reason
+    finally:
+        await registry.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("file", "name"), [("iris.onnx", "iris"), ("breast_cancer.skops", "breast_cancer")])
+async def test_garbage_with_a_matching_hash_is_refused_too(
+    make_model_dir: MakeModelDir, file: str, name: str
+) -> None:
     """A file replaced along with its manifest hash still has to load as a model."""
     garbage = b"not a model at all"
 
@@ -64,8 +132,8 @@ async def test_garbage_with_a_matching_hash_is_refused_too(make_model_dir: MakeM
 
     model_dir = make_model_dir(rehash)
     (model_dir / file).write_bytes(garbage)
-    error = await _start_fails(model_dir)
-    assert error.file.endswith(file)
+    status = await _start_without(model_dir, name)
+    assert file in status.reason
 
 
 @pytest.mark.asyncio
@@ -73,9 +141,9 @@ async def test_model_and_manifest_disagreeing_on_features_is_refused(make_model_
     def drop_a_feature(manifest: dict[str, Any]) -> None:
         model_entry(manifest, "iris")["features"].pop()
 
-    error = await _start_fails(make_model_dir(drop_a_feature, only=("iris",)))
-    assert error.file.endswith("iris.onnx")
-    assert "4 features" in str(error)
+    status = await _start_without(make_model_dir(drop_a_feature), "iris")
+    assert "iris.onnx" in status.reason
+    assert "4 features" in status.reason
 
 
 @pytest.mark.asyncio
@@ -85,9 +153,9 @@ async def test_skops_model_and_manifest_disagreeing_on_labels_is_refused(
     def three_labels(manifest: dict[str, Any]) -> None:
         model_entry(manifest, "breast_cancer")["labels"].append("unsure")
 
-    error = await _start_fails(make_model_dir(three_labels, only=("breast_cancer",)))
-    assert error.file.endswith("breast_cancer.skops")
-    assert "2 classes" in str(error)
+    status = await _start_without(make_model_dir(three_labels), "breast_cancer")
+    assert "breast_cancer.skops" in status.reason
+    assert "2 classes" in status.reason
 
 
 @pytest.mark.asyncio
@@ -98,17 +166,26 @@ async def test_missing_or_invalid_manifest_names_the_manifest(
     assert error.file.endswith("manifest.json")
     assert "file not found" in str(error)
 
-    def typo(manifest: dict[str, Any]) -> None:
-        model_entry(manifest, "iris")["timeout_msec"] = 10
+    def unknown_key(manifest: dict[str, Any]) -> None:
+        manifest["default_modle"] = "iris"
 
-    error = await _start_fails(make_model_dir(typo))
+    error = await _start_fails(make_model_dir(unknown_key))
     assert error.file.endswith("manifest.json")
-    assert "timeout_msec" in str(error)
+    assert "default_modle" in str(error)
 
     model_dir = make_model_dir()
     (model_dir / "manifest.json").write_text("{not json")
     error = await _start_fails(model_dir)
     assert "not valid JSON" in str(error)
+
+
+@pytest.mark.asyncio
+async def test_an_entry_with_a_typo_is_set_aside_naming_the_key(make_model_dir: MakeModelDir) -> None:
+    def typo(manifest: dict[str, Any]) -> None:
+        model_entry(manifest, "iris")["timeout_msec"] = 10
+
+    status = await _start_without(make_model_dir(typo), "iris")
+    assert "timeout_msec" in status.reason
 
 
 @pytest.mark.parametrize(
@@ -118,16 +195,58 @@ async def test_missing_or_invalid_manifest_names_the_manifest(
         ({"file": "/etc/passwd"}, "relative path inside"),
         ({"executor": "process"}, "runs in the 'thread' executor"),
         ({"labels": ["only-one"]}, "at least two labels"),
+        ({"labels": ["setosa", "setosa", "virginica"]}, "labels must be unique"),
         ({"features": [{"name": "a"}, {"name": "a"}]}, "unique"),
         ({"sha256": "abc"}, "sha256"),
+        ({"version": "7 beta"}, "version: must be 1 to 64 of a-z, 0-9"),
+        ({"version": "a/b"}, "version: must be"),
+        ({"version": "V2"}, "version: must be"),
+        ({"version": "x" * 65}, "version: must be"),
+        ({"name": "Iris"}, "name: must be 1 to 64 of a-z, 0-9, '_' and '-'"),
     ],
 )
 def test_manifest_entries_are_validated(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    """An entry that fails is set aside with the reason; the other entries are read as they are."""
     manifest = json.loads((MODEL_DIR / "manifest.json").read_text())
-    model_entry(manifest, "iris").update(change)
+    iris = dict(model_entry(manifest, "iris"), **change)
+    manifest["models"].append(iris)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelLoadError, match=message):
-        load_manifest(tmp_path)
+    read = load_manifest(tmp_path)
+    assert [(m.name, m.version) for m in read.models] == [
+        ("iris", "1.0.0"),
+        ("breast_cancer", "1.0.0"),
+        ("diabetes", "1.0.0"),
+    ]
+    [rejected] = read.rejected
+    assert (rejected.name, rejected.version) == (iris["name"][:64], iris["version"][:64])
+    assert message in rejected.reason
+
+
+@pytest.mark.asyncio
+async def test_an_entry_with_a_bad_version_is_unavailable_and_the_rest_served(
+    make_model_dir: MakeModelDir,
+) -> None:
+    """Issue 21, finding 2: a version `models add` once accepted ("7 beta") is set aside, on a
+    process with its models in process and on one serving them through the model server."""
+
+    def seven_beta(manifest: dict[str, Any]) -> None:
+        manifest["models"].append(dict(model_entry(manifest, "iris"), version="7 beta"))
+
+    model_dir = make_model_dir(seven_beta)
+    for remote_url in (None, "http://127.0.0.1:9"):
+        registry = ModelRegistry(settings_for(model_dir, remote_url=remote_url))
+        await registry.start()
+        try:
+            status = next(s for s in registry.index() if s.version == "7 beta")
+            assert (status.name, status.state) == ("iris", "UNAVAILABLE")
+            assert "a-z, 0-9" in status.reason
+            with pytest.raises(ModelLoadError, match="manifest entry 3 refused"):
+                await registry.load_now("iris", "7 beta")
+            if remote_url is None:
+                x = np.array([IRIS_ROW], dtype=np.float32)
+                assert (await registry.predict("iris", x)).version == "1.0.0"
+        finally:
+            await registry.close()
 
 
 def test_committed_manifest_describes_the_three_models(specs: dict[str, ModelSpec]) -> None:

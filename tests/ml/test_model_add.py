@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from app.ml.errors import ModelLoadError
 from app.ml.importer import add_model
 from app.ml.manifest import load_manifest
 from app.ml.registry import ModelRegistry
-from tests.ml.conftest import MODEL_DIR, MakeModelDir, settings_for
+from tests.ml.conftest import MODEL_DIR, MakeModelDir, model_entry, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -49,7 +50,17 @@ async def test_an_added_onnx_and_skops_model_are_served_like_the_bundled_ones(
     )
     assert tumours.executor == "process"
     assert tumours.labels == ("0", "1")  # the estimator's classes_, as it carries them
-    assert {m.name for m in load_manifest(model_dir).models} >= {"iris", "flowers", "tumours"}
+    assert [(m.name, m.version) for m in load_manifest(model_dir).models] == [
+        ("iris", "1.0.0"),
+        ("breast_cancer", "1.0.0"),
+        ("diabetes", "1.0.0"),
+        ("flowers", "2"),
+        ("tumours", "1.1"),
+    ]
+    # The documented defaults (docs/models.md): 64-row batches, 2 ms, 1 s, 512 queued, no inputs logged.
+    for added in (flowers, tumours):
+        assert (added.batching.max_batch_size, added.batching.max_batch_wait_ms) == (64, 2)
+        assert (added.timeout_ms, added.max_queue, added.log_inputs) == (1000, 512, False)
 
     registry = ModelRegistry(settings_for(model_dir))
     await registry.start()
@@ -182,3 +193,144 @@ def test_the_command_adds_a_model_or_refuses_with_one_line(
     assert refused.stderr.startswith(
         f"cannot serve {bad}: only ONNX (.onnx) and skops (.skops) files are served"
     )
+
+
+async def test_a_version_added_to_a_running_registry_is_loaded_from_the_manifest_read_again(
+    make_model_dir: MakeModelDir, tmp_path: Path
+) -> None:
+    """`models add` while the service runs, then a load: the registry reads the manifest again."""
+    model_dir = make_model_dir()
+    registry = ModelRegistry(settings_for(model_dir))
+    await registry.start()
+    try:
+        source = tmp_path / "retrained.onnx"
+        source.write_bytes((MODEL_DIR / "iris.onnx").read_bytes())
+        add_model(model_dir, source, name="iris", version="2.0.0")
+        spec = await registry.load_now("iris", "2.0.0")
+        assert spec.labels == ("0", "1", "2")  # the ONNX classifier's own labels
+        x = np.array(IRIS_ROWS, dtype=np.float32)
+        assert (await registry.predict("iris", x, version="2.0.0")).version == "2.0.0"
+        assert [s.version for s in registry.index() if s.name == "iris"] == ["1.0.0", "2.0.0"]
+    finally:
+        await registry.close()
+
+
+def _unnamed_onnx_classifier() -> bytes:
+    """An ONNX classifier (a `probabilities` output) whose graph names no classes."""
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], [0.1] * 12)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w"], ["scores"]),
+            helper.make_node("Softmax", ["scores"], ["probabilities"], axis=1),
+            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+        ],
+        "unnamed",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3]),
+        ],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_a_classifier_that_names_no_classes_needs_labels(
+    make_model_dir: MakeModelDir, tmp_path: Path
+) -> None:
+    model_dir = make_model_dir()
+    before = _snapshot(model_dir)
+    source = tmp_path / "unnamed.onnx"
+    source.write_bytes(_unnamed_onnx_classifier())
+    with pytest.raises(ModelLoadError, match="a classifier that names no classes: pass --labels"):
+        add_model(model_dir, source, name="unnamed", version="1")
+    assert _snapshot(model_dir) == before
+    spec = add_model(model_dir, source, name="unnamed", version="1", labels=["a", "b", "c"])
+    assert spec.labels == ("a", "b", "c")
+
+
+def test_an_estimators_feature_names_are_read(make_model_dir: MakeModelDir, tmp_path: Path) -> None:
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+
+    rows = np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.9, 0.1]])
+    model = LogisticRegression().fit(rows, [0, 1, 0, 1])
+    # What fitting on a DataFrame with these columns leaves on the estimator.
+    model.feature_names_in_ = np.array(["height", "weight"], dtype=object)
+    source = tmp_path / "named.skops"
+    skops.io.dump(model, source)
+    trusted = list(skops.io.get_untrusted_types(file=source))
+    spec = add_model(make_model_dir(), source, name="named", version="1", trusted_types=trusted)
+    assert spec.feature_names == ("height", "weight")
+
+
+def _add(model_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "models", "add", "--model-dir", str(model_dir), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--name", "iris", "--version", "7 beta"], "--version '7 beta': a version is 1 to 64 of a-z"),
+        (["--name", "iris", "--version", "a/b"], "--version 'a/b': a version is"),
+        (["--name", "iris", "--version", "/abs"], "--version '/abs': a version is"),
+        (["--name", "iris", "--version", "../up"], "--version '../up': a version is"),
+        (["--name", "iris", "--version", "V2"], "--version 'V2': a version is"),
+        (["--name", "iris", "--version", "x" * 65], "a version is 1 to 64"),
+        (["--name", "iris", "--version", "default"], "every model has an alias named 'default'"),
+        (["--name", "Iris", "--version", "2"], "--name 'Iris': a model name is 1 to 64 of a-z"),
+        (["--name", "iris", "--version", "2", "--labels", "a,a,b"], "--labels names 'a' more than once"),
+    ],
+)
+def test_the_command_refuses_a_name_version_or_labels_outside_the_rule(
+    make_model_dir: MakeModelDir, args: list[str], says: str
+) -> None:
+    """Issue 21, findings 2 and 6: each was accepted (a version with a space or a repeated label),
+    or crashed with a traceback and exit code 1 (a version with a slash)."""
+    model_dir = make_model_dir()
+    before = _snapshot(model_dir)
+    refused = _add(model_dir, str(MODEL_DIR / "iris.onnx"), *args)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert says in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert _snapshot(model_dir) == before
+
+
+def test_the_manifest_and_a_new_file_keep_readable_modes(make_model_dir: MakeModelDir) -> None:
+    """Issue 21, finding 6: both came out 0600 (mkstemp's), unreadable by a service running as
+    another user; the manifest keeps its own mode and a new file gets 0644."""
+    model_dir = make_model_dir()
+    (model_dir / "manifest.json").chmod(0o664)
+    added = _add(model_dir, str(MODEL_DIR / "iris.onnx"), "--name", "iris", "--version", "2.0.0")
+    assert added.returncode == 0, added.stderr
+    assert (model_dir / "manifest.json").stat().st_mode & 0o777 == 0o664
+    assert (model_dir / "iris-2.0.0.onnx").stat().st_mode & 0o777 == 0o644
+    assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_an_entry_set_aside_stays_listed_when_a_model_is_added(make_model_dir: MakeModelDir) -> None:
+    """A manifest that holds an entry this code refuses (a version an older `models add` took)
+    keeps it, byte for byte, when another is added; it is reported, never served."""
+
+    def seven_beta(manifest: dict[str, Any]) -> None:
+        manifest["models"].append(dict(model_entry(manifest, "iris"), version="7 beta"))
+
+    model_dir = make_model_dir(seven_beta)
+    added = _add(model_dir, str(MODEL_DIR / "iris.onnx"), "--name", "iris", "--version", "2.0.0")
+    assert added.returncode == 0, added.stderr
+    written = json.loads((model_dir / "manifest.json").read_text())
+    assert [m["version"] for m in written["models"] if m["name"] == "iris"] == ["1.0.0", "7 beta", "2.0.0"]
+    manifest = load_manifest(model_dir)
+    assert [r.key for r in manifest.rejected] == [("iris", "7 beta")]
+    assert manifest.versions("iris") == ("1.0.0", "2.0.0")

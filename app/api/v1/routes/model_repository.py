@@ -8,9 +8,9 @@ from fastapi import APIRouter, Path
 from app.api.deps import AdminUser, FleetDep
 from app.api.v1 import PREFIX
 from app.ml.fleet import FleetState
+from app.ml.names import MODEL_NAME_PATTERN, VERSION_PATTERN
 from app.schemas.common import AUTHENTICATED_ERRORS, problem_responses
 from app.schemas.model_state import AliasPublic, LoadedVersion, ModelState, StateChange, VersionHere
-from app.schemas.oip import VERSION_PATTERN
 from app.services.model_fleet import ModelFleet
 
 router = APIRouter(
@@ -19,7 +19,7 @@ router = APIRouter(
     responses=problem_responses(*AUTHENTICATED_ERRORS),
 )
 
-ModelName = Path(min_length=1, max_length=64, description="The model's name.")
+ModelName = Path(pattern=MODEL_NAME_PATTERN, description="The model's name.")
 Version = Path(pattern=VERSION_PATTERN, description="The version, as the manifest lists it.")
 HISTORY = 20
 

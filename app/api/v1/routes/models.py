@@ -9,9 +9,9 @@ from app.api.deps import AdminUser, FleetDep, InferenceDep, ModelReader, Predict
 from app.api.v1 import PREFIX
 from app.ml.fleet import ALIAS_PATTERN
 from app.ml.manifest import ModelSpec
+from app.ml.names import MODEL_NAME_PATTERN, VERSION_PATTERN
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.model_state import AliasPublic, AliasUpdate
-from app.schemas.oip import VERSION_PATTERN
 from app.schemas.prediction import (
     AliasRoute,
     BatchPredictRequest,
@@ -27,7 +27,7 @@ router = APIRouter(
     prefix=f"{PREFIX}/models", tags=["models"], responses=problem_responses(*AUTHENTICATED_ERRORS)
 )
 
-ModelName = Path(min_length=1, max_length=64, description="The model's name.")
+ModelName = Path(pattern=MODEL_NAME_PATTERN, description="The model's name.")
 VersionRef = Path(pattern=VERSION_PATTERN, description="A version of the model, or one of its aliases.")
 AliasName = Path(pattern=ALIAS_PATTERN, description="The alias (`default`, `production`, ...).")
 
