@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from app.core.config import get_settings
 from app.db.engine import create_engine
+from app.db.migrations import run_migrations
 from app.models import Base
 from app.models.base import UTCDateTime
 
@@ -43,9 +44,7 @@ async def _run_async() -> None:
     settings = get_settings()
     engine = create_engine(settings, config.get_main_option("sqlalchemy.url") or settings.database_url)
     try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_run)
-            await connection.commit()
+        await run_migrations(engine, _run)
     finally:
         await engine.dispose()
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
@@ -34,6 +34,43 @@ TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
 # other run, since it needs the image and a container engine.
 collect_ignore = [] if os.environ.get("IMAGE_TEST") else ["container"]
 PASSWORD = "correct horse battery"
+
+
+# TEST_DATABASE_URL names a PostgreSQL server and a database on it. Each pytest run works in a
+# database of its own there, made from that one's name when the run starts and dropped when it
+# ends, so two runs at once (two engineers, CI beside a benchmark) never see each other's rows.
+# Tests that start servers of their own read the variable too, so it is rewritten for the run.
+_SHARED_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _SHARED_DATABASE_URL and not os.environ.get("TEST_DATABASE_PRIVATE"):
+        name = f"{make_url(_SHARED_DATABASE_URL).database}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        asyncio.run(_admin_sql(_SHARED_DATABASE_URL, f'CREATE DATABASE "{name}"'))
+        private = make_url(_SHARED_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+        os.environ["TEST_DATABASE_URL"] = private
+        os.environ["TEST_DATABASE_PRIVATE"] = name
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    name = os.environ.get("TEST_DATABASE_PRIVATE")
+    if _SHARED_DATABASE_URL and name and os.environ.get("TEST_DATABASE_URL") != _SHARED_DATABASE_URL:
+        asyncio.run(_admin_sql(_SHARED_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        os.environ["TEST_DATABASE_URL"] = _SHARED_DATABASE_URL
+        del os.environ["TEST_DATABASE_PRIVATE"]
+
+
+async def _admin_sql(database_url: str, statement: str) -> None:
+    import asyncpg
+
+    url = make_url(database_url)
+    conn = await asyncpg.connect(
+        user=url.username, password=url.password, host=url.host, port=url.port or 5432, database=url.database
+    )
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 def _database_url(tmp_root: Path) -> str:

@@ -16,8 +16,8 @@ from fastapi import Depends, Query, Request, Security
 from fastapi.security import OAuth2PasswordBearer
 
 from app.core.errors import Forbidden, Unauthorized
-from app.core.security import AccessClaims, KeyClaims, Scope, UnverifiedClaims, is_api_key
-from app.http.ratelimit import limit_caller
+from app.core.security import AccessClaims, KeyClaims, RefusedApiKey, Scope, UnverifiedClaims, is_api_key
+from app.http.ratelimit import limit_caller, limit_refused_key
 from app.http.state import model_server_state_of, state_of
 from app.services.api_keys import ApiKeyService, MissingScope
 from app.services.auth import AuthService, Caller, SessionCaller, authenticate, read_access_token
@@ -60,8 +60,13 @@ class _Bearer(OAuth2PasswordBearer):
         resources = state_of(request).resources
         claims: AccessClaims | KeyClaims
         if is_api_key(credential):
-            claims = await resources.keys.identify(credential)
+            try:
+                claims = await resources.keys.identify(credential)
+            except RefusedApiKey as refused:
+                await limit_refused_key(request, refused)  # 429 past the per-key limit
+                raise
             request.state.api_key_id = claims.key_id  # in the access log line
+            request.state.key_claims = claims  # for `refused_token_handler`, should the check refuse it
             _check_scopes(claims, scopes)
             resources.keys.used(claims)
         else:
@@ -196,7 +201,10 @@ AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
 
 
 async def get_api_key_service(request: Request) -> ApiKeyService:
-    return ApiKeyService(state_of(request).resources.db, state_of(request).resources.keys.codec)
+    state = state_of(request)
+    return ApiKeyService(
+        state.resources.db, state.resources.keys.codec, most_per_user=state.settings.api_keys_per_user
+    )
 
 
 ApiKeyServiceDep = Annotated[ApiKeyService, Depends(get_api_key_service)]

@@ -192,6 +192,14 @@ class Settings(BaseSettings):
         description="Requests per API key, all endpoints together (each key counted on its own, apart "
         "from its user's access tokens).",
     )
+    api_keys_per_user: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Live (unrevoked, unexpired) API keys one user may hold; making one more is a 409. "
+        "Each key has its own rate limit, so this also caps what one user's programs may send: at most "
+        "this many times `RATE_LIMIT_PER_API_KEY`.",
+    )
     api_key_usage_flush_seconds: float = Field(
         30.0,
         gt=0,

@@ -90,17 +90,24 @@ class Scope(StrEnum):
 class KeyClaims:
     """An API key whose secret is right (its keyed hash is a stored key's), not yet checked against
     the database at this request: it may have been revoked since, or its owner deactivated or
-    deleted. Its id, owner and scopes never change, so they are kept by the process."""
+    deleted. Its id, owner, scopes and hash never change, so they are kept by the process. The
+    check at every request matches the key by `digest` (its stored hash), never by the two ids
+    alone: it stands for this very key, whatever ids the database issues later."""
 
     user_id: int
     key_id: int
     scopes: frozenset[str]
     expires_at: float | None  # epoch seconds; None: never
+    digest: str  # the stored hash (HMAC-SHA256 of the key): not the key, useless without SECRET_KEY
 
     @property
     def jti(self) -> str:
-        """The name the rate limiter remembers a refused key by (an access token's is its `jti`)."""
-        return f"api-key:{self.key_id}"
+        """The name the rate limiter counts a refused key under (an access token's is its `jti`)."""
+        return refused_key_name(self.digest)
+
+
+def refused_key_name(digest: str) -> str:
+    return f"api-key:{digest[:32]}"
 
 
 class UnverifiedClaims:
@@ -224,6 +231,16 @@ class InvalidApiKey(Unauthorized):
 
     def __init__(self) -> None:
         super().__init__("The API key is invalid, expired or revoked.")
+
+
+class RefusedApiKey(InvalidApiKey):
+    """A key this service made (its tag is right) that the database refused: unknown, revoked, or
+    its owner deactivated or deleted. The same 401 as `InvalidApiKey`; it carries the stored hash so
+    the refusal is counted under the key (app.http.ratelimit) and remembered by the process."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__()
+        self.digest = digest
 
 
 def _b64(raw: bytes) -> str:

@@ -8,8 +8,10 @@
   then refuses (its login ended, its user was deactivated or deleted) gives that request back to
   its user and is remembered by this process: from then on it is counted under a key of its own
   (the token's), never its user's, and answered 401 without a query (429 once it is over the same
-  number). Whoever holds a logged-out token cannot spend its owner's allowance; a revoked API key
-  likewise (remembered for a minute).
+  number). Whoever holds a logged-out token cannot spend its owner's allowance. An API key the
+  database refused (revoked, unknown, its owner deactivated or deleted) is remembered by the
+  process's key ring (app.services.api_keys.KeyRing) for good, answered 401 without a query, and
+  counted under a key of its own from its first refusal, whether or not this process knew it.
 
 A refused request gets 429 problem details with `Retry-After`. If Redis cannot be reached the
 request is still served: the check falls back to this process's own counters (limits hold per
@@ -30,7 +32,14 @@ from limits import RateLimitItem
 
 from app.core.emails import canonical_email
 from app.core.errors import TooManyRequests
-from app.core.security import AccessClaims, KeyClaims, refusal
+from app.core.security import (
+    AccessClaims,
+    InvalidApiKey,
+    KeyClaims,
+    RefusedApiKey,
+    refusal,
+    refused_key_name,
+)
 from app.http.limiter import Limits
 from app.http.problems import app_error_handler, media_type
 from app.http.state import state_of
@@ -89,11 +98,6 @@ async def _account(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-# A refused API key is answered without a query for this long (a key, unlike an access token, has
-# no near expiry; its owner may be re-activated): then the database decides again.
-REFUSED_KEY_REMEMBERED_S = 60
-
-
 def _bucket(limits: Limits, claims: AccessClaims | KeyClaims) -> tuple[str, RateLimitItem | None, str]:
     """Where a request is counted: an access token under its user, an API key under itself."""
     if isinstance(claims, KeyClaims):
@@ -122,7 +126,7 @@ async def limit_caller(request: Request, claims: AccessClaims | KeyClaims) -> No
     if item is None:
         return
     if limits.refused.get(claims.jti, 0) > time.time():
-        await _count_refused(limits, item, claims)
+        await _count_refused(limits, item, claims.jti)
         raise refusal(claims)
     wait = await limits.hit(name, item, identifier, moving=False)
     if wait is not None:
@@ -131,30 +135,41 @@ async def limit_caller(request: Request, claims: AccessClaims | KeyClaims) -> No
     request.state.counted_claims = claims
 
 
-async def _count_refused(limits: Limits, item: RateLimitItem, claims: AccessClaims | KeyClaims) -> None:
-    wait = await limits.hit("refused-token", item, claims.jti, moving=False)
+async def limit_refused_key(request: Request, refused: RefusedApiKey) -> None:
+    """Count a request whose API key the database refused (now, or before: `KeyRing` remembers)
+    under the key's own name: 429 once it is over the per-key limit, so refused keys cost a bounded
+    number of requests whether or not this process had seen them."""
+    limits = state_of(request).resources.limits
+    if limits.enabled and limits.per_api_key is not None:
+        await _count_refused(limits, limits.per_api_key, refused_key_name(refused.digest))
+
+
+async def _count_refused(limits: Limits, item: RateLimitItem, name: str) -> None:
+    wait = await limits.hit("refused-token", item, name, moving=False)
     if wait is not None:
         raise _refuse("refused_token", wait, "requests with these refused credentials")
 
 
 async def refused_token_handler(request: Request, exc: Exception) -> Response:
     """The handler of `InvalidAccessToken` and `InvalidApiKey`. Credentials the database refused
-    after they were counted (`limit_caller`) give that back, are remembered, and are counted under
-    their own key; then the usual 401 (or 429, when the refused credentials are over the limit)."""
+    after they were counted (`limit_caller`) give that back, are remembered (an access token by
+    this process's limiter until it expires, an API key by the key ring for good), and are counted
+    under their own key; then the usual 401 (or 429, when the refused credentials are over the
+    limit)."""
     claims: AccessClaims | KeyClaims | None = getattr(request.state, "counted_claims", None)
-    limits = state_of(request).resources.limits
+    resources = state_of(request).resources
+    limits = resources.limits
+    key: KeyClaims | None = getattr(request.state, "key_claims", None)
+    if key is not None and isinstance(exc, InvalidApiKey):
+        resources.keys.refused(key)
     if claims is not None:
         name, item, identifier = _bucket(limits, claims)
         if item is not None:
             await limits.give_back(name, item, identifier)
-            until = (
-                claims.expires_at
-                if isinstance(claims, AccessClaims)
-                else time.time() + REFUSED_KEY_REMEMBERED_S
-            )
-            limits.remember_refused(claims, until)
+            if isinstance(claims, AccessClaims):
+                limits.remember_refused(claims, claims.expires_at)
             try:
-                await _count_refused(limits, item, claims)
+                await _count_refused(limits, item, claims.jti)
             except TooManyRequests as refused:
                 exc = refused
     return await app_error_handler(request, exc)

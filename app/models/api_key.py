@@ -7,11 +7,12 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, UTCDateTime, utcnow
+from app.models.base import IDS_NEVER_REUSED, Base, UTCDateTime, utcnow
 
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
+    __table_args__ = IDS_NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Deleting the user deletes their keys: the next request with one is refused.

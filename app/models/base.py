@@ -44,6 +44,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return super().result_processor(dialect, coltype)
 
 
+# The table options of every table with an integer id: an id once issued is never issued again, on
+# either database. PostgreSQL's sequences never hand one out twice; SQLite's plain INTEGER PRIMARY KEY
+# reuses the highest id once its row is deleted, so there the table says AUTOINCREMENT. A reused id
+# let a deleted user's API key act as the next user to register (issue 21, docs/security.md).
+IDS_NEVER_REUSED: dict[str, object] = {"sqlite_autoincrement": True}
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, UTCDateTime, utcnow
+from app.models.base import IDS_NEVER_REUSED, Base, UTCDateTime, utcnow
 
 
 class ModelState(Base):
@@ -30,6 +30,7 @@ class ModelStateChange(Base):
     """Who changed the state, when, and what they did: one row per revision."""
 
     __tablename__ = "model_state_changes"
+    __table_args__ = IDS_NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer, unique=True)

@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, UTCDateTime, utcnow
+from app.models.base import IDS_NEVER_REUSED, Base, UTCDateTime, utcnow
 
 
 class PredictionRecord(Base):
     __tablename__ = "prediction_records"
     # The one listing: a user's records, newest first, by id.
-    __table_args__ = (Index("ix_prediction_records_user_id_id", "user_id", "id"),)
+    __table_args__ = (Index("ix_prediction_records_user_id_id", "user_id", "id"), IDS_NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

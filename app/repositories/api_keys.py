@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TypedDict, cast
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.statements import Statements
@@ -59,6 +59,27 @@ class ApiKeyRepository:
             select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.id.desc())
         )
         return rows.all()
+
+    async def live_count(self, user_id: int, now: datetime) -> int:
+        """How many of the user's keys are neither revoked nor expired at `now`."""
+        count = await self.session.scalar(
+            select(func.count())
+            .select_from(ApiKey)
+            .where(
+                ApiKey.user_id == user_id,
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
+        )
+        return count or 0
+
+    async def revoke_all_of_user(self, user_id: int) -> None:
+        """Revoke every live key of the user (deactivation: for good, as it ends their logins)."""
+        await self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
 
     async def get(self, user_id: int, key_id: int) -> ApiKey | None:
         return await self.session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id))

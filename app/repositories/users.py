@@ -45,14 +45,15 @@ def _in_live_session(*columns: Any) -> Select[Any]:
 
 def _with_live_key(*columns: Any) -> Select[Any]:
     """The owner of an API key: active, and the key neither revoked nor expired (parameters
-    b_user, b_key, b_now)."""
+    b_user, b_key, b_now). The key is matched by its stored hash (unique), so the check stands for
+    this very key: never for a key or a user that was given the same ids later."""
     return (
         select(*columns)
         .join_from(_users, _keys, _keys.c.user_id == _users.c.id)
         .where(
             _users.c.id == bindparam("b_user"),
             _users.c.is_active.is_(true()),
-            _keys.c.id == bindparam("b_key"),
+            _keys.c.key_hash == bindparam("b_key"),
             _keys.c.revoked_at.is_(None),
             or_(
                 _keys.c.expires_at.is_(None),
@@ -103,7 +104,7 @@ class Access:
             self.params = {"b_user": token.user_id, "b_session": token.session_id, "b_now": utcnow()}
         else:
             self.by_key = True
-            self.params = {"b_user": token.user_id, "b_key": token.key_id, "b_now": utcnow()}
+            self.params = {"b_user": token.user_id, "b_key": token.digest, "b_now": utcnow()}
 
     def verified(self, row: CallerRow) -> AccessClaims | KeyClaims:
         """The claims, once a checking statement has returned their user's `row`."""
@@ -157,6 +158,12 @@ class UserRepository:
         except IntegrityError as exc:
             raise DuplicateEmail(str(values.get("email"))) from exc
         return user
+
+    async def lock(self, user_id: int) -> None:
+        """Hold the user's row until the transaction ends: a write that changes nothing, so it
+        locks on every backend (the row on PostgreSQL, the database on SQLite, where a read alone
+        would not keep another writer out until this one commits)."""
+        await self.session.execute(update(User).where(User.id == user_id).values(updated_at=User.updated_at))
 
     async def delete(self, user: User) -> None:
         await self.session.delete(user)

@@ -11,6 +11,7 @@ from app.core.errors import Conflict, NotFound, Unauthorized
 from app.core.security import InvalidAccessToken, PasswordHasher
 from app.db.database import Database
 from app.models import User
+from app.repositories.api_keys import ApiKeyRepository
 from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository
 from app.services.auth import Caller, EmailTaken
 
@@ -47,7 +48,9 @@ class UserService:
             return await UserRepository(session).page(offset, limit)
 
     async def update(self, user_id: int, values: dict[str, Any], *, actor: Caller) -> User:
-        """An admin's change to a user. Deactivating a user ends all their login sessions at once."""
+        """An admin's change to a user. Deactivating a user ends all their login sessions and revokes
+        all their API keys, at once and for good: re-activating them brings neither back (they log
+        in again and make new keys), so every process agrees on every key at its next request."""
         if actor.id == user_id and (values.get("is_admin") is False or values.get("is_active") is False):
             raise LastAdmin
         async with self.db.session() as session:
@@ -125,5 +128,6 @@ async def _update(session: AsyncSession, user: User, values: dict[str, Any]) -> 
         raise EmailTaken from exc
     if values.get("is_active") is False:
         await SessionRepository(session).revoke_all_for_user(user.id)
+        await ApiKeyRepository(session).revoke_all_of_user(user.id)
     await session.commit()
     return user

@@ -23,11 +23,12 @@ KeyList = TypeAdapter(list[ApiKeyPublic])
     f"{PREFIX}/api-keys",
     status_code=status.HTTP_201_CREATED,
     summary="Make an API key",
-    responses=problem_responses(*JSON_BODY_ERRORS),
+    responses=problem_responses(409, *JSON_BODY_ERRORS),
 )
 async def create_api_key(body: ApiKeyCreate, user: CurrentUser, keys: ApiKeyServiceDep) -> ApiKeyCreated:
     """The answer holds the key itself (`key`): store it now, it is never shown again. The `admin`
-    scope is for admins' keys only (403)."""
+    scope is for admins' keys only (403). A user holds at most `API_KEYS_PER_USER` live keys (20 by
+    default): one more is a 409 (`too-many-api-keys`) until one is revoked or expires."""
     made = await keys.create(user.id, user.is_admin, body.name, body.scopes, body.expires_in_days)
     return ApiKeyCreated(**ApiKeyPublic.model_validate(made.key).model_dump(), key=made.secret)
 
