@@ -60,7 +60,7 @@ check-deploy: $(VENV_STAMP) ## hadolint, kubernetes-validate, docker-compose con
 	bash scripts/check_deploy.sh
 
 pytest: $(VENV_STAMP) ## The test suite with coverage of app/ (TEST_DATABASE_URL picks PostgreSQL)
-	$(UV) run --no-sync pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(UV) run --no-sync pytest --cov --cov-report=term --durations=25 $(PYTEST_ARGS)
 
 test: lint typecheck check-deploy pytest ## Everything CI checks
 
