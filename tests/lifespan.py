@@ -14,6 +14,9 @@ from fastapi import FastAPI
 
 STARTUP_LIMIT_S = 120.0
 SHUTDOWN_LIMIT_S = 60.0
+# A server in a process of its own (`python -m app.cli serve` or `model-server`) until it answers:
+# its imports too, which alone took 40 s on a shared host under load (issue 21).
+SERVER_STARTUP_LIMIT_S = 300.0
 
 
 def lifespan(app: FastAPI) -> LifespanManager:

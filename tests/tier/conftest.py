@@ -31,7 +31,7 @@ from app.http.state import state_of
 from app.main import create_app
 from tests.conftest import empty_tables, make_settings
 from tests.faults.server import ROOT, Server, free_port, start_server
-from tests.lifespan import lifespan
+from tests.lifespan import SERVER_STARTUP_LIMIT_S, lifespan
 
 MODEL_DIR = ROOT / "ml_models"
 MODEL_SERVER_TOKEN = "model-server-test-token-" + "t" * 24
@@ -115,7 +115,9 @@ def save_forest_joblib(folder: Path) -> Path:
     return path
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = SERVER_STARTUP_LIMIT_S
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -215,7 +217,10 @@ def start_model_server(folder: Path, port: int | None = None, **overrides: str) 
     """`python -m app.cli model-server` on a free port (or `port`), ready (every model answers)."""
     env = model_server_env(port or free_port(), **overrides)
     server = start_server(
-        env, folder / "model-server.log", args=("-m", "app.cli", "model-server"), timeout=120
+        env,
+        folder / "model-server.log",
+        args=("-m", "app.cli", "model-server"),
+        timeout=SERVER_STARTUP_LIMIT_S,
     )
     try:
         wait_ready(f"{server.base_url}/readyz", server.process, server.log_path)

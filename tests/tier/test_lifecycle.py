@@ -4,10 +4,11 @@ database (a SQLite file). Under a steady predict load spread across both web tie
 iris 2.0.0 through web tier A (the model server loads it first, through its repository extension,
 before the state names it), sends it a 10% canary, moves `default` to it and unloads 1.0.0: no
 request fails, every answer names the version that served it, the canary's share of 2,000
-predictions is within a few points of 10%, and both web tiers and the model server report the same
-revision and versions within the convergence bound after each change (the model server drops
-1.0.0 after its grace, not before). A version whose file fails its hash is refused by the model
-server, and the web tier answers 409 naming the file, with nothing changed.
+predictions is within a few points of 10%, and both web tiers and the model server come to report
+the same revision and versions after each change (the model server drops 1.0.0 after its grace, not
+before, by its own log). A version whose file fails its hash is refused by the model server, and the
+web tier answers 409 naming the file, with nothing changed. How long each change took to reach
+every process is printed, not asserted: a busy host only makes it longer.
 
 And a regression: a version the model server loaded at a web tier's request was held 120 s even
 after the state named it, so unloading it took two minutes to reach the model server."""
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,10 @@ from sqlalchemy import text
 from app.db.engine import create_engine
 from app.db.migrations import upgrade_to_head
 from app.http.state import state_of
+from app.services.model_fleet import LOCAL_LOAD_HOLD_S
 from tests.conftest import PASSWORD, assert_problem, make_settings
 from tests.faults.server import ROOT, Server
+from tests.steady_load import Outcome, SteadyLoad, post_json
 from tests.tier.conftest import MODEL_SERVER_TOKEN, client_for, start_model_server, web_app
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -43,9 +47,15 @@ POLL_S = 0.3
 # The model server unloads a version the state dropped this long after it first saw the change
 # (app.model_server: 3 polls).
 GRACE_S = 3 * POLL_S
-# Every change must have reached every process within this long of the admin's call returning
-# (a poll, plus the grace for an unload on the model server; the rest is slack for a busy host).
-CONVERGENCE_S = 5.0
+# Every change must reach every process: waited for up to this long (a ceiling for a change that
+# never arrives; the seconds each took are printed). Below the 120 s a web tier's load was held on
+# the model server before the fix, so the regression case below still fails if it comes back.
+CONVERGENCE_CEILING_S = 60.0
+# The model server's poll in the within-one-poll case: room for a web tier's load and unload both
+# to fall between two of its polls; a try where a poll fell between them is made again.
+ONE_POLL_S = 3.0
+ONE_POLL_TRIES = 5
+PREDICT = "/api/v1/models/iris/predict"
 LOAD_CLIENTS = 6  # concurrent predict loops, each alternating between the web tiers
 CANARY_SAMPLE = 2_000
 CANARY_SHARE = (0.06, 0.14)  # the share of the sample 2.0.0 must serve (10% asked)
@@ -123,15 +133,38 @@ class Deployment:
         """The model server's /readyz."""
         return await server_ready(self.model_server)
 
-    def model_server_events(self) -> list[str]:
+    def model_server_log(self) -> list[dict[str, Any]]:
         log = self.server.log_path.read_text(errors="replace")
-        return [json.loads(line).get("event", "") for line in log.splitlines() if line.startswith("{")]
+        return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+    def model_server_events(self) -> list[str]:
+        return [str(line.get("event", "")) for line in self.model_server_log()]
+
+    async def logged(self, event: str) -> list[float]:
+        """When (time.time()) the model server logged `event`, by its own log's timestamps; waits
+        for the first such line (up to CONVERGENCE_CEILING_S)."""
+        deadline = time.monotonic() + CONVERGENCE_CEILING_S
+        while True:
+            moments = [
+                datetime.fromisoformat(line["timestamp"]).timestamp()
+                for line in self.model_server_log()
+                if line.get("event") == event
+            ]
+            if moments:
+                return moments
+            assert time.monotonic() < deadline, (
+                f"the model server never logged {event!r}:\n{self.server.log_tail()}"
+            )
+            await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
-async def deployment(tmp_path: Path, web_tiers: int) -> AsyncIterator[Deployment]:
-    """The model server polling every POLL_S (its INFO log names each load and unload), and
-    `web_tiers` web tiers ("a", "b", ...) with every model remote on it, polling as often."""
+async def deployment(
+    tmp_path: Path, web_tiers: int, *, model_server_poll_s: float = POLL_S
+) -> AsyncIterator[Deployment]:
+    """The model server polling every `model_server_poll_s` (its INFO log names each load and
+    unload), and `web_tiers` web tiers ("a", "b", ...) with every model remote on it, polling
+    every POLL_S."""
     model_dir = model_dir_with_iris_versions(tmp_path)
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
     await migrate(database_url)
@@ -139,7 +172,7 @@ async def deployment(tmp_path: Path, web_tiers: int) -> AsyncIterator[Deployment
         start_model_server,
         tmp_path,
         DATABASE_URL=database_url,
-        MODEL_STATE_POLL_SECONDS=str(POLL_S),
+        MODEL_STATE_POLL_SECONDS=str(model_server_poll_s),
         ML_MODEL_DIR=str(model_dir),
         LOG_LEVEL="INFO",  # the registry's "model iris@2.0.0 loaded" lines
     )
@@ -177,76 +210,6 @@ async def deployment(tmp_path: Path, web_tiers: int) -> AsyncIterator[Deployment
         server.stop()
 
 
-# --- the steady load ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    tier: str  # the web tier that answered
-    sent: float  # monotonic time the request was sent
-    answered: float  # monotonic time its answer (or transport error) came back
-    status: int  # 0: a transport error
-    version: str | None
-    body: str  # the answer's text when it was not a 200
-
-
-@dataclass
-class PredictLoad:
-    """`LOAD_CLIENTS` closed loops of POST /api/v1/models/iris/predict (no version: `default`),
-    each alternating between the web tiers, until stopped; every answer recorded."""
-
-    webs: dict[str, httpx.AsyncClient]
-    headers: dict[str, str]
-    outcomes: list[Outcome] = field(default_factory=list)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._loop(i)) for i in range(LOAD_CLIENTS)]
-
-    async def _loop(self, turn: int) -> None:
-        tiers = sorted(self.webs)
-        while not self._stop.is_set():
-            tier = tiers[turn % len(tiers)]
-            turn += 1
-            sent = time.monotonic()
-            try:
-                response = await self.webs[tier].post(
-                    "/api/v1/models/iris/predict", json={"rows": IRIS_ROWS}, headers=self.headers
-                )
-            except httpx.HTTPError as exc:
-                failed = f"{type(exc).__name__}: {exc}"
-                self.outcomes.append(Outcome(tier, sent, time.monotonic(), 0, None, failed))
-                continue
-            answered = time.monotonic()
-            if response.status_code == 200:
-                version = response.json().get("version")
-                self.outcomes.append(Outcome(tier, sent, answered, 200, version, ""))
-            else:
-                body = response.text[:300]
-                self.outcomes.append(Outcome(tier, sent, answered, response.status_code, None, body))
-            await asyncio.sleep(0.002)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-    def since(self, moment: float, until: float = float("inf")) -> list[Outcome]:
-        """The answers to requests sent in [moment, until)."""
-        return [o for o in self.outcomes if moment <= o.sent < until]
-
-    def answered_before(self, moment: float) -> list[Outcome]:
-        return [o for o in self.outcomes if o.answered < moment]
-
-    async def wait_for(self, count: int, moment: float) -> list[Outcome]:
-        """The first `count` answers to requests sent after `moment` (within 60 s)."""
-        deadline = time.monotonic() + 60
-        while len(self.since(moment)) < count:
-            assert time.monotonic() < deadline, f"only {len(self.since(moment))} answers in 60 s"
-            await asyncio.sleep(0.02)
-        return sorted(self.since(moment), key=lambda o: o.sent)[:count]
-
-
 # --- what each process reports --------------------------------------------------------------------
 
 
@@ -266,7 +229,7 @@ async def until(
     check: Callable[[], Awaitable[dict[str, Any]]],
     want: Callable[[dict[str, Any]], bool],
     what: str,
-    bound: float = CONVERGENCE_S,
+    bound: float = CONVERGENCE_CEILING_S,
 ) -> tuple[dict[str, Any], float]:
     """Poll `check` until `want` holds of its answer; (that answer, seconds it took)."""
     started = time.monotonic()
@@ -288,6 +251,11 @@ async def predict_version(client: httpx.AsyncClient, headers: dict[str, str], ve
     assert body["model"] == "iris"
     assert body["version"] == version
     return body
+
+
+def at(revision: int, versions: list[str] | None = None) -> Callable[[dict[str, Any]], bool]:
+    """Whether a /readyz answer is at `revision` (and, given `versions`, serves those of iris)."""
+    return lambda r: r["model_state_revision"] == revision and (versions is None or iris_on(r) == versions)
 
 
 def loaded_iris(state: dict[str, Any]) -> list[str]:
@@ -327,15 +295,23 @@ class Lifecycle:
     them; when each was asked and how long every process took to report it."""
 
     tiers: Deployment
-    load: PredictLoad = field(init=False)
+    load: SteadyLoad = field(init=False)
     moments: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    # Seconds after 1.0.0's unload was asked that the model server still had it, and no longer.
-    unload_seen: dict[str, float] = field(default_factory=dict)
+    # Seconds after 1.0.0's unload was asked until the model server dropped it: by its own log
+    # ("logged") and as this test saw it in its /readyz ("seen").
+    unload_took: dict[str, float] = field(default_factory=dict)
     sample: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.load = PredictLoad(self.tiers.webs, self.tiers.user)
+        # POST /api/v1/models/iris/predict (no version: `default`) in closed loops alternating
+        # between the web tiers; on this event loop, where the in-process web tiers live.
+        self.load = SteadyLoad(
+            self.tiers.webs,
+            post_json(PREDICT, {"rows": IRIS_ROWS}, self.tiers.user),
+            loops=LOAD_CLIENTS,
+            pause_s=0.002,
+        )
 
     async def states(self) -> dict[str, dict[str, Any]]:
         """What each process reports: its /readyz's revision and iris versions; and, on the web
@@ -359,7 +335,7 @@ class Lifecycle:
     ) -> None:
         """Until every process reports `revision` with iris `versions` loaded (and, on the web
         tiers, `default` routed as given); the seconds since the admin's call returned (the
-        moment `step`) are this step's convergence time. Fails after CONVERGENCE_S."""
+        moment `step`) are this step's convergence time. Fails after CONVERGENCE_CEILING_S."""
         want = {"revision": revision, "versions": versions}
         want_web = {**want, "default": default}
 
@@ -381,7 +357,7 @@ class Lifecycle:
         assert (await predict_version(web_b, self.tiers.user, "1.0.0"))["predictions"] == reference[
             "predictions"
         ]
-        self.load.start()
+        await self.load.start()
         try:
             await self.load.wait_for(100, time.monotonic())  # steady before the first change
             await self.load_2(reference)
@@ -449,25 +425,24 @@ class Lifecycle:
         self.moments["promoted"] = time.monotonic()
         await self.load.wait_for(100, self.moments["promoted"])
 
-        asked = time.monotonic()
+        asked, asked_at = time.monotonic(), time.time()
         unloaded = await tiers.web("b").post(f"{REPOSITORY}/iris/versions/1.0.0/unload", headers=tiers.admin)
         assert unloaded.status_code == 200, unloaded.text
         self.moments["unload"] = time.monotonic()
         assert unloaded.json()["revision"] == 4
         assert loaded_iris(unloaded.json()) == ["2.0.0"]
-        soon = await tiers.ready()
-        self.unload_seen["still there"] = time.monotonic() - asked
-        if time.monotonic() < asked + GRACE_S:
-            # Within the grace (counted from when the model server saw the change, after `asked`):
-            # 1.0.0 is still loaded there, for web workers that have not moved on yet.
-            assert iris_on(soon) == ["1.0.0", "2.0.0"], soon
         await until(
             tiers.ready,
             lambda r: iris_on(r) == ["2.0.0"] and r["model_state_revision"] == 4,
             "the model server serving iris 2.0.0 alone, at revision 4",
         )
-        took = self.unload_seen["gone"] = time.monotonic() - asked
-        assert took >= GRACE_S, f"1.0.0 left the model server {took:.2f} s after the unload"
+        self.unload_took["seen"] = time.monotonic() - asked
+        # The model server kept 1.0.0 for its grace (counted from its first poll after `asked`),
+        # for web workers that have not moved on yet. Its own log says when it dropped it, so this
+        # holds however late this test looked.
+        [dropped] = await tiers.logged("model iris@1.0.0 unloaded")
+        took = self.unload_took["logged"] = dropped - asked_at
+        assert took >= GRACE_S, f"1.0.0 left the model server {took:.2f} s after the unload was asked"
         await self.converged("unload", revision=4, versions=["2.0.0"], default={"2.0.0": 100})
         await self.load.wait_for(50, time.monotonic())
 
@@ -498,12 +473,10 @@ class Lifecycle:
 
     async def check_the_load(self) -> None:
         outcomes = self.load.outcomes
-        statuses: dict[int, int] = {}
-        for o in outcomes:
-            statuses[o.status] = statuses.get(o.status, 0) + 1
-        broken = [o for o in outcomes if o.status != 200 or o.version not in VERSIONS]
+        statuses = dict(self.load.statuses())
+        broken = self.load.failures(VERSIONS)
         assert not broken, f"{statuses}, e.g. {broken[:5]}\n{self.tiers.server.log_tail()}"
-        assert {o.tier for o in outcomes} == {"a", "b"}
+        assert {o.client for o in outcomes} == {"a", "b"}
 
         # Answered before the canary was asked: 1.0.0. Sent once every process routed the
         # canary: the sample, both versions from both tiers, 2.0.0 near 10%. Sent once every
@@ -517,7 +490,7 @@ class Lifecycle:
         by_tier = {
             tier: (sum(o.version == "2.0.0" for o in mine) / len(mine), len(mine))
             for tier in ("a", "b")
-            if (mine := [o for o in sample if o.tier == tier])
+            if (mine := [o for o in sample if o.client == tier])
         }
         assert set(by_tier) == {"a", "b"}, by_tier
         assert all(tier_share > 0 for tier_share, _ in by_tier.values()), by_tier
@@ -531,11 +504,10 @@ class Lifecycle:
             f"convergence (admin call returned -> both web tiers and the model server report it), "
             f"poll {POLL_S} s, grace {GRACE_S:.1f} s: "
             + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
-            + f"; 1.0.0 still on the model server {self.unload_seen['still there']:.2f} s after its "
-            f"unload was asked, gone after {self.unload_seen['gone']:.2f} s"
+            + f"; 1.0.0 dropped by the model server {self.unload_took['logged']:.2f} s after its "
+            f"unload was asked (its log), seen gone after {self.unload_took['seen']:.2f} s"
         )
         assert CANARY_SHARE[0] <= share <= CANARY_SHARE[1], share
-        assert all(v < CONVERGENCE_S for v in self.timings.values()), self.timings
 
         # The model server only read the state: every revision was the admin's.
         history = (await self.tiers.web("a").get(REPOSITORY, headers=self.tiers.admin)).json()["history"]
@@ -556,40 +528,65 @@ async def test_a_version_loaded_for_a_web_tier_leaves_the_model_server_soon_afte
     only until a later state comes: unloaded through the web tier without any alias ever routing
     to it, 2.0.0 leaves the model server after a poll and its grace, not two minutes later; also
     when the load and the unload both happen within one of its polls (it never sees a state
-    naming 2.0.0)."""
-    async with deployment(tmp_path, web_tiers=1) as tiers:
+    naming 2.0.0: still at the revision before the load when the unload has returned)."""
+    poll = POLL_S if seen else ONE_POLL_S
+    grace = 3 * poll
+    async with deployment(tmp_path, web_tiers=1, model_server_poll_s=poll) as tiers:
         web = tiers.web("a")
         assert iris_on(await tiers.ready()) == ["1.0.0"]
-        loaded = await web.post(f"{REPOSITORY}/iris/versions/2.0.0/load", headers=tiers.admin)
-        assert loaded.status_code == 200, f"{loaded.text}\n{tiers.server.log_tail()}"
-        assert loaded.json()["revision"] == 1
-        assert iris_on(await tiers.ready()) == ["1.0.0", "2.0.0"]
-        if seen:
-            # The model server has seen the state name 2.0.0 (its hold for the web tier is over).
+        tries = 0
+        while True:
+            tries += 1
+            before = (await tiers.ready())["model_state_revision"]
+            loaded = await web.post(f"{REPOSITORY}/iris/versions/2.0.0/load", headers=tiers.admin)
+            assert loaded.status_code == 200, f"{loaded.text}\n{tiers.server.log_tail()}"
+            assert loaded.json()["revision"] == before + 1
+            assert iris_on(await tiers.ready()) == ["1.0.0", "2.0.0"]
+            if seen:
+                # The model server has seen the state name 2.0.0 (its hold for the web tier is over).
+                await until(
+                    tiers.ready,
+                    at(before + 1),
+                    f"the model server at revision {before + 1}",
+                )
+            asked_at = time.time()
+            unloaded = await web.post(f"{REPOSITORY}/iris/versions/2.0.0/unload", headers=tiers.admin)
+            assert unloaded.status_code == 200, unloaded.text
+            revision = unloaded.json()["revision"]
+            assert revision == before + 2
+            assert loaded_iris(unloaded.json()) == ["1.0.0"]
+            if seen:
+                break
+            # Still at the revision before the load, with both changes stored: the model server
+            # never saw the state naming 2.0.0 (its revision only moves forward, to the newest).
+            if (await tiers.ready())["model_state_revision"] == before:
+                break
+            # One of its polls fell between the two: settle, and try again.
+            assert tries < ONE_POLL_TRIES, f"a poll fell between the load and the unload {tries} times"
             await until(
-                tiers.ready, lambda r: r["model_state_revision"] == 1, "the model server at revision 1"
+                tiers.ready,
+                at(revision, ["1.0.0"]),
+                f"the model server settled at revision {revision} before another try",
             )
 
-        unloaded = await web.post(f"{REPOSITORY}/iris/versions/2.0.0/unload", headers=tiers.admin)
-        assert unloaded.status_code == 200, unloaded.text
-        asked = time.monotonic()
-        assert unloaded.json()["revision"] == 2
-        assert loaded_iris(unloaded.json()) == ["1.0.0"]
         await until(
             tiers.ready,
-            lambda r: iris_on(r) == ["1.0.0"] and r["model_state_revision"] == 2,
+            at(revision, ["1.0.0"]),
             "the model server serving iris 1.0.0 alone after 2.0.0's unload",
         )
-        took = time.monotonic() - asked
-        print(f"\n2.0.0 gone from the model server {took:.2f} s after its unload (poll {POLL_S} s)")
-        assert took >= GRACE_S, f"2.0.0 left the model server {took:.2f} s after the unload"
+        dropped = (await tiers.logged("model iris@2.0.0 unloaded"))[-1]
+        took = dropped - asked_at
+        print(
+            f"\n2.0.0 dropped by the model server {took:.2f} s after its unload was asked (poll "
+            f"{poll} s, grace {grace:.1f} s; the hold it once waited for: {LOCAL_LOAD_HOLD_S:.0f} s); "
+            f"{tries} tr{'y' if tries == 1 else 'ies'}"
+        )
+        assert took >= grace, f"2.0.0 left the model server {took:.2f} s after the unload was asked"
         web_ready = await server_ready(web)
         assert iris_on(web_ready) == ["1.0.0"], web_ready
-        by_default = await web.post(
-            "/api/v1/models/iris/predict", json={"rows": IRIS_ROWS}, headers=tiers.user
-        )
+        by_default = await web.post(PREDICT, json={"rows": IRIS_ROWS}, headers=tiers.user)
         assert by_default.status_code == 200, by_default.text
         assert by_default.json()["version"] == "1.0.0"
     events = tiers.model_server_events()
-    assert events.count("model iris@2.0.0 loaded") == 1, events
-    assert events.count("model iris@2.0.0 unloaded") == 1, events
+    assert events.count("model iris@2.0.0 loaded") == tries, events
+    assert events.count("model iris@2.0.0 unloaded") == tries, events
