@@ -3,6 +3,7 @@ and through this service's own model server, both real processes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from tests.faults.server import Server
 from tests.serving.conftest import login
 from tests.tier.conftest import (
+    FOREST,
     client_for,
     own_server,
     remote_manifest,
@@ -20,6 +22,7 @@ from tests.tier.conftest import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+MLSERVER_VERSION = "1.0.0"  # the forest's version on MLServer (tests/tier/conftest.py: start_mlserver)
 ROWS = {
     "iris": load_iris().data[::3].tolist(),  # 50 rows
     "breast_cancer": load_breast_cancer().data[::5].tolist(),  # 114 rows
@@ -27,12 +30,21 @@ ROWS = {
 }
 
 
-async def _predict(application: FastAPI, model: str, rows: list[list[float]]) -> list[dict[str, object]]:
+async def _predict(
+    application: FastAPI, model: str, rows: list[list[float]], version: str | None = None
+) -> list[dict[str, object]]:
+    """The predictions of POST /api/v1/models/{model}/predict, or, given `version`, of
+    /api/v1/models/{model}/versions/{version}/predict (whose answer must name that version)."""
+    path = f"/api/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
     async with client_for(application) as client:
         headers = await login(client, "tier@example.com")
-        response = await client.post(f"/api/v1/models/{model}/predict", json={"rows": rows}, headers=headers)
+        response = await client.post(f"{path}/predict", json={"rows": rows}, headers=headers)
     assert response.status_code == 200, response.text
-    predictions: list[dict[str, object]] = response.json()["predictions"]
+    body = response.json()
+    assert body["model"] == model
+    if version is not None:
+        assert body["version"] == version
+    predictions: list[dict[str, object]] = body["predictions"]
     return predictions
 
 
@@ -53,16 +65,26 @@ def _assert_same(remote: list[dict[str, object]], local: list[dict[str, object]]
 async def test_the_forest_through_mlserver_equals_the_in_process_forest(
     local_app: FastAPI, mlserver: Server, database_url: str, tmp_path: Path
 ) -> None:
-    model_dir = remote_manifest(
-        tmp_path / "models",
-        {"breast_cancer": {"url": mlserver.base_url, "model": "breast_cancer", "output": "predict_proba"}},
-    )
+    # The entry names the version MLServer serves (start_mlserver: 1.0.0), so this service calls
+    # /v2/models/breast_cancer/versions/1.0.0/infer there.
+    remote = {
+        "url": mlserver.base_url,
+        "model": "breast_cancer",
+        "version": MLSERVER_VERSION,
+        "output": "predict_proba",
+    }
+    model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": remote})
+    [entry] = [
+        m for m in json.loads((model_dir / "manifest.json").read_text())["models"] if m["name"] == FOREST
+    ]
+    version = entry["version"]
     local = await _predict(local_app, "breast_cancer", ROWS["breast_cancer"])
     async with web_app(database_url, model_dir, empty=False) as remote_app:
-        remote = await _predict(remote_app, "breast_cancer", ROWS["breast_cancer"])
-        # The version MLServer serves, named in the URL, gives the same answers.
-        assert (await _predict(remote_app, "breast_cancer", ROWS["breast_cancer"][:3])) == remote[:3]
-    _assert_same(remote, local)
+        remote_rows = await _predict(remote_app, "breast_cancer", ROWS["breast_cancer"])
+        # The version named in this service's URL gives the same answers, and its answer names it.
+        by_version = await _predict(remote_app, "breast_cancer", ROWS["breast_cancer"][:3], version=version)
+        assert by_version == remote_rows[:3]
+    _assert_same(remote_rows, local)
     assert {p["prediction"] for p in local} == {"malignant", "benign"}  # both classes are compared
 
 
