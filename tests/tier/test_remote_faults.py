@@ -5,19 +5,42 @@ the server used again when it comes back, without a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
+import json
 import os
+import secrets
+import shutil
 import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from httpcore._backends.auto import AutoBackend
 from sqlalchemy import text
 
 from app.http.state import state_of
-from tests.faults.server import Server, free_port
+from app.ml import remote
+from tests.faults.server import ROOT, Server, free_port
 from tests.serving.conftest import login
-from tests.tier.conftest import client_for, own_server, remote_manifest, start_model_server, web_app
+from tests.tier.conftest import (
+    MODEL_DIR,
+    MODEL_SERVER_TOKEN,
+    client_for,
+    model_server_env,
+    own_server,
+    remote_manifest,
+    start_model_server,
+    web_app,
+)
 from tests.tier.faults import Mode, fault_server
 
 IRIS = {"features": [5.1, 3.5, 1.4, 0.2]}
@@ -217,3 +240,332 @@ def _descendants_of_forkserver_for(log_path: Path) -> list[int]:
             except OSError:
                 continue
     return left
+
+
+# --- each row of docs/models.md "Failures", and the circuit breaker's numbers ---------------------
+
+
+class Faulty:
+    """An Open Inference Protocol server that answers as a test says: every infer call with
+    `answer` (a status and a body; None closes the connection without an answer), readiness probes
+    with `ready_status`. It counts the infer calls that reached it."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[int, bytes] | None = (500, b'{"error": "out of memory"}')
+        self.ready_status = 503
+        self.posts = 0
+        self._lock = threading.Lock()
+
+    def healthy(self) -> None:
+        """Ready, and every infer call answered with two finite probabilities per row."""
+        self.ready_status = 200
+        self.answer = (200, b"")
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        faulty = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002, ARG002 - stdlib signature
+                return
+
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                status = faulty.ready_status
+                self._send(status, json.dumps({"ready": status == 200}).encode())
+
+            def do_POST(self) -> None:
+                request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                with faulty._lock:
+                    faulty.posts += 1
+                answer = faulty.answer
+                if answer is None:
+                    self.close_connection = True  # no answer at all: the connection just closes
+                    return
+                status, body = answer
+                if status == 200 and not body:
+                    rows = int(request["inputs"][0]["shape"][0])
+                    tensor = {"name": "probabilities", "shape": [rows, 2], "datatype": "FP64"}
+                    body = json.dumps({"outputs": [{**tensor, "data": [0.25, 0.75] * rows}]}).encode()
+                self._send(status, body)
+
+        return Handler
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[str]:
+        """Its base URL while the block runs."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+class FrozenClock:
+    """The circuit breaker's clock, moved only by the test: its open times are checked without
+    waiting them out, and nothing but the readiness probe can close it by itself."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def breaker_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
+    """Every circuit breaker made from now on reads this clock; its thresholds stay the defaults."""
+    clock = FrozenClock()
+    monkeypatch.setattr(remote, "CircuitBreaker", functools.partial(remote.CircuitBreaker, clock=clock))
+    return clock
+
+
+def _problem(answer: httpx.Response, status: int, kind: str) -> str:
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert body["type"].endswith(f"/{kind}"), body
+    assert "Traceback" not in answer.text
+    return str(body["detail"])
+
+
+async def test_five_server_errors_in_a_row_open_the_circuit_whose_open_time_doubles_up_to_30_s(
+    database_url: str, tmp_path: Path, breaker_clock: FrozenClock
+) -> None:
+    faulty = Faulty()  # 500 to every call; its readiness says it is not ready
+    with faulty.serving() as url:
+        model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
+        async with web_app(database_url, model_dir) as app, client_for(app) as client:
+            headers = await login(client, "faults@example.com")
+            # A 5xx is a 503 with the server's message, not retried: each call reached it once.
+            for failures in range(1, 6):
+                detail = _problem(await _forest(client, headers), 503, "model-server-unavailable")
+                assert "the server answered 500: out of memory" in detail
+                assert faulty.posts == failures
+            # Exactly five opened it: the sixth and seventh are refused at once, nothing sent.
+            for _ in range(2):
+                refused = await _forest(client, headers)
+                assert "circuit open" in _problem(refused, 503, "model-server-unavailable")
+                assert refused.headers["Retry-After"] == "1"
+            assert faulty.posts == 5
+            assert (await client.post("/api/v1/predict", json=IRIS, headers=headers)).status_code == 200
+
+            # Once its open time is over, one call goes through (half-open); its failure opens
+            # the circuit again for twice as long, never longer than 30 s.
+            open_for = 1
+            for probe in range(1, 8):
+                breaker_clock.now += open_for
+                assert "500" in _problem(await _forest(client, headers), 503, "model-server-unavailable")
+                assert faulty.posts == 5 + probe
+                open_for = min(open_for * 2, 30)
+                refused = await _forest(client, headers)
+                assert "circuit open" in _problem(refused, 503, "model-server-unavailable")
+                assert refused.headers["Retry-After"] == str(open_for)
+            assert open_for == 30
+            assert faulty.posts == 12
+
+            # The server is back. The breaker's clock stands still, so the circuit (open for 30 s)
+            # can only be closed by the readiness probe (every 2 s): the model answers again within
+            # a few of its probes, no restart, no client call needed to find out.
+            faulty.healthy()
+
+            async def answers_again() -> bool:
+                return (await _forest(client, headers)).status_code == 200
+
+            await _until(answers_again, "the forest answering again through the readiness probe")
+            assert (await client.get("/v2/models/breast_cancer/ready", headers=headers)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (
+            (404, b'{"error": "Model breast_cancer version 7 not found"}'),
+            "404: Model breast_cancer version 7",
+        ),
+        ((422, b'{"error": "input-0: expected 30 features"}'), "422: input-0: expected 30 features"),
+        ((200, b'{"outputs": [{"name": "probabilities", "data": [NaN, 0.5]}]}'), "finite numbers"),
+        ((200, b'{"outputs": [{"name": "probabilities", "data": [1e999, 0.5]}]}'), "finite numbers"),
+        ((200, b'{"outputs": [{"name": "probabilities", "data": [-Infinity, 0.5]}]}'), "finite numbers"),
+    ],
+    ids=["404", "422", "nan", "overflow", "minus-infinity"],
+)
+# The breaker's clock frozen: a circuit opened by these answers would stay open for the whole test.
+@pytest.mark.usefixtures("breaker_clock")
+async def test_a_4xx_or_non_finite_outputs_are_502_and_never_open_the_circuit(
+    database_url: str, tmp_path: Path, answer: tuple[int, bytes], said: str
+) -> None:
+    faulty = Faulty()
+    faulty.ready_status = 200  # the server is up; it only answers these requests badly
+    faulty.answer = answer
+    with faulty.serving() as url:
+        model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
+        async with web_app(database_url, model_dir) as app, client_for(app) as client:
+            headers = await login(client, "faults@example.com")
+            for sent in range(1, 8):  # more than the 5 failures that open the circuit
+                detail = _problem(await _forest(client, headers), 502, "bad-gateway")
+                assert said in detail
+                assert "circuit open" not in detail
+                assert faulty.posts == sent  # each reached the server once: not retried
+            body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [1.0] * 30}]}
+            oip = await client.post("/v2/models/breast_cancer/infer", json=body, headers=headers)
+            assert oip.status_code == 502
+            assert said in oip.json()["error"]
+
+
+async def test_a_connection_closed_before_the_answer_is_a_503_and_not_retried(
+    database_url: str, tmp_path: Path
+) -> None:
+    faulty = Faulty()
+    faulty.ready_status = 200
+    faulty.answer = None
+    with faulty.serving() as url:
+        model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
+        async with web_app(database_url, model_dir) as app, client_for(app) as client:
+            headers = await login(client, "faults@example.com")
+            for sent in range(1, 4):
+                detail = _problem(await _forest(client, headers), 503, "model-server-unavailable")
+                assert "connection failed" in detail
+                assert faulty.posts == sent  # the batch may have run there: sent once only
+
+
+# Set while a remote model's batch is being sent, so connections opened for it are told apart
+# from the readiness probe's.
+_sending: contextvars.ContextVar[bool] = contextvars.ContextVar("sending", default=False)
+
+
+async def test_a_refused_connection_is_tried_once_more_at_once_then_a_503(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()  # nothing listens there
+    attempts: list[int] = []
+    connect = AutoBackend.connect_tcp
+    run = remote.RemoteRuntime.run
+
+    async def counted_connect(self: AutoBackend, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        if _sending.get():
+            attempts.append(port)
+        return await connect(self, host, port, *args, **kwargs)
+
+    async def marked_run(self: remote.RemoteRuntime, x: Any, hard_timeout_s: float) -> Any:
+        token = _sending.set(True)
+        try:
+            return await run(self, x, hard_timeout_s)
+        finally:
+            _sending.reset(token)
+
+    monkeypatch.setattr(AutoBackend, "connect_tcp", counted_connect)
+    monkeypatch.setattr(remote.RemoteRuntime, "run", marked_run)
+    url = f"http://127.0.0.1:{port}"
+    model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
+    async with web_app(database_url, model_dir) as app, client_for(app) as client:
+        headers = await login(client, "faults@example.com")
+        detail = _problem(await _forest(client, headers), 503, "model-server-unavailable")
+        assert "connection refused" in detail
+        assert attempts == [port, port]  # the call, and one retry: nothing had reached the server
+
+
+# --- the model server ------------------------------------------------------------------------------
+
+
+def _forest_workers(server: Server) -> list[int]:
+    """The model server's forest workers: processes whose parent is its forkserver."""
+    children = _children()
+    forkservers = children.get(server.process.pid, [])
+    return [pid for parent in forkservers for pid in children.get(parent, [])]
+
+
+def _children() -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            found.setdefault(parent, []).append(int(entry.name))
+    return found
+
+
+async def test_the_model_servers_readiness_is_503_while_a_model_does_not_answer(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(MODEL_DIR, models)
+    forest_file = models / "breast_cancer.skops"
+    assert forest_file.exists()
+    server = start_model_server(tmp_path, ML_MODEL_DIR=str(models))
+    url = server.base_url
+    auth = {"Authorization": f"Bearer {MODEL_SERVER_TOKEN}"}
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [1.0] * 30}]}
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            # The forest's workers die, and their file is damaged, so the pool cannot come back.
+            good = forest_file.read_bytes()
+            forest_file.write_bytes(good + b"x")
+            workers = _forest_workers(server)
+            assert workers, "no forest worker found"
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+
+            async def not_ready() -> bool:
+                # A prediction finds the pool broken; readiness then names the forest.
+                await client.post("/v2/models/breast_cancer/infer", json=body, headers=auth)
+                readiness = await client.get("/readyz")
+                return readiness.status_code == 503 and "breast_cancer" in readiness.json()["detail"]
+
+            await _until(not_ready, "the model server's /readyz to be 503 naming breast_cancer")
+            readiness = await client.get("/readyz")
+            assert readiness.status_code == 503
+            assert readiness.headers["Retry-After"] == "1"
+            assert (await client.get("/healthz")).status_code == 200  # alive, just not ready
+            iris = {
+                "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": IRIS["features"]}]
+            }
+            assert (await client.post("/v2/models/iris/infer", json=iris, headers=auth)).status_code == 200
+
+            forest_file.write_bytes(good)
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await _until(ready, "the model server's /readyz to be 200 once the forest answers again")
+            answer = await client.post("/v2/models/breast_cancer/infer", json=body, headers=auth)
+            assert answer.status_code == 200, answer.text
+    finally:
+        server.stop()
+
+
+def test_a_production_model_server_refuses_to_start_without_its_token(tmp_path: Path) -> None:
+    production = {"ENVIRONMENT": "production", "SECRET_KEY": secrets.token_urlsafe(48)}
+    port = free_port()
+    env = model_server_env(port, **production)
+    del env["MODEL_SERVER_TOKEN"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "app.cli", "model-server"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "MODEL_SERVER_TOKEN" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # The same settings with the token: it starts and serves (production is not refused as such).
+    server = start_model_server(tmp_path, port=port, **production)
+    try:
+        assert httpx.get(f"{server.base_url}/readyz", timeout=10).status_code == 200
+    finally:
+        server.stop()
