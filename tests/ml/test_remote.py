@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from app.ml.errors import ModelLoadError
 from app.ml.manifest import load_manifest
 from app.ml.remote import CircuitBreaker
 from tests.ml.conftest import MODEL_DIR
@@ -107,8 +106,38 @@ def test_a_remote_entry_needs_no_file(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_inconsistent_remote_entries_are_refused(
+def test_inconsistent_remote_entries_are_set_aside_with_the_reason(
     tmp_path: Path, changes: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ModelLoadError, match=message.replace("(", r"\(")):
-        load_manifest(_manifest_with(tmp_path, **changes))
+    # One entry a process cannot take is reported, never served, and stops nothing else.
+    manifest = load_manifest(_manifest_with(tmp_path, **changes))
+    [rejected] = manifest.rejected
+    assert rejected.key == ("iris", "1.0.0")
+    assert message in rejected.reason
+    assert manifest.find("iris", "1.0.0") is None
+    assert {spec.name for spec in manifest.models} == {"breast_cancer", "diabetes"}
+
+
+def test_each_failed_probe_doubles_the_open_time_up_to_30_s_by_default() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(clock=clock)  # the defaults: 5 failures, 1 s, up to 30 s
+    for _ in range(4):
+        breaker.failed()
+    assert breaker.state == "closed"
+    breaker.failed()
+    assert breaker.state == "open"
+    waits = []
+    for _ in range(7):
+        waits.append(breaker.retry_after())
+        clock.now += breaker.retry_after() - 0.01
+        assert breaker.state == "open"  # not a moment before its time
+        clock.now += 0.01
+        assert breaker.allow()  # the probe
+        breaker.failed()
+    assert waits == [1, 2, 4, 8, 16, 30, 30]
+    assert breaker.retry_after() == 30
+    breaker.succeeded()
+    assert breaker.state == "closed"
+    for _ in range(4):
+        breaker.failed()
+    assert breaker.state == "closed"  # closed again from scratch: five failures to open
