@@ -33,6 +33,7 @@ from sqlalchemy.exc import OperationalError
 from app.http.state import state_of
 from app.ml import registry as registry_module
 from app.ml.runtimes import OnnxRuntime
+from app.services.model_fleet import ModelFleet
 from tests.conftest import PASSWORD, Headers, assert_problem
 from tests.ml.conftest import (
     MODEL_DIR,
@@ -1120,3 +1121,40 @@ async def test_a_process_that_cannot_read_the_state_serves_what_it_has_and_conve
         await eventually(converged, 60.0, "the second app converging once it can read the state")
         assert await served_version(client_b, admin) == "2.0.0"
         assert ok(await client_b.get("/readyz"))["model_versions"] == {"iris": ["1.0.0", "2.0.0"]}
+
+
+async def test_a_process_that_cannot_read_the_state_at_start_serves_the_seed_and_converges_later(
+    database_url: str, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unreadable = UnreadableDatabase()
+    readable: list[tuple[ModelFleet, Any]] = []
+    start = ModelFleet.start
+
+    async def start_unreadable(self: ModelFleet) -> None:
+        readable.append((self, self.db))
+        self.db = unreadable  # type: ignore[assignment]
+        await start(self)
+
+    async with lifecycle_app(database_url, model_dir) as (app_a, client_a):
+        admin = await make_user(app_a, client_a, "admin@example.com", admin=True)
+        await load(client_a, admin, "2.0.0")
+        ok(await set_alias(client_a, admin, "default", {"version": "2.0.0"}))
+
+        monkeypatch.setattr(ModelFleet, "start", start_unreadable)
+        async with lifecycle_app(database_url, model_dir, model_state_poll_seconds=0.2) as (_, client_b):
+            monkeypatch.undo()
+            # It started on the manifest's seed: 1.0.0 as default, revision 0.
+            readiness = ok(await client_b.get("/readyz"))
+            assert readiness["model_versions"] == {"iris": ["1.0.0"]}
+            assert readiness["model_state_revision"] == 0
+            assert await served_version(client_b, admin) == "1.0.0"
+            assert unreadable.attempts >= 1
+
+            [(fleet_b, database)] = readable
+            fleet_b.db = database  # the database answers again
+
+            async def converged() -> bool:
+                return bool(ok(await client_b.get("/readyz"))["model_state_revision"] == 2)
+
+            await eventually(converged, 60.0, "the second app converging once it can read the state")
+            assert await served_version(client_b, admin) == "2.0.0"
