@@ -22,6 +22,7 @@ import httpx
 from sqlalchemy.engine import URL, make_url
 
 from tests.conftest import TEST_SECRET_KEY
+from tests.lifespan import SERVER_STARTUP_LIMIT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +91,7 @@ def start_server(
     env: dict[str, str],
     log_path: Path,
     *,
-    timeout: float = 40.0,
+    timeout: float = SERVER_STARTUP_LIMIT_S,
     args: Sequence[str] = ("-m", "app.cli", "serve"),
 ) -> Server:
     """Start `python -m app.cli serve` (or python with other `args`) and wait until /healthz answers."""

@@ -76,7 +76,7 @@ async def test_a_queued_request_whose_client_disconnects_is_never_computed(
     async with private_database(tmp_path) as database_url:
         env = server_env(database_url, free_port(), ML_ENABLED="true", ML_MODEL_DIR=str(model_dir))
         env["ML_PROCESS_WORKERS"] = "1"
-        server = start_server(env, tmp_path / "server.log", timeout=120)
+        server = start_server(env, tmp_path / "server.log")
         worker = 0
         try:
             async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_S * 4) as client:

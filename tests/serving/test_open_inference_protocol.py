@@ -44,7 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = server_env(
         f"sqlite+aiosqlite:///{tmp / 'app.db'}", free_port(), ML_ENABLED="true", AUTO_MIGRATE="true"
     )
-    running = start_server(env, tmp / "server.log", timeout=120)
+    running = start_server(env, tmp / "server.log")
     try:
         for _ in range(600):
             if httpx.get(f"{running.base_url}/readyz", timeout=2).status_code == 200:
@@ -146,7 +146,7 @@ def test_stopping_the_server_leaves_no_worker_process(tmp_path: Path) -> None:
     env = server_env(
         f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", free_port(), ML_ENABLED="true", AUTO_MIGRATE="true"
     )
-    running = start_server(env, tmp_path / "server.log", timeout=120)
+    running = start_server(env, tmp_path / "server.log")
     try:
         children = _children(running.process.pid)
         assert children, "the model worker processes should be running"

@@ -50,7 +50,7 @@ def test_an_entry_or_file_a_process_cannot_take_leaves_the_rest_served(tmp_path:
             ML_REMOTE_URL=model_server.base_url,
             MODEL_SERVER_TOKEN=MODEL_SERVER_TOKEN,
         )
-        web = start_server(env, tmp_path / "web.log", timeout=60)
+        web = start_server(env, tmp_path / "web.log")
         try:
             wait_ready(f"{web.base_url}/readyz", web.process, web.log_path)
             base = web.base_url

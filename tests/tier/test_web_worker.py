@@ -27,7 +27,7 @@ def test_a_remote_only_web_worker_loads_no_model_runtime(model_server: Server, t
         ML_REMOTE_URL=model_server.base_url,
         MODEL_SERVER_TOKEN=MODEL_SERVER_TOKEN,
     )
-    web = start_server(env, tmp_path / "web.log", timeout=60)
+    web = start_server(env, tmp_path / "web.log")
     try:
         wait_ready(f"{web.base_url}/readyz", web.process, web.log_path)
         base = web.base_url
