@@ -86,6 +86,20 @@ class ModelsNotReady(ModelError):
         super().__init__("models are not ready (starting or shutting down)")
 
 
+class VersionUnavailable(ModelsNotReady):
+    """A version the desired state routes to that this process does not serve (yet): still loading,
+    or it could not be taken here (its entry, its file or its load failed: `reason`), in which case
+    it is tried again every `retry_after` seconds while the rest is served."""
+
+    def __init__(self, model: str, version: str, reason: str | None, retry_after: int) -> None:
+        why = reason or "still loading"
+        ModelError.__init__(self, f"model {model} version {version} is not served here: {why}")
+        self.model = model
+        self.version = version
+        self.reason = reason
+        self.retry_after = retry_after
+
+
 class ModelLoadError(ModelError):
     """A model or the manifest could not be loaded at start-up; the message is one line naming the file."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from app.ml.batching import BatcherStats, BatchingConfig, BatchObserver, MicroBatcher
-from app.ml.errors import ModelError, ModelLoadError, ModelNotFound, ModelsNotReady
+from app.ml.errors import ModelError, ModelLoadError, ModelNotFound, ModelsNotReady, VersionUnavailable
 from app.ml.fleet import DEFAULT_ALIAS, Alias, FleetState, Key, VersionNotFound, seed
 from app.ml.inputs import validate_features, validate_rows
 from app.ml.manifest import (
@@ -769,10 +770,25 @@ class ModelRegistry:
             raise ModelNotFound(name, self._names())
         named = desired is not None and ((name, ref) in desired.loaded or (name, ref) in desired.aliases)
         if ref is None or named:
-            # Named by the desired state but not routable here yet (still loading).
-            raise ModelsNotReady()
+            # Named by the desired state but not routable here: still loading, or it could not be
+            # taken here (then the answer says why, and when it is tried again).
+            raise self._unavailable(name, ref)
         known = (*self.versions(name), *(a.name for a in self.aliases(name)))
         raise VersionNotFound(name, ref, known)
+
+    def _unavailable(self, name: str, ref: str | None) -> ModelsNotReady:
+        desired = self._desired
+        if desired is None:
+            return ModelsNotReady()
+        alias = desired.aliases.get((name, ref or DEFAULT_ALIAS))
+        versions = alias.versions if alias is not None else (ref,) if ref is not None else ()
+        missing = [v for v in versions if (name, v) not in self._served] or list(versions)
+        if not missing:
+            return ModelsNotReady()
+        version = missing[0]
+        failed = self._failed.get((name, version))
+        retry = math.ceil(self.settings.load_retry_s) if failed is not None else 1
+        return VersionUnavailable(name, version, failed[0] if failed is not None else None, retry)
 
     async def _predict(self, served: _Served, x: np.ndarray) -> PredictionResult:
         started = time.perf_counter()

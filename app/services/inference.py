@@ -98,6 +98,17 @@ def translate(exc: ml.ModelError) -> AppError:  # noqa: PLR0912 - one case per d
                 f"The worker running model {exc.model!r} stopped; it is being replaced. Retry.",
                 headers={"Retry-After": "1"},
             )
+        case ml.VersionUnavailable(reason=None):
+            return ServiceUnavailable(
+                f"Model {exc.model!r} version {exc.version!r} is still loading here; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        case ml.VersionUnavailable():
+            return ServiceUnavailable(
+                f"Model {exc.model!r} version {exc.version!r} cannot be served here ({exc.reason}); "
+                f"it is tried again every {exc.retry_after} s.",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         case ml.ModelsNotReady():
             return ServiceUnavailable("Models are not ready yet.", headers={"Retry-After": "1"})
         case ml.BackendUnavailable():

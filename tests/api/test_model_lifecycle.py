@@ -1057,8 +1057,13 @@ async def test_a_version_that_failed_to_load_here_is_tried_again_after_10_s(
         [failed] = [v for v in state_b["here"] if v["version"] == "2.0.0"]
         assert failed["state"] == "UNAVAILABLE"
         assert "iris-2.0.0.onnx" in failed["reason"]
-        # The fleet loads it, this process cannot serve it yet: a 503 (retry), not a 404.
-        assert_problem(await predict(client_b, admin, "2.0.0"), 503)
+        # The fleet loads it, this process cannot serve it yet: a 503 (retry), not a 404, that says
+        # which version, why, and when it is tried again (it said "Models are not ready yet.").
+        refused = await predict(client_b, admin, "2.0.0")
+        detail = assert_problem(refused, 503)["detail"]
+        assert "'2.0.0' cannot be served here" in detail
+        assert "iris-2.0.0.onnx" in detail
+        assert refused.headers["Retry-After"] == "10"
 
         # The file arrives. Within 10 s of the failure, B's polls leave the version as it is.
         shutil.copyfile(dir_b / "iris.onnx", dir_b / "iris-2.0.0.onnx")
