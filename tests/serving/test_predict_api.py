@@ -282,8 +282,13 @@ async def test_a_killed_model_worker_is_replaced_and_later_requests_succeed(
         statuses.append(response.status_code)
         if response.status_code == 200:
             break
-        assert_problem(response, 503)
-        assert response.headers["retry-after"]
+        # While the new pool starts: 503 (the crash, retry) or, on a host slow enough that the new
+        # workers take longer than the model's time limit, 504 for a request that waited for them.
+        if response.status_code == 504:
+            assert_problem(response, 504)
+        else:
+            assert_problem(response, 503)
+            assert response.headers["retry-after"]
         await asyncio.sleep(0.05)
     assert statuses[-1] == 200, statuses
     assert set(registry.worker_pids(heavy)).isdisjoint(before)
