@@ -39,6 +39,7 @@ from app.db.database import Database
 from app.db.engine import create_engine
 from app.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.http.problems import install_exception_handlers
+from app.http.redirects import relative_slash_redirects
 from app.http.state import ModelServerState, model_server_state_of, registry_settings
 from app.ml.registry import ModelRegistry
 from app.observability.metrics import observe_model_batch
@@ -115,6 +116,8 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.model_server_router)
     if settings.metrics_enabled:
         app.add_route("/metrics", health.model_server_metrics, methods=["GET"], include_in_schema=False)
+    # The web tier's slash redirects, relative: `Host: evil.com` never names where a client goes next.
+    relative_slash_redirects(app)
     return app
 
 
