@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.api.deps import InferenceDep, ModelRepositoryDep, OipAdmin, OipPredictor, OipReader
-from app.core.errors import BadRequest
-from app.ml.inputs import TensorError, tensor_rows
+from app.core.errors import BadRequest, ValidationFailed
+from app.ml.inputs import INPUT_TENSOR, TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
 from app.ml.names import MODEL_NAME_PATTERN, VERSION_PATTERN
 from app.ml.predictions import ClassPrediction, RegressionPrediction
@@ -119,7 +119,7 @@ def _metadata(inference: InferenceService, spec: ModelSpec) -> ModelMetadata:
         name=spec.name,
         versions=inference.versions(spec.name),
         platform=PLATFORMS[spec.format or "remote"],
-        inputs=[TensorMetadata(name="input", datatype="FP32", shape=[-1, len(spec.features)])],
+        inputs=[TensorMetadata(name=INPUT_TENSOR, datatype="FP32", shape=[-1, len(spec.features)])],
         outputs=_outputs(spec),
     )
 
@@ -161,8 +161,16 @@ async def model_version_ready(
 
 def _rows(body: InferenceRequest, spec: ModelSpec) -> list[Any]:
     if len(body.inputs) != 1:
-        raise BadRequest(f"Model {spec.name!r} takes one input tensor, `input`, of shape [batch, features].")
+        raise BadRequest(
+            f"Model {spec.name!r} takes one input tensor, `{INPUT_TENSOR}`, of shape [batch, features]."
+        )
     tensor = body.inputs[0]
+    if tensor.name != INPUT_TENSOR:
+        raise ValidationFailed(
+            f"Model {spec.name!r} has no input {tensor.name!r}; its input is {INPUT_TENSOR!r} "
+            f"(GET /v2/models/{spec.name}).",
+            errors=[{"field": "inputs.0.name", "message": f"must be {INPUT_TENSOR!r}"}],
+        )
     if tensor.datatype not in NUMERIC:
         raise BadRequest(f"Input {tensor.name!r} must be numeric (FP32, FP64 or an integer type).")
     try:
@@ -196,7 +204,8 @@ _INFER_DOCS: dict[str, Any] = {
 async def infer(
     request: Request, caller: OipPredictor, inference: InferenceDep, name: str = ModelName
 ) -> InferenceResponse:
-    """One input tensor `input` of shape [batch, features] (row-major `data`, flat or nested)."""
+    """One input tensor `input` (the name the model's metadata gives; another is a 422) of shape
+    [batch, features] (row-major `data`, flat or nested); each output asked for at most once."""
     return await _infer(request, caller, inference, name)
 
 

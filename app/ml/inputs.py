@@ -188,6 +188,12 @@ def validate_features(spec: ModelSpec, features: object, *, field: str = "featur
 
 # --- Open Inference Protocol tensors -------------------------------------------------------------
 
+# The one input tensor of every model, by the name its metadata (`GET /v2/models/{name}`) gives and
+# requests must use (Triton, too, refuses an input it does not declare; MLServer's scikit-learn
+# runtime reads a lone input whatever its name). tritonclient's users copy it from the metadata;
+# the web tier's remote entries send it (app.ml.manifest.RemoteSpec.input, `input` by default).
+INPUT_TENSOR = "input"
+
 # Inclusive ranges of the protocol's integer datatypes (and FP16's largest finite value): a value
 # outside its declared datatype is refused, never wrapped or saturated.
 DATATYPE_RANGES: dict[str, tuple[int | float, int | float]] = {

@@ -8,14 +8,17 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from app.core.security import Scope
-from app.schemas.common import RequestModel, ResponseModel
+from app.schemas.common import NOT_CONVERTED, DisplayName, RequestModel, ResponseModel
 
 # A key lives at most this long when an expiry is asked for (none asked: until revoked).
 MAX_EXPIRES_IN_DAYS = 3650
 
 
 class ApiKeyCreate(RequestModel):
-    name: Annotated[str, Field(min_length=1, max_length=100, description="What the key is for.")]
+    name: Annotated[
+        DisplayName,
+        Field(min_length=1, max_length=100, description="What the key is for (no control characters)."),
+    ]
     scopes: Annotated[
         list[Scope],
         Field(
@@ -26,8 +29,8 @@ class ApiKeyCreate(RequestModel):
         ),
     ]
     expires_in_days: Annotated[
-        int | None,
-        Field(ge=1, le=MAX_EXPIRES_IN_DAYS, description="Days until the key expires (default: never)."),
+        Annotated[int, Field(ge=1, le=MAX_EXPIRES_IN_DAYS), NOT_CONVERTED] | None,
+        Field(description="Days until the key expires (default: never)."),
     ] = None
 
     @field_validator("scopes")

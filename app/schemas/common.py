@@ -2,18 +2,65 @@
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from app.core.errors import PROBLEM_CONTENT_TYPE
 
 
 class RequestModel(BaseModel):
-    """Request bodies refuse unknown fields: `owner_id` or `is_admin` sent by a client is an error."""
+    """Request bodies refuse unknown fields: `owner_id` or `is_admin` sent by a client is an error.
+
+    Their whole numbers and booleans take no conversion (`NOT_CONVERTED`, pydantic's `StrictBool`):
+    `"50"` or `true` for a number, `"yes"` or `1` for a boolean are a 422 naming the field, where
+    lax mode would read 50, 1 and true, guessing what a client meant. Per field, not a strict
+    model: strict mode would also refuse the strings of enum fields (`scopes`) in the Python mode
+    FastAPI validates bodies in."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+def _a_number(value: object) -> object:
+    if isinstance(value, bool | str):
+        kind = "a boolean" if isinstance(value, bool) else "a string"
+        raise ValueError(f"must be a whole number, got {kind}")
+    return value
+
+
+# For an `int` field: a whole number as JSON Schema's `integer` has it, 50 or 50.0 (a number without
+# a fraction, which some JSON encoders write), never "50" or true. (pydantic's strict int would
+# refuse 50.0, which the OpenAPI document's `integer` allows, so a generated client could send it.)
+# Placed after the field's bounds (`Annotated[int, Field(ge=1), NOT_CONVERTED]`), so the document
+# keeps them as `minimum` and `maximum`.
+NOT_CONVERTED = BeforeValidator(_a_number)
+
+
+# Control characters (C0, DEL, C1: Unicode's Cc) in a name a person reads back: a NUL is cut off or
+# refused by some databases and tools, a newline or an escape sequence forges lines in a terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The same rule in the OpenAPI document (ECMA-262 syntax), so a generated client knows it.
+_NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+
+
+def _no_control_characters(value: str) -> str:
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise ValueError(
+            f"must not contain control characters; found U+{ord(found.group()):04X} at {found.start()}"
+        )
+    return value
+
+
+# Free text a person names something with (an API key's name): a string, without control characters.
+DisplayName = Annotated[
+    str,
+    Field(strict=True, json_schema_extra={"pattern": _NO_CONTROL_PATTERN}),
+    AfterValidator(_no_control_characters),
+]
 
 
 def reject_null(value: object) -> object:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
 from app.ml.fleet import MAX_SPLITS, Alias
-from app.schemas.common import RequestModel
+from app.schemas.common import NOT_CONVERTED, RequestModel
 from app.schemas.oip import VERSION_PATTERN
 
 
 class SplitIn(RequestModel):
     version: str = Field(pattern=VERSION_PATTERN)
-    weight: int = Field(ge=1, le=100, description="Percent of the alias's requests.")
+    weight: Annotated[int, Field(ge=1, le=100), NOT_CONVERTED] = Field(
+        description="Percent of the alias's requests."
+    )
 
 
 class AliasUpdate(RequestModel):
@@ -23,7 +25,7 @@ class AliasUpdate(RequestModel):
 
     version: str | None = Field(None, pattern=VERSION_PATTERN)
     split: list[SplitIn] | None = Field(None, min_length=2, max_length=MAX_SPLITS)
-    sticky: bool = Field(
+    sticky: StrictBool = Field(
         False, description="A split sends each user (or key's owner) to the same version every time."
     )
 
@@ -56,24 +58,36 @@ class SplitOut(BaseModel):
     weight: int
 
 
-class AliasPublic(BaseModel):
+class AliasSummary(BaseModel):
+    """An alias as anyone who may read the models sees it: where it sends requests, not who
+    pointed it there (which admin did is for admins: `AliasPublic`)."""
+
     model: str
     name: str
     splits: list[SplitOut]
     sticky: bool
-    changed_by: int | None = Field(description="The admin who last pointed it (null: the seed).")
     changed_at: datetime | None
 
     @classmethod
-    def of(cls, alias: Alias) -> AliasPublic:
+    def of(cls, alias: Alias) -> AliasSummary:
         return cls(
             model=alias.model,
             name=alias.name,
             splits=[SplitOut(version=s.version, weight=s.weight) for s in alias.splits],
             sticky=alias.sticky,
-            changed_by=alias.changed_by,
             changed_at=alias.changed_at,
         )
+
+
+class AliasPublic(AliasSummary):
+    """An alias as admins see it (the answer to pointing one, the fleet's state)."""
+
+    changed_by: int | None = Field(description="The admin who last pointed it (null: the seed).")
+
+    @classmethod
+    def of(cls, alias: Alias) -> AliasPublic:
+        summary = AliasSummary.of(alias)
+        return cls(**dict(summary), changed_by=alias.changed_by)
 
 
 class LoadedVersion(BaseModel):

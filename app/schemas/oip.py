@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from app.schemas.common import NOT_CONVERTED
 
 Datatype = Literal[
     "BOOL",
@@ -24,13 +26,15 @@ Datatype = Literal[
 
 
 class _Open(BaseModel):
-    # The protocol lets clients send extra, implementation-specific keys; they are ignored.
+    # The protocol lets clients send extra, implementation-specific keys; they are ignored. Numbers
+    # and booleans are strict, as in every request body here (app.schemas.common.RequestModel):
+    # a shape of `["1", "4"]` is a client's mistake to name, not a guess to make.
     model_config = ConfigDict(extra="ignore")
 
 
 class RequestInput(_Open):
-    name: str = Field(max_length=128)
-    shape: list[int] = Field(min_length=1, max_length=8)
+    name: str = Field(max_length=128, description="The model's input, as its metadata names it: `input`.")
+    shape: list[Annotated[int, NOT_CONVERTED]] = Field(min_length=1, max_length=8)
     datatype: Datatype
     parameters: dict[str, Any] | None = None
     data: list[Any]
@@ -45,7 +49,21 @@ class InferenceRequest(_Open):
     id: str | None = Field(None, max_length=256)
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1, max_length=16)
-    outputs: list[RequestOutput] | None = Field(None, max_length=16)
+    outputs: list[RequestOutput] | None = Field(
+        None,
+        max_length=16,
+        description="The outputs to return, each once (none: all of them).",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+    @field_validator("outputs")
+    @classmethod
+    def _each_once(cls, outputs: list[RequestOutput] | None) -> list[RequestOutput] | None:
+        names = [o.name for o in outputs or ()]
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise ValueError(f"each output at most once; {repeated!r} is asked for twice")
+        return outputs
 
 
 class ResponseOutput(BaseModel):
@@ -105,7 +123,9 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class RepositoryIndexRequest(_Open):
-    ready: bool | None = Field(None, description="true: only the versions ready now; false or none: all.")
+    ready: StrictBool | None = Field(
+        None, description="true: only the versions ready now; false or none: all."
+    )
 
 
 class RepositoryModel(BaseModel):

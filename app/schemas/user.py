@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, EmailStr, Field
+from pydantic import AfterValidator, EmailStr, Field, StrictBool
 
 from app.core.emails import normalise_email
 from app.schemas.common import NO_NULL_IN_SCHEMA, RequestModel, ResponseModel, reject_null
@@ -48,8 +48,8 @@ class UserUpdateMe(RequestModel):
 
 class UserUpdateAdmin(RequestModel):
     email: Annotated[Email | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
-    is_active: Annotated[bool | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
-    is_admin: Annotated[bool | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
+    is_active: Annotated[StrictBool | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
+    is_admin: Annotated[StrictBool | None, AfterValidator(reject_null), NO_NULL_IN_SCHEMA] = None
 
 
 class PasswordChange(RequestModel):

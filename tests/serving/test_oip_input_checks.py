@@ -3,6 +3,10 @@
 Before the fix `UINT8` 300 and `INT8` -200 were accepted (and predicted on), a 1-D shape was read
 as one row, and nested data under a flat shape was flattened whatever its nesting. Each is now the
 protocol's 400 `{"error": "..."}` naming the input; nothing answers 500.
+
+Issue 21, finding 7: a shape of `["1", "4"]` was read as [1, 4], an input of any name (`"x"`) was
+taken for the model's, and an output asked for twice came back twice. Each is now the protocol's
+422 naming the field (`inputs.0.shape.0`, `inputs.0.name`, `outputs`).
 """
 
 from __future__ import annotations
@@ -127,3 +131,60 @@ async def test_values_that_are_no_numbers_are_refused_not_a_500(
     response = await _infer(ml_client, _tensor("INT8", [1, 4], data))
     assert response.status_code in (400, 422), response.text
     assert set(response.json()) == {"error"}
+
+
+@pytest.mark.parametrize("shape", [["1", "4"], [1, "4"], [True, 4]])
+async def test_a_shape_of_the_wrong_type_is_a_422_naming_it(
+    ml_client: httpx.AsyncClient, shape: list[Any]
+) -> None:
+    response = await _infer(ml_client, _tensor("FP32", shape, ROW))
+    assert response.status_code == 422, response.text
+    assert set(response.json()) == {"error"}
+    assert "inputs.0.shape." in response.json()["error"]
+
+
+@pytest.mark.parametrize("name", ["x", "INPUT", "input-0", "features", ""])
+@pytest.mark.parametrize("path", [INFER, "/v2/models/iris/versions/1.0.0/infer"])
+async def test_an_input_the_model_does_not_name_is_a_422(
+    ml_client: httpx.AsyncClient, name: str, path: str
+) -> None:
+    body = {"inputs": [{"name": name, "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
+    response = await ml_client.post(path, json=body, headers=await login(ml_client, "oip-checks@example.com"))
+    assert response.status_code == 422, response.text
+    assert set(response.json()) == {"error"}
+    assert "inputs.0.name: must be 'input'" in response.json()["error"]
+
+
+async def test_the_input_the_metadata_names_is_the_one_taken(ml_client: httpx.AsyncClient) -> None:
+    """What tritonclient's users do: read the input's name from the model's metadata, send that."""
+    headers = await login(ml_client, "oip-checks@example.com")
+    metadata = await ml_client.get("/v2/models/iris", headers=headers)
+    [advertised] = metadata.json()["inputs"]
+    body = {"inputs": [{"name": advertised["name"], "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
+    response = await ml_client.post(INFER, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == ["setosa"]
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        [{"name": "label"}, {"name": "label"}],
+        [{"name": "probabilities"}, {"name": "label"}, {"name": "probabilities"}],
+    ],
+)
+async def test_an_output_asked_for_twice_is_a_422_naming_outputs(
+    ml_client: httpx.AsyncClient, outputs: list[dict[str, str]]
+) -> None:
+    response = await _infer(ml_client, {**_tensor("FP32", [1, 4], ROW), "outputs": outputs})
+    assert response.status_code == 422, response.text
+    assert set(response.json()) == {"error"}
+    assert "outputs: " in response.json()["error"]
+    assert "at most once" in response.json()["error"]
+
+
+async def test_outputs_asked_for_once_each_come_back_in_that_order(ml_client: httpx.AsyncClient) -> None:
+    outputs = [{"name": "probabilities"}, {"name": "label"}]
+    response = await _infer(ml_client, {**_tensor("FP32", [1, 4], ROW), "outputs": outputs})
+    assert response.status_code == 200, response.text
+    assert [o["name"] for o in response.json()["outputs"]] == ["probabilities", "label"]

@@ -11,7 +11,7 @@ from app.ml.fleet import ALIAS_PATTERN
 from app.ml.manifest import ModelSpec
 from app.ml.names import MODEL_NAME_PATTERN, VERSION_PATTERN
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
-from app.schemas.model_state import AliasPublic, AliasUpdate
+from app.schemas.model_state import AliasPublic, AliasSummary, AliasUpdate
 from app.schemas.prediction import (
     AliasRoute,
     BatchPredictRequest,
@@ -104,9 +104,10 @@ async def predict_version(
 
 
 @router.get("/{name}/aliases", summary="A model's aliases", responses=problem_responses(404, 422))
-async def list_aliases(_user: ModelReader, fleet: FleetDep, name: str = ModelName) -> list[AliasPublic]:
-    """As the fleet's desired state has them (each process follows within a poll)."""
-    return [AliasPublic.of(a) for a in await fleet.aliases(name)]
+async def list_aliases(_user: ModelReader, fleet: FleetDep, name: str = ModelName) -> list[AliasSummary]:
+    """As the fleet's desired state has them (each process follows within a poll). Which admin
+    pointed each is in the state admins read (`GET /api/v1/model-repository`)."""
+    return [AliasSummary.of(a) for a in await fleet.aliases(name)]
 
 
 @router.put(
