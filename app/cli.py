@@ -158,7 +158,8 @@ def cmd_models_add(args: argparse.Namespace) -> int:
 
 
 def cmd_model_server(_args: argparse.Namespace) -> int:
-    """The inference tier alone (app.model_server): the manifest's models behind /v2, no database."""
+    """The inference tier alone (app.model_server): the manifest's models behind /v2; of the
+    database (DATABASE_URL) it reads only the model state, which versions to load."""
     from app.core.logging import configure_logging
     from app.server import MODEL_SERVER_APP, serve
 
