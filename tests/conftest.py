@@ -129,6 +129,9 @@ async def empty_tables(engine: AsyncEngine) -> None:
         else:
             for table in tables:
                 await conn.execute(table.delete())
+            # Ids restart at 1, as PostgreSQL's RESTART IDENTITY does (the tables say AUTOINCREMENT,
+            # so a DELETE alone would not reset them).
+            await conn.execute(text("DELETE FROM sqlite_sequence"))
 
 
 @pytest.fixture
