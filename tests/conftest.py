@@ -134,16 +134,26 @@ async def empty_tables(engine: AsyncEngine) -> None:
             await conn.execute(text("DELETE FROM sqlite_sequence"))
 
 
+async def empty_database(database_url: str) -> None:
+    """`empty_tables` with an engine of its own, for after an app has shut down: its shutdown writes
+    its last records (the prediction log's last batch), which must still find their users."""
+    engine = create_engine(make_settings(database_url))
+    try:
+        await empty_tables(engine)
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     # The app itself, not `manager.app` (a wrapper function without `.state`): the lifespan keeps
     # its resources on `app.state`, which tests and `make_user` reach into.
-    async with lifespan(application):
-        try:
+    try:
+        async with lifespan(application):
             yield application
-        finally:
-            await empty_tables(state_of(application).resources.db.engine)
+    finally:
+        await empty_database(settings.database_url)
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from app.http.state import state_of
 from app.main import create_app
-from tests.conftest import PASSWORD, Headers, empty_tables, make_settings
+from tests.conftest import PASSWORD, Headers, empty_database, make_settings
 from tests.lifespan import lifespan
 
 
@@ -22,15 +21,13 @@ async def running_app(
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """An app built from the test settings plus `overrides`, and a client for it."""
     app = create_app(make_settings(database_url, **overrides))
-    async with lifespan(app):
-        try:
+    try:
+        async with lifespan(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
                 yield app, client
-        finally:
-            await empty_tables(
-                state_of(app).resources.db.engine
-            )  # the next test starts from empty tables, as with `app`
+    finally:
+        await empty_database(database_url)  # the next test starts from empty tables, as with `app`
 
 
 def new_email() -> str:

@@ -17,11 +17,10 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from app.api.deps import BearerCaller, BearerClaims, BearerSession, get_admin
+from app.api.deps import Bearer, get_admin
 from app.core.config import Settings
-from app.http.state import state_of
 from app.main import create_app
-from tests.conftest import empty_tables
+from tests.conftest import empty_database
 from tests.lifespan import lifespan
 
 # Path/query parameters that name an object belonging to one user (checked for BOLA).
@@ -53,16 +52,13 @@ class RouteInfo:
 
     @property
     def needs_token(self) -> bool:
-        return (
-            self.checks_token_in_its_statement
-            or _depends_on_a(self.route.dependant, BearerCaller)
-            or _depends_on_a(self.route.dependant, BearerSession)
-        )
+        return any(_bearers(self.route.dependant))
 
     @property
     def checks_token_in_its_statement(self) -> bool:
-        """The hot item routes take the token's claims and check them in their own statement."""
-        return _depends_on_a(self.route.dependant, BearerClaims)
+        """The item routes take the caller unchecked: the item service checks it, the hottest
+        operations in their own statement."""
+        return any(bearer.checked_by_the_service for bearer in _bearers(self.route.dependant))
 
     @property
     def admin_only(self) -> bool:
@@ -86,9 +82,9 @@ def _depends_on(dependant: Dependant, call: object) -> bool:
     return any(d.call is call for d in _walk(dependant))
 
 
-def _depends_on_a(dependant: Dependant, kind: type) -> bool:
-    """Whether any dependency is an instance of `kind` (one instance per scope)."""
-    return any(isinstance(d.call, kind) for d in _walk(dependant))
+def _bearers(dependant: Dependant) -> Iterator[Bearer]:
+    """The caller dependencies (`Bearer`, one instance per scope) a route depends on."""
+    return (d.call for d in _walk(dependant) if isinstance(d.call, Bearer))
 
 
 def _all_query_params(dependant: Dependant) -> Iterator[object]:
@@ -122,10 +118,10 @@ def contains_password_hash(text: str) -> bool:
 async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A client on an app built with its own settings; its tables are emptied afterwards."""
     application = create_app(settings)
-    async with lifespan(application):
-        try:
+    try:
+        async with lifespan(application):
             transport = httpx.ASGITransport(app=application)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                 yield client
-        finally:
-            await empty_tables(state_of(application).resources.db.engine)
+    finally:
+        await empty_database(settings.database_url)  # after the shutdown has written its last records

@@ -9,9 +9,8 @@ import httpx
 import pytest_asyncio
 from fastapi import FastAPI
 
-from app.http.state import state_of
 from app.main import create_app
-from tests.conftest import PASSWORD, empty_tables, make_settings
+from tests.conftest import PASSWORD, empty_database, make_settings
 from tests.lifespan import lifespan
 from tests.ml.conftest import make_model_dir  # noqa: F401 - the fixture, for tests with edited manifests
 
@@ -21,11 +20,11 @@ async def ml_app(database_url: str) -> AsyncIterator[FastAPI]:
     application = create_app(
         make_settings(database_url, ml_enabled=True, prediction_log_flush_ms=20, rate_limit_enabled=False)
     )
-    async with lifespan(application):
-        try:
+    try:
+        async with lifespan(application):
             yield application
-        finally:
-            await empty_tables(state_of(application).resources.db.engine)
+    finally:
+        await empty_database(database_url)  # after the shutdown has written its last records
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

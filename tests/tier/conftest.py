@@ -27,9 +27,8 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from app.http.state import state_of
 from app.main import create_app
-from tests.conftest import empty_tables, make_settings
+from tests.conftest import empty_database, make_settings
 from tests.faults.server import ROOT, Server, free_port, start_server
 from tests.lifespan import SERVER_STARTUP_LIMIT_S, lifespan
 
@@ -273,12 +272,12 @@ async def web_app(
         **overrides,
     )
     application = create_app(settings)
-    async with lifespan(application):
-        try:
+    try:
+        async with lifespan(application):
             yield application
-        finally:
-            if empty:
-                await empty_tables(state_of(application).resources.db.engine)
+    finally:
+        if empty:
+            await empty_database(database_url)
 
 
 # Package scope: the servers stop when tests/tier is done, so no later test finds them among this
