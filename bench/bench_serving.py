@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from bench.harness import (
     ROOT,
     HeavyLoad,
     Load,
+    ResultsFile,
     Server,
     base_env,
     cores,
@@ -347,16 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = Profile.make(args.quick)
     server_pin, load_pin = cores()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    results_file = ResultsFile("bench.bench_serving", args.quick, profile, server_pin, load_pin)
     executors, heavy_name = manifest_roles()
     rows = model_rows()
     heavy_body = [{"features": row} for row in rows[heavy_name]]
     results: dict[str, Any] = {
-        "command": f"uv run python -m bench.bench_serving{' --quick' if args.quick else ''}",
-        "profile": profile.__dict__,
-        "pinning": {"server": " ".join(server_pin) or "none", "load": " ".join(load_pin) or "none"},
         "executors": executors,
         "heavy_model": heavy_name,
         "isolation": {},
@@ -406,13 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name in rows
     }
-    results["load_average"] = [load_before, os.getloadavg()[0]]
-    results["elapsed_s"] = round(time.perf_counter() - began, 1)
-    results["targets"] = targets(results)
-    results["markdown"] = markdown(results)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print("\n" + results["markdown"], flush=True)
-    print(f"\nwrote {args.out}", flush=True)
+    results_file.write(args.out, results, targets, markdown)
     return 0
 
 

@@ -46,12 +46,14 @@ from bench.harness import (
     RESULTS,
     ROOT,
     RawConnection,
+    ResultsFile,
     Server,
     cores,
     free_port,
     migrate,
     register_and_login,
     service_env,
+    targets_table,
 )
 
 MODEL = "iris"
@@ -259,7 +261,8 @@ async def measure(port: int, token: str, admin: str, profile: Profile) -> dict[s
 # --------------------------------------------------------------------------- results
 
 
-def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    r = results["runs"]
     steady, during = r["steady"], r["swap"]
     p99_ratio = round(during["p99_ms"] / steady["p99_ms"], 2) if steady["p99_ms"] else float("inf")
     p50_ratio = round(during["p50_ms"] / steady["p50_ms"], 2) if steady["p50_ms"] else float("inf")
@@ -287,13 +290,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any]) -> str:
     r = results["runs"]
     lines = [
-        "| Metric | Measured | Target | Met | Figures |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {t['metric']} | {t['value']} | {t['target']} | {'yes' if t['met'] else '**no**'} "
-            f"| {t['figures']} |"
-            for t in results["targets"]
-        ),
+        *targets_table(results["targets"]),
         "",
         "| Window | requests | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | versions served |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -357,25 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     server_pin, load_pin = cores()
     if load_pin and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(load_pin[-1])})  # this process is the load generator
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    results_file = ResultsFile("bench.bench_swap", args.quick, profile, server_pin, load_pin)
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
         runs = run(profile, server_pin, Path(tmp))
-    results: dict[str, Any] = {
-        "command": f"uv run python -m bench.bench_swap{' --quick' if args.quick else ''}",
-        "profile": profile.__dict__,
-        "connections": CONNECTIONS,
-        "pinning": {"server": " ".join(server_pin) or "none", "load": " ".join(load_pin) or "none"},
-        "runs": runs,
-        "load_average": [load_before, os.getloadavg()[0]],
-        "elapsed_s": round(time.perf_counter() - began, 1),
-    }
-    results["targets"] = targets(runs)
-    results["markdown"] = markdown(results)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print("\n" + results["markdown"], flush=True)
-    print(f"\nwrote {args.out}", flush=True)
+    results_file.write(args.out, {"connections": CONNECTIONS, "runs": runs}, targets, markdown)
     return 0 if runs["errors"] == 0 else 1
 
 

@@ -28,12 +28,9 @@ Writes bench/results/tier.json, including `targets` and `markdown` (for docs/per
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +43,7 @@ from bench.harness import (
     ROOT,
     HeavyLoad,
     Load,
+    ResultsFile,
     Server,
     base_env,
     cores,
@@ -58,6 +56,7 @@ from bench.harness import (
     raw_get,
     register_and_login,
     service_env,
+    targets_table,
 )
 
 MODEL_DIR = ROOT / "ml_models"
@@ -224,7 +223,8 @@ def run(profile: Profile, server_pin: list[str], load_pin: list[str], workdir: P
     return out
 
 
-def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    r = results["runs"]
     bare_rss = r["bare_memory"]["rss_mb"]
     remote = r["remote_memory"]
     ms, local = r["model_server_memory"], r["local_memory"]
@@ -259,13 +259,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| Metric | Measured | Target | Met | Figures |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {t['metric']} | {t['value']} | {t['target']} | {'yes' if t['met'] else '**no**'} "
-            f"| {t['figures']} |"
-            for t in results["targets"]
-        ),
+        *targets_table(results["targets"]),
         "",
         _context(results["runs"]),
         "",
@@ -300,24 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = Profile.make(args.quick)
     server_pin, load_pin = cores()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    results_file = ResultsFile("bench.bench_tier", args.quick, profile, server_pin, load_pin)
     with tempfile.TemporaryDirectory(prefix="bench-tier-") as tmp:
         runs = run(profile, server_pin, load_pin, Path(tmp))
-    results: dict[str, Any] = {
-        "command": f"uv run python -m bench.bench_tier{' --quick' if args.quick else ''}",
-        "profile": profile.__dict__,
-        "pinning": {"server": " ".join(server_pin) or "none", "load": " ".join(load_pin) or "none"},
-        "runs": runs,
-        "load_average": [load_before, os.getloadavg()[0]],
-        "elapsed_s": round(time.perf_counter() - began, 1),
-    }
-    results["targets"] = targets(runs)
-    results["markdown"] = markdown(results)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print("\n" + results["markdown"], flush=True)
-    print(f"\nwrote {args.out}", flush=True)
+    results_file.write(args.out, {"runs": runs}, targets, markdown)
     return 0
 
 

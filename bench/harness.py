@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
@@ -738,6 +739,61 @@ def in_process_markdown(data: dict[str, Any]) -> str:
     if data.get("machine", {}).get("load"):
         lines.append(f"In-process run: {data['machine']['load']}.")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- a runner's results file
+
+
+class ResultsFile:
+    """A runner's run from its start to its results file (bench/bench_serving.py, bench_swap.py,
+    bench_tier.py): made when the run starts, it holds the header fields every file carries
+    (`command`, `profile`, `pinning`) and the load average then; `write` adds the load average
+    after and the time taken, the `targets` rows and the `markdown` (made from the results, so it
+    may quote all of these), writes the file and prints the markdown."""
+
+    def __init__(
+        self, module: str, quick: bool, profile: object, server_pin: list[str], load_pin: list[str]
+    ) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self._began = time.perf_counter()
+        self._load_before = os.getloadavg()[0]
+        self.header: dict[str, Any] = {
+            "command": f"uv run python -m {module}{' --quick' if quick else ''}",
+            "profile": profile.__dict__,
+            "pinning": {"server": " ".join(server_pin) or "none", "load": " ".join(load_pin) or "none"},
+        }
+
+    def write(
+        self,
+        out: Path,
+        results: dict[str, Any],
+        targets: Callable[[dict[str, Any]], list[dict[str, Any]]],
+        markdown: Callable[[dict[str, Any]], str],
+    ) -> dict[str, Any]:
+        """`results` (the header first) with `load_average`, `elapsed_s`, `targets(results)` and
+        `markdown(results)` added, written to `out` as JSON and its markdown printed."""
+        results = {**self.header, **results}
+        results["load_average"] = [self._load_before, os.getloadavg()[0]]
+        results["elapsed_s"] = round(time.perf_counter() - self._began, 1)
+        results["targets"] = targets(results)
+        results["markdown"] = markdown(results)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print("\n" + results["markdown"], flush=True)
+        print(f"\nwrote {out}", flush=True)
+        return results
+
+
+def targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of `targets` rows with a value and figures (bench_swap, bench_tier)."""
+    return [
+        "| Metric | Measured | Target | Met | Figures |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {t['metric']} | {t['value']} | {t['target']} | {'yes' if t['met'] else '**no**'} "
+            f"| {t['figures']} |"
+            for t in targets
+        ),
+    ]
 
 
 # ---------------------------------------------------- requests and loads of the model benches
