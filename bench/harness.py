@@ -41,6 +41,17 @@ SECRET_KEY = secrets.token_urlsafe(48)
 PASSWORD = "bench-password-1234"  # noqa: S105 - the seeded users' password, local only
 N_USERS = 8
 N_ITEMS = 10_000
+# The endpoints bench/run.py measures on the service (kind -> label, as the report names them);
+# `predict` only when the route exists.
+ENDPOINTS = {
+    "get_item": "GET /api/v1/items/{id}",
+    "list": "GET /api/v1/items (20)",
+    "list_v2": "GET /api/v2/items (20)",
+    "post": "POST /api/v1/items",
+    "predict": "POST /api/v1/predict",
+    "get_item_key": "GET /api/v1/items/{id} (API key)",
+    "predict_key": "POST /api/v1/predict (API key)",
+}
 
 
 # --------------------------------------------------------------------------- machine

@@ -13,21 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.harness import ENDPOINTS
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 ANALYSIS = ROOT / "bench" / "analysis.md"
 THROUGHPUT_PNG = "performance-throughput.png"
 LATENCY_PNG = "performance-latency.png"
 
-LABELS = {
-    "get_item": "GET /api/v1/items/{id}",
-    "list": "GET /api/v1/items (20)",
-    "list_v2": "GET /api/v2/items (20)",
-    "post": "POST /api/v1/items",
-    "predict": "POST /api/v1/predict",
-    "get_item_key": "GET /api/v1/items/{id} (API key)",
-    "predict_key": "POST /api/v1/predict (API key)",
-}
+LABELS = ENDPOINTS  # kind -> label, as bench/run.py measured them
 GUIDE = {
     "throughput": ("8k req/s", "18k req/s"),
     "p99": ("45 ms", "12 ms"),

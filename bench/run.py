@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
+    ENDPOINTS,
     PYTHON,
     RESULTS,
     ROOT,
@@ -65,16 +66,6 @@ from bench.harness import (
     spread,
 )
 
-# The endpoints measured on the service (kind -> label); `predict` only when the route exists.
-ENDPOINTS = {
-    "get_item": "GET /api/v1/items/{id}",
-    "list": "GET /api/v1/items (20)",
-    "list_v2": "GET /api/v2/items (20)",
-    "post": "POST /api/v1/items",
-    "predict": "POST /api/v1/predict",
-    "get_item_key": "GET /api/v1/items/{id} (API key)",
-    "predict_key": "POST /api/v1/predict (API key)",
-}
 # Measured side by side with the kind they repeat by API key (runs alternated: `closed_pair`).
 KEY_PAIRS = {"get_item": "get_item_key", "predict": "predict_key"}
 # Issue 5's targets, as fractions of the bare-FastAPI ceiling.
