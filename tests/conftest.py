@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import make_url, text
+from sqlalchemy import URL, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
@@ -46,7 +46,7 @@ _SHARED_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 def pytest_configure(config: pytest.Config) -> None:
     if _SHARED_DATABASE_URL and not os.environ.get("TEST_DATABASE_PRIVATE"):
         name = f"{make_url(_SHARED_DATABASE_URL).database}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        asyncio.run(_admin_sql(_SHARED_DATABASE_URL, f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin_sql(_SHARED_DATABASE_URL, f'CREATE DATABASE "{name}"'))
         private = make_url(_SHARED_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
         os.environ["TEST_DATABASE_URL"] = private
         os.environ["TEST_DATABASE_PRIVATE"] = name
@@ -55,12 +55,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     name = os.environ.get("TEST_DATABASE_PRIVATE")
     if _SHARED_DATABASE_URL and name and os.environ.get("TEST_DATABASE_URL") != _SHARED_DATABASE_URL:
-        asyncio.run(_admin_sql(_SHARED_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(_SHARED_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         os.environ["TEST_DATABASE_URL"] = _SHARED_DATABASE_URL
         del os.environ["TEST_DATABASE_PRIVATE"]
 
 
-async def _admin_sql(database_url: str, statement: str) -> None:
+async def admin_sql(database_url: str | URL, statement: str) -> None:
+    """One statement on a PostgreSQL server outside any transaction (CREATE/DROP DATABASE)."""
     import asyncpg
 
     url = make_url(database_url)

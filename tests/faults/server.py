@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import URL, make_url
 
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import TEST_SECRET_KEY, admin_sql
 from tests.lifespan import SERVER_STARTUP_LIMIT_S
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,18 +121,6 @@ def _admin_url(url: URL) -> URL:
     return url.set(drivername="postgresql+asyncpg")
 
 
-async def _run_admin_sql(url: URL, statement: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(
-        user=url.username, password=url.password, host=url.host, port=url.port or 5432, database=url.database
-    )
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @asynccontextmanager
 async def private_database(tmp_path: Path) -> AsyncIterator[str]:
     """A database URL no other test touches: a fresh database on the PostgreSQL server of
@@ -143,7 +131,7 @@ async def private_database(tmp_path: Path) -> AsyncIterator[str]:
         return
     base = make_url(shared)
     name = f"faults_{uuid.uuid4().hex[:12]}"
-    await _run_admin_sql(base, f'CREATE DATABASE "{name}"')
+    await admin_sql(base, f'CREATE DATABASE "{name}"')
     url = base.set(database=name).render_as_string(hide_password=False)
     try:
         migrate = await asyncio.to_thread(
@@ -158,7 +146,7 @@ async def private_database(tmp_path: Path) -> AsyncIterator[str]:
         assert migrate.returncode == 0, migrate.stderr.decode()
         yield url
     finally:
-        await _run_admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
