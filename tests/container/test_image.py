@@ -25,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+from tests.conftest import admin_sql
 from tests.container.conftest import (
     PASSWORD,
     ROOT,
@@ -34,7 +35,7 @@ from tests.container.conftest import (
     container_output,
     json_lines,
 )
-from tests.faults.server import _run_admin_sql, free_port
+from tests.faults.server import free_port
 
 GRACE_SECONDS = 10
 
@@ -421,8 +422,8 @@ def _migrate(containers: Containers, database_url: str) -> None:
 def test_the_postgresql_configuration_on_the_host_network(containers: Containers) -> None:
     base = make_url(_postgresql_url())
     name = "mlservice_image"
-    asyncio.run(_run_admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    asyncio.run(_run_admin_sql(base, f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_sql(base, f'CREATE DATABASE "{name}"'))
     url = base.set(database=name).render_as_string(hide_password=False)
     try:
         _migrate(containers, url)
@@ -438,7 +439,7 @@ def test_the_postgresql_configuration_on_the_host_network(containers: Containers
         _walk_through(server.base_url)
         _assert_stopped_cleanly(server, server.stop(GRACE_SECONDS + 5))
     finally:
-        asyncio.run(_run_admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @dataclass
