@@ -12,7 +12,8 @@ over several clients, every outcome recorded with when it was sent and answered.
 
 `loops` closed loops (each sends its next request when the last is answered); loop `i` starts at
 the `i`-th client and moves to the next one after every request, so each client gets an even
-share. A transport error is recorded as status 0 and the loop goes on.
+share. A transport error is recorded as status 0 and the loop goes on (after `pause_after_error_s`,
+so a server that refuses connections at once is not called in a spin).
 
 Where the loops run:
 - `clients` maps names to `httpx.AsyncClient`s (an in-process app behind `httpx.ASGITransport`
@@ -53,6 +54,11 @@ class Outcome:
     version: str | None  # a 200's `version` field, where its JSON body has one
     body: str  # a non-200's text (300 characters), or the transport error
 
+    @property
+    def error(self) -> str | None:
+        """The transport error's type (`ConnectError`, `ReadError`, ...) for status 0, else None."""
+        return self.body.split(":", 1)[0] if self.status == 0 else None
+
 
 def post_json(path: str, body: Any, headers: Mapping[str, str] | None = None) -> Send:
     """Each request: POST `body` as JSON to `path` with `headers`."""
@@ -85,6 +91,7 @@ class SteadyLoad:
         pause_s: float = 0.0,
         thread: bool = False,
         timeout_s: float = 30.0,
+        pause_after_error_s: float = 0.0,
     ) -> None:
         if not clients:
             raise ValueError("a load needs at least one client")
@@ -97,6 +104,7 @@ class SteadyLoad:
         self._pause_s = pause_s
         self._thread_mode = thread
         self._timeout_s = timeout_s
+        self._pause_after_error_s = pause_after_error_s
         self._outcomes: list[Outcome] = []  # appended by the loops (one append is atomic)
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -169,6 +177,7 @@ class SteadyLoad:
             except httpx.HTTPError as exc:
                 failed = f"{type(exc).__name__}: {exc}"[:300]
                 self._outcomes.append(Outcome(name, sent, time.monotonic(), 0, None, failed))
+                await asyncio.sleep(self._pause_after_error_s)  # a server that refuses at once
             else:
                 answered = time.monotonic()
                 if response.status_code == 200:
