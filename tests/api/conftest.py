@@ -27,6 +27,13 @@ def bearer(access_token: str) -> Headers:
     return {"Authorization": f"Bearer {access_token}"}
 
 
+async def register(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> Headers:
+    """A new user's bearer header: registered (201), then logged in."""
+    made = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+    assert made.status_code == 201, made.text
+    return bearer((await login(client, email, password))["access_token"])
+
+
 async def user_id(client: httpx.AsyncClient, headers: Headers) -> int:
     response = await client.get("/api/v1/users/me", headers=headers)
     assert response.status_code == 200, response.text

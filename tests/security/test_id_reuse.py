@@ -16,16 +16,8 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.http.state import state_of
-from tests.api.conftest import serve, user_id
-from tests.conftest import PASSWORD, Headers, assert_problem, make_settings
-
-
-async def _register(client: httpx.AsyncClient, email: str) -> Headers:
-    made = await client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
-    assert made.status_code == 201, made.text
-    token = await client.post("/api/v1/auth/token", data={"username": email, "password": PASSWORD})
-    assert token.status_code == 200, token.text
-    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+from tests.api.conftest import register, serve, user_id
+from tests.conftest import Headers, assert_problem, make_settings
 
 
 async def _key(client: httpx.AsyncClient, owner: Headers) -> tuple[int, Headers]:
@@ -41,7 +33,7 @@ async def test_a_deleted_users_key_never_acts_as_the_next_user(
 ) -> None:
     # A second process on the same database, as the attack used: each process remembers keys.
     async with serve(make_settings(database_url)) as other:
-        eve = await _register(client, "eve@example.com")
+        eve = await register(client, "eve@example.com")
         eve_id = await user_id(client, eve)
         eve_key_id, eve_key = await _key(client, eve)
         for process in (client, other):
@@ -50,7 +42,7 @@ async def test_a_deleted_users_key_never_acts_as_the_next_user(
         deleted = await client.delete(f"/api/v1/users/{eve_id}", headers=admin_headers)
         assert deleted.status_code == 204
 
-        frank = await _register(client, "frank@example.com")
+        frank = await register(client, "frank@example.com")
         frank_id = await user_id(client, frank)
         frank_key_id, frank_key = await _key(client, frank)
         # Ids that were issued once are never issued again.
@@ -76,7 +68,7 @@ async def test_the_key_check_matches_this_very_key_not_its_ids(
 ) -> None:
     """Even were an id issued again (a restored backup, a hand-made row), a key the process has
     seen is checked against its own stored hash at every request, not against (user id, key id)."""
-    owner = await _register(client, "ida@example.com")
+    owner = await register(client, "ida@example.com")
     key_id, key = await _key(client, owner)
     item = await client.post("/api/v1/items", json={"title": "t"}, headers=key)
     assert item.status_code == 201

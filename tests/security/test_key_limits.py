@@ -12,16 +12,8 @@ import httpx
 import pytest
 
 import app.services.api_keys as api_keys_module
-from tests.api.conftest import serve, user_id
-from tests.conftest import PASSWORD, Headers, assert_problem, make_settings
-
-
-async def _register(client: httpx.AsyncClient, email: str) -> Headers:
-    made = await client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
-    assert made.status_code == 201, made.text
-    token = await client.post("/api/v1/auth/token", data={"username": email, "password": PASSWORD})
-    assert token.status_code == 200, token.text
-    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+from tests.api.conftest import bearer, login, register, serve, user_id
+from tests.conftest import Headers, assert_problem, make_settings
 
 
 async def _make_key(client: httpx.AsyncClient, owner: Headers) -> httpx.Response:
@@ -48,7 +40,7 @@ async def test_a_key_refused_elsewhere_is_limited_and_costs_one_query(
     monkeypatch.setattr(api_keys_module, "by_hash", counting_by_hash)
     settings = make_settings(database_url, rate_limit_per_api_key="3/minute")
     async with serve(settings) as first, serve(settings) as second:
-        owner = await _register(first, "rose@example.com")
+        owner = await register(first, "rose@example.com")
         made = (await _make_key(first, owner)).json()
         revoked = await first.delete(f"/api/v1/api-keys/{made['id']}", headers=owner)
         assert revoked.status_code == 204
@@ -66,8 +58,8 @@ async def test_a_user_holds_at_most_the_configured_number_of_live_keys(database_
     there was no cap on keys. Now each user holds at most API_KEYS_PER_USER live keys."""
     settings = make_settings(database_url, api_keys_per_user=3, rate_limit_enabled=False)
     async with serve(settings) as client:
-        owner = await _register(client, "kim@example.com")
-        other = await _register(client, "lee@example.com")
+        owner = await register(client, "kim@example.com")
+        other = await register(client, "lee@example.com")
         made = [await _make_key(client, owner) for _ in range(3)]
         assert [response.status_code for response in made] == [201, 201, 201]
         refused = await _make_key(client, owner)
@@ -81,7 +73,7 @@ async def test_a_user_holds_at_most_the_configured_number_of_live_keys(database_
         assert_problem(await _make_key(client, owner), 409)
 
         # Concurrent requests cannot both take the last place.
-        racer = await _register(client, "max@example.com")
+        racer = await register(client, "max@example.com")
         answers = await asyncio.gather(*(_make_key(client, racer) for _ in range(8)))
         assert sorted(response.status_code for response in answers) == [201] * 3 + [409] * 5
         listed = (await client.get("/api/v1/api-keys", headers=racer)).json()
@@ -95,7 +87,7 @@ async def test_deactivation_ends_keys_for_good_on_every_process(
     another for 60 s. Now deactivation revokes the keys (as it ends the user's logins): after a
     re-activation every process refuses them, and the owner makes new ones."""
     async with serve(make_settings(database_url)) as other:
-        owner = await _register(client, "una@example.com")
+        owner = await register(client, "una@example.com")
         made = (await _make_key(client, owner)).json()
         for process in (client, other):
             assert (await process.get("/api/v1/items", headers=_bearer(made))).status_code == 200
@@ -119,6 +111,4 @@ async def test_deactivation_ends_keys_for_good_on_every_process(
 
 async def _register_again(client: httpx.AsyncClient, email: str) -> Headers:
     """Log in again (deactivation ended the user's logins)."""
-    token = await client.post("/api/v1/auth/token", data={"username": email, "password": PASSWORD})
-    assert token.status_code == 200, token.text
-    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return bearer((await login(client, email))["access_token"])
