@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from tests.tier.conftest import (
     start_model_server,
     web_app,
 )
-from tests.tier.faults import Mode, fault_server
+from tests.tier.faults import JsonHandler, Mode, fault_server, serving
 
 IRIS = {"features": [5.1, 3.5, 1.4, 0.2]}
 FOREST = {"rows": [[float(i % 7) for i in range(30)], [1.0] * 30]}
@@ -264,24 +264,12 @@ class Faulty:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         faulty = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002, ARG002 - stdlib signature
-                return
-
-            def _send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
+        class Handler(JsonHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 status = faulty.ready_status
                 self._send(status, json.dumps({"ready": status == 200}).encode())
 
-            def do_POST(self) -> None:
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 with faulty._lock:
                     faulty.posts += 1
@@ -301,15 +289,8 @@ class Faulty:
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:
         """Its base URL while the block runs."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            server.server_close()
+        with serving(self._handler()) as url:
+            yield url
 
 
 class FrozenClock:
