@@ -36,28 +36,34 @@ collect_ignore = [] if os.environ.get("IMAGE_TEST") else ["container"]
 PASSWORD = "correct horse battery"
 
 
-# TEST_DATABASE_URL names a PostgreSQL server and a database on it. Each pytest run works in a
-# database of its own there, made from that one's name when the run starts and dropped when it
-# ends, so two runs at once (two engineers, CI beside a benchmark) never see each other's rows.
-# Tests that start servers of their own read the variable too, so it is rewritten for the run.
-_SHARED_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+# TEST_DATABASE_URL names a PostgreSQL server and a database on it. Each pytest process that runs
+# tests (the only one, or each pytest-xdist worker) works in a database of its own there, made from
+# that one's name when it starts and dropped when it ends, so two runs at once (two engineers, CI
+# beside a benchmark, the workers of one run) never see each other's rows. Tests that start servers
+# of their own read the variable too, so it is rewritten for the process.
+_SHARED_DATABASE_URL = os.environ.get("TEST_DATABASE_SHARED_URL") or os.environ.get("TEST_DATABASE_URL")
+_PRIVATE_DATABASE = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if _SHARED_DATABASE_URL and not os.environ.get("TEST_DATABASE_PRIVATE"):
-        name = f"{make_url(_SHARED_DATABASE_URL).database}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        asyncio.run(admin_sql(_SHARED_DATABASE_URL, f'CREATE DATABASE "{name}"'))
-        private = make_url(_SHARED_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
-        os.environ["TEST_DATABASE_URL"] = private
-        os.environ["TEST_DATABASE_PRIVATE"] = name
+    if not _SHARED_DATABASE_URL:
+        return
+    os.environ["TEST_DATABASE_SHARED_URL"] = _SHARED_DATABASE_URL
+    xdist_controller = not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None)
+    if xdist_controller:  # runs no test: each of its workers makes its own
+        return
+    shared = make_url(_SHARED_DATABASE_URL)
+    name = f"{shared.database}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    asyncio.run(admin_sql(_SHARED_DATABASE_URL, f'CREATE DATABASE "{name}"'))
+    os.environ["TEST_DATABASE_URL"] = shared.set(database=name).render_as_string(hide_password=False)
+    config.stash[_PRIVATE_DATABASE] = name
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    name = os.environ.get("TEST_DATABASE_PRIVATE")
-    if _SHARED_DATABASE_URL and name and os.environ.get("TEST_DATABASE_URL") != _SHARED_DATABASE_URL:
+    name = config.stash.get(_PRIVATE_DATABASE, None)
+    if _SHARED_DATABASE_URL and name:
         asyncio.run(admin_sql(_SHARED_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         os.environ["TEST_DATABASE_URL"] = _SHARED_DATABASE_URL
-        del os.environ["TEST_DATABASE_PRIVATE"]
 
 
 async def admin_sql(database_url: str | URL, statement: str) -> None:
