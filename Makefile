@@ -59,8 +59,12 @@ typecheck: $(VENV_STAMP) ## mypy --strict on app/
 check-deploy: $(VENV_STAMP) ## hadolint, kubernetes-validate, docker-compose config (offline)
 	bash scripts/check_deploy.sh
 
-pytest: $(VENV_STAMP) ## The test suite with coverage of app/ (TEST_DATABASE_URL picks PostgreSQL)
-	$(UV) run --no-sync pytest --cov --cov-report=term --durations=25 $(PYTEST_ARGS)
+# Test processes (pytest-xdist): one per core by default; PYTEST_WORKERS=0 runs the suite in this one.
+# A test file stays in one worker (its module fixtures, servers among them, start once).
+PYTEST_WORKERS ?= auto
+
+pytest: $(VENV_STAMP) ## The test suite with coverage of app/ (TEST_DATABASE_URL picks PostgreSQL), on every core
+	$(UV) run --no-sync pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report=term --durations=25 $(PYTEST_ARGS)
 
 test: lint typecheck check-deploy pytest ## Everything CI checks
 
