@@ -2,59 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from app.core.errors import NotFound, ValidationFailed
+from app.core.errors import NotFound
 from app.core.security import UnverifiedClaims
 from app.db.database import Database
 from app.repositories.items import ItemRepository, ItemRow
 from app.repositories.users import Access, NoCaller
 from app.services.auth import Caller
+from app.services.pagination import CursorPage, decode_cursor, keyset_page
 
 
 class ItemNotFound(NotFound):
     def __init__(self) -> None:
         super().__init__("Item not found.")
-
-
-class InvalidCursor(ValidationFailed):
-    def __init__(self) -> None:
-        super().__init__(
-            "The cursor is not one this API returned.",
-            errors=[{"field": "cursor", "message": "Invalid cursor"}],
-        )
-
-
-# Item ids are 32-bit integers on every backend.
-MAX_ITEM_ID = 2**31 - 1
-_CURSOR_RE = re.compile(r"i:(0|[1-9][0-9]{0,9})")
-
-
-@dataclass(frozen=True, slots=True)
-class CursorPage:
-    items: Sequence[ItemRow]
-    next_cursor: str | None
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"i:{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """The last id of the previous page. Only what `encode_cursor` makes is accepted: a forged id
-    out of the column's range would otherwise reach the database and fail there (a 500)."""
-    try:
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-    except ValueError as exc:  # binascii.Error and UnicodeDecodeError included
-        raise InvalidCursor from exc
-    match = _CURSOR_RE.fullmatch(raw)
-    if match is None or int(match[1]) > MAX_ITEM_ID:
-        raise InvalidCursor
-    return int(match[1])
 
 
 class ItemService:
@@ -93,14 +55,11 @@ class ItemService:
         except NoCaller:
             raise access.refusal() from None
 
-    async def cursor_page(self, user: Caller, cursor: str | None, limit: int) -> CursorPage:
+    async def cursor_page(self, user: Caller, cursor: str | None, limit: int) -> CursorPage[ItemRow]:
         after = decode_cursor(cursor) if cursor else 0
-        # One extra row tells whether another page exists without a count query.
         async with self.db.statements() as statements:
             rows = await ItemRepository(statements).after(self._scope(user), after, limit + 1)
-        has_more = len(rows) > limit
-        rows = rows[:limit]
-        return CursorPage(rows, encode_cursor(rows[-1]["id"]) if has_more and rows else None)
+        return keyset_page(rows, limit, lambda row: row["id"])
 
     async def create(self, claims: UnverifiedClaims, values: dict[str, Any]) -> ItemRow:
         # One INSERT: committed (on its own) before the response is built.

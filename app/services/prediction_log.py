@@ -22,7 +22,7 @@ from app.models.base import utcnow
 from app.observability import metrics
 from app.repositories.predictions import PredictionRepository
 from app.services.auth import Caller
-from app.services.items import decode_cursor, encode_cursor
+from app.services.pagination import decode_cursor, keyset_page
 
 log = structlog.get_logger(__name__)
 
@@ -141,6 +141,5 @@ class PredictionHistory:
         before = decode_cursor(cursor) if cursor else None
         async with self.db.session(read_only=True) as session:
             rows = await PredictionRepository(session).before(owner, before, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (encode_cursor(rows[-1].id) if more and rows else None)
+        page = keyset_page(rows, limit, lambda row: row.id)
+        return page.items, page.next_cursor

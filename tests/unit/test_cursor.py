@@ -1,4 +1,4 @@
-"""The v2 cursor codec: only cursors the API made are accepted."""
+"""The shared cursor codec (app.services.pagination): only cursors the API made are accepted."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
-from app.services.items import MAX_ITEM_ID, InvalidCursor, decode_cursor, encode_cursor
+from app.services.pagination import MAX_ID, InvalidCursor, decode_cursor, encode_cursor
 
 
-@pytest.mark.parametrize("last_id", [0, 1, 9, 10, 12345, MAX_ITEM_ID])
+@pytest.mark.parametrize("last_id", [0, 1, 9, 10, 12345, MAX_ID])
 def test_round_trip(last_id: int) -> None:
     cursor = encode_cursor(last_id)
     assert "=" not in cursor
@@ -17,7 +17,7 @@ def test_round_trip(last_id: int) -> None:
 
 
 def test_cursors_are_opaque_url_safe_text() -> None:
-    cursor = encode_cursor(MAX_ITEM_ID)
+    cursor = encode_cursor(MAX_ID)
     assert cursor.isascii()
     assert not set(cursor) & set("+/=&?# ")
     assert len(cursor) <= 64
@@ -44,7 +44,7 @@ def _b64(raw: bytes) -> str:
         _b64(b"i:01"),
         _b64(b"i:1.0"),
         _b64(b"i:\xd9\xa1"),  # an Arabic-Indic digit: int() would take it
-        _b64(f"i:{MAX_ITEM_ID + 1}".encode()),
+        _b64(f"i:{MAX_ID + 1}".encode()),
         _b64(b"i:" + b"9" * 40),
         _b64(b"\xff\xfe\xfd"),
         encode_cursor(5) + "!",
