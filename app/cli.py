@@ -194,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--password", help="default: $ADMIN_PASSWORD, else asked for")
     admin.set_defaults(func=cmd_create_admin)
     models = sub.add_parser("models", help="the model directory").add_subparsers(dest="action", required=True)
-    add = models.add_parser("add", help="bring an ONNX or skops model file (docs/models.md)")
-    add.add_argument("file", help="an .onnx or .skops file")
+    from app.ml.formats import RUNTIMES  # the standard library only: cheap at every start
+
+    kinds = RUNTIMES.values()
+    add = models.add_parser(
+        "add", help=f"bring a model file: {', '.join(k.title for k in kinds)} (docs/models.md)"
+    )
+    add.add_argument("file", help=f"a file ending {' or '.join(k.suffix for k in kinds)}")
     add.add_argument(
         "--name", required=True, help="the model's name in the API (a-z, 0-9, _ and -; at most 64)"
     )

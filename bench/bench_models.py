@@ -37,6 +37,7 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from app.ml import worker
+from app.ml.formats import RUNTIMES
 from app.ml.manifest import load_manifest, read_verified
 from app.ml.registry import ModelRegistry, RegistrySettings
 
@@ -147,7 +148,12 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     spec = next(s for s in load_manifest(MODEL_DIR).models if s.name == "breast_cancer")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["app.ml.worker_preload"])
-    initargs = (str(MODEL_DIR / spec.file), spec.sha256, list(spec.trusted_types))
+    initargs = (
+        RUNTIMES["skops"].implementation,
+        str(MODEL_DIR / spec.file),
+        spec.sha256,
+        list(spec.trusted_types),
+    )
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=worker.init, initargs=initargs)
     wait([pool.submit(worker.describe) for _ in range(workers)])
     return pool

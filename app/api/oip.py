@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from app.api.deps import InferenceDep, ModelRepositoryDep, OipAdmin, OipPredictor, OipReader
 from app.core.errors import BadRequest, ValidationFailed
+from app.ml.formats import platform
 from app.ml.inputs import INPUT_TENSOR, TensorError, tensor_rows
 from app.ml.manifest import ModelSpec
 from app.ml.names import MODEL_NAME_PATTERN, VERSION_PATTERN
@@ -56,7 +57,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 ModelName = Path(pattern=MODEL_NAME_PATTERN, description="The model's name.")
 ModelVersion = Path(pattern=VERSION_PATTERN, description="The model's version.")
-PLATFORMS = {"onnx": "onnxruntime_onnx", "skops": "sklearn_skops", "remote": "remote_oip"}
 NUMERIC = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
 
 
@@ -118,7 +118,7 @@ def _metadata(inference: InferenceService, spec: ModelSpec) -> ModelMetadata:
     return ModelMetadata(
         name=spec.name,
         versions=inference.versions(spec.name),
-        platform=PLATFORMS[spec.format or "remote"],
+        platform=platform(spec.format),
         inputs=[TensorMetadata(name=INPUT_TENSOR, datatype="FP32", shape=[-1, len(spec.features)])],
         outputs=_outputs(spec),
     )

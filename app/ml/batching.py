@@ -40,7 +40,7 @@ from app.ml.errors import (
     PredictionFailed,
     PredictionTimeout,
 )
-from app.ml.runtimes import Runtime
+from app.ml.runtimes.base import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Bring your own model: `python -m app.cli models add FILE --name N --version V`.
 
-The file is inspected (its format from its name, its input width, its classes where it carries
-them), loaded and run once on a row of zeros by the runtime that will serve it, hashed, copied into
-the model directory and entered in the manifest, which is validated whole before it is written
-(atomically, keeping the mode of the file it replaces: 0644 for a new one). A name, version or
-file that cannot be served is refused with one line saying why (`ModelLoadError`); nothing is
-copied or written then.
+The file is inspected by its runtime kind (app.ml.runtimes, found by the file's name: its input
+width, its classes where it carries them), loaded and run once on a row of zeros as it will be
+served, hashed, copied into the model directory and entered in the manifest, which is validated
+whole before it is written (atomically, keeping the mode of the file it replaces: 0644 for a new
+one). A name, version or file that cannot be served is refused with one line saying why
+(`ModelLoadError`); nothing is copied or written then.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ import stat
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.ml import worker
 from app.ml.errors import ModelLoadError
+from app.ml.formats import RUNTIMES, RuntimeKind, by_suffix
 from app.ml.manifest import MANIFEST_NAME, Manifest, ModelSpec, load_manifest
 from app.ml.names import name_problem, version_problem
+from app.ml.runtimes.base import Found, ThreadContext, implementation, in_processes, in_threads
 
-FORMATS = {".onnx": "onnx", ".skops": "skops"}
 # A new file's mode (the manifest and a replaced file keep theirs): readable by a service that
 # runs as another user than the one who added the model.
 NEW_FILE_MODE = 0o644
@@ -38,17 +39,6 @@ DEFAULTS: dict[str, Any] = {
     "max_queue": 512,
     "log_inputs": False,
 }
-
-
-@dataclass(frozen=True)
-class Found:
-    """What the file says about itself."""
-
-    width: int | None
-    labels: tuple[str, ...] | None  # None: a regressor, or a classifier that names no classes
-    classifier: bool
-    feature_names: tuple[str, ...] | None
-    model: Any = None  # a skops file's loaded object, run once before the entry is written
 
 
 def add_model(
@@ -66,18 +56,19 @@ def add_model(
     where = str(source)
     _check_names(name, version, labels, where)
     suffix = source.suffix.lower()
-    if suffix not in FORMATS:
+    kind = by_suffix(suffix)
+    if kind is None:
+        served = " and ".join(f"{k.title} ({k.suffix})" for k in RUNTIMES.values())
         raise ModelLoadError(
             where,
-            "only ONNX (.onnx) and skops (.skops) files are served; a pickle or joblib file runs "
+            f"only {served} files are served; a pickle or joblib file runs "
             "arbitrary code when loaded: convert it with skl2onnx or save it with skops.io.dump",
         )
     try:
         data = source.read_bytes()
     except OSError as exc:
         raise ModelLoadError(where, f"cannot be read ({exc.strerror})") from None
-    fmt = FORMATS[suffix]
-    found = _inspect_onnx(data, where) if fmt == "onnx" else _inspect_skops(data, where, trusted_types)
+    found = implementation(kind).inspect(data, where, trusted_types)
     names = _feature_names(found, features, where)
     classes = tuple(labels) if labels else found.labels
     if found.classifier and not classes:
@@ -91,13 +82,13 @@ def add_model(
         "name": name,
         "version": version,
         "task": "classification" if found.classifier else "regression",
-        "format": fmt,
+        "format": kind.format,
         "file": target,
         "sha256": hashlib.sha256(data).hexdigest(),
-        "executor": "thread" if fmt == "onnx" else "process",
+        "executor": kind.executor,
         "features": [{"name": feature, "type": "float"} for feature in names],
         "labels": list(classes or ()) if found.classifier else [],
-        "trusted_types": list(trusted_types) if fmt == "skops" else [],
+        "trusted_types": list(trusted_types) if kind.trusts_types else [],
         "description": description,
         **DEFAULTS,
     }
@@ -105,7 +96,7 @@ def add_model(
         spec = ModelSpec.model_validate(entry)
     except ValueError as exc:
         raise ModelLoadError(where, _first_error(exc)) from None
-    _run_once(spec, data, source, found.model)
+    _run_once(spec, kind, data, source, found)
     # Appended to the manifest as written: the model's other versions stay listed (a fresh
     # deployment serves the first; a running one loads this one when an admin asks,
     # app.services.model_fleet), and so do entries this version of the code sets aside.
@@ -164,81 +155,18 @@ def _feature_names(found: Found, given: Sequence[str] | None, where: str) -> tup
     return tuple(f"x{i}" for i in range(found.width))
 
 
-def _inspect_onnx(data: bytes, where: str) -> Found:
-    import onnxruntime as ort  # noqa: PLC0415 - the command alone loads it
-
-    try:
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises several pybind types; all mean "bad file"
-        raise ModelLoadError(where, f"not a loadable ONNX model: {exc}") from None
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or len(inputs[0].shape) != 2:
-        raise ModelLoadError(where, "the model must take one input tensor of shape [rows, features]")
-    width = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else None
-    outputs = [o.name for o in session.get_outputs()]
-    classifier = "probabilities" in outputs or len(outputs) >= 2
-    return Found(width, _onnx_class_labels(data) if classifier else None, classifier, None)
-
-
-def _onnx_class_labels(data: bytes) -> tuple[str, ...] | None:
-    """The class labels skl2onnx and other converters store on the classifier node, if any."""
-    import onnx  # noqa: PLC0415 - the command alone loads it (a main dependency: the image has it)
-
-    model = onnx.load_from_string(data)
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.name == "classlabels_strings" and attribute.strings:
-                return tuple(label.decode() for label in attribute.strings)
-            if attribute.name in {"classlabels_int64s", "classlabels_ints"} and attribute.ints:
-                return tuple(str(label) for label in attribute.ints)
-    return None
-
-
-def _inspect_skops(data: bytes, where: str, trusted_types: Sequence[str]) -> Found:
-    import skops.io  # noqa: PLC0415 - the command alone loads it
-
-    try:
-        untrusted = [t for t in skops.io.get_untrusted_types(data=data) if t not in trusted_types]
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is not a skops file
-        raise ModelLoadError(where, f"not a skops file: {exc}") from None
-    if untrusted:
-        raise ModelLoadError(
-            where, f"types not trusted yet (review them, then pass --trust for each): {', '.join(untrusted)}"
-        )
-    try:
-        model = skops.io.loads(data, trusted=list(trusted_types))
-    except Exception as exc:  # noqa: BLE001 - as above
-        raise ModelLoadError(where, f"cannot be loaded: {exc}") from None
-    classifier = hasattr(model, "predict_proba")
-    if not classifier and not hasattr(model, "predict"):
-        raise ModelLoadError(where, "the object has neither predict_proba nor predict")
-    width = getattr(model, "n_features_in_", None)
-    names = getattr(model, "feature_names_in_", None)
-    classes = getattr(model, "classes_", None)
-    return Found(
-        int(width) if width is not None else None,
-        tuple(str(c) for c in classes) if classifier and classes is not None else None,
-        classifier,
-        tuple(str(n) for n in names) if names is not None else None,
-        model,
-    )
-
-
-def _run_once(spec: ModelSpec, data: bytes, source: Path, model: Any) -> None:
-    """One row of zeros through what will serve it (the ONNX runtime, or the skops object as a
-    worker process calls it): a mismatch fails here, not at start-up or at a request."""
-    if spec.format == "onnx":
-        from app.ml.runtimes import OnnxRuntime  # noqa: PLC0415 - imports ONNX Runtime
-
+def _run_once(spec: ModelSpec, kind: RuntimeKind, data: bytes, source: Path, found: Found) -> None:
+    """One row of zeros through what will serve it (a thread kind's runtime as built for the
+    registry, a process kind's object as a worker process computes with it): a mismatch fails
+    here, not at start-up or at a request."""
+    if kind.executor == "thread":
         with ThreadPoolExecutor(1) as pool:
-            OnnxRuntime(spec, data, str(source), pool, 1)  # runs a zero row in its constructor
+            in_threads(kind).build(spec, data, str(source), ThreadContext(pool, 1))  # runs a zero row
         return
+    model = found.model if found.model is not None else in_processes(kind).load(data, spec.trusted_types)
     zeros = np.zeros((1, len(spec.features)), dtype=np.float32)
     try:
-        if spec.task == "classification":
-            out = np.asarray(model.predict_proba(zeros), dtype=np.float64)
-        else:
-            out = np.asarray(model.predict(zeros), dtype=np.float64).reshape(-1, 1)
+        out = worker.compute(model, zeros, spec.task)
     except Exception as exc:  # noqa: BLE001 - any failure here means the file cannot serve
         raise ModelLoadError(str(source), f"a test prediction failed: {exc}") from None
     expected = len(spec.labels) if spec.task == "classification" else 1

@@ -20,12 +20,12 @@ from pydantic import (
 )
 
 from app.ml.errors import ModelLoadError
+from app.ml.formats import RUNTIMES, known, runtime_kind
 from app.ml.names import DEFAULT_ALIAS, MAX_LENGTH, MODEL_NAME_RULE, VERSION_RULE, ModelName, Version
 
 MANIFEST_NAME = "manifest.json"
 
 Task = Literal["classification", "regression"]
-ModelFormat = Literal["onnx", "skops"]
 Executor = Literal["thread", "process", "remote"]
 
 
@@ -91,7 +91,7 @@ class ModelSpec(_Frozen):
     name: ModelName
     version: Version
     task: Task
-    format: ModelFormat | None = None
+    format: str | None = Field(default=None, description="A runtime kind of app.ml.runtimes.RUNTIMES.")
     file: str | None = Field(default=None, description="Path relative to the model directory.")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     executor: Executor
@@ -117,6 +117,13 @@ class ModelSpec(_Frozen):
         path = PurePosixPath(value)
         if not value or "\\" in value or path.is_absolute() or ".." in path.parts:
             raise ValueError("must be a relative path inside the model directory")
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in RUNTIMES:
+            raise ValueError(f"{value!r} is not a runtime here (formats: {known()})")
         return value
 
     @field_validator("version")
@@ -153,13 +160,13 @@ class ModelSpec(_Frozen):
             raise ValueError("`remote` only applies to executor 'remote'")
         if self.format is None or self.file is None or self.sha256 is None:
             raise ValueError("a local model needs format, file and sha256")
-        # scikit-learn is imported only in worker processes, so skops files run there; ONNX
-        # Runtime releases the GIL, so a thread is enough for it.
-        expected: Executor = "process" if self.format == "skops" else "thread"
-        if self.executor != expected:
-            raise ValueError(f"format {self.format!r} runs in the {expected!r} executor")
-        if self.format == "onnx" and self.trusted_types:
-            raise ValueError("trusted_types only applies to skops files")
+        # Where each format runs is its runtime kind's (app.ml.runtimes), nowhere else.
+        kind = runtime_kind(self.format)
+        if self.executor != kind.executor:
+            raise ValueError(f"format {self.format!r} runs in the {kind.executor!r} executor")
+        if self.trusted_types and not kind.trusts_types:
+            takes = [k.title for k in RUNTIMES.values() if k.trusts_types]
+            raise ValueError(f"trusted_types only applies to {' and '.join(takes) or 'no'} files")
         return self
 
     @property

@@ -25,6 +25,7 @@ import numpy as np
 from app.ml.batching import BatcherStats, BatchingConfig, BatchObserver, MicroBatcher
 from app.ml.errors import ModelError, ModelLoadError, ModelNotFound, ModelsNotReady, VersionUnavailable
 from app.ml.fleet import DEFAULT_ALIAS, Alias, FleetState, Key, VersionNotFound, seed
+from app.ml.formats import RuntimeKind, runtime_kind
 from app.ml.inputs import validate_features, validate_rows
 from app.ml.manifest import (
     Manifest,
@@ -38,7 +39,8 @@ from app.ml.manifest import (
 )
 from app.ml.predictions import PredictionResult, to_predictions
 from app.ml.remote import Backend, BackendKey, RemoteRuntime
-from app.ml.runtimes import OnnxRuntime, ProcessPoolRuntime, Runtime, StartMethod
+from app.ml.runtimes.base import Runtime, ThreadContext, in_threads
+from app.ml.runtimes.processes import ProcessPoolRuntime, StartMethod
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class ModelRegistry:
         """True when, in addition, every process-pool model has live workers with the model loaded
         (False while a pool starts or is being replaced after a crash)."""
         return self._ready and all(
-            s.runtime.is_ready for s in self._served.values() if isinstance(s.runtime, ProcessPoolRuntime)
+            s.runtime.is_ready for s in self._served.values() if s.spec.executor == "process"
         )
 
     @property
@@ -255,7 +257,7 @@ class ModelRegistry:
                     RemoteRuntime(spec, self._backend(spec)),
                     spec.remote.max_connections,
                 )
-            elif spec.format != "onnx":
+            elif self._kind(spec).executor == "process":
                 # Verified here too, so a missing or corrupt file is reported by the web process
                 # before any worker starts (workers verify again what they load).
                 try:
@@ -270,9 +272,9 @@ class ModelRegistry:
             built[(spec.name, spec.version)] = (spec, pool, self.settings.process_workers)
         try:
             for spec in specs:
-                if spec.format == "onnx":
+                if spec.remote is None and self._kind(spec).executor == "thread":
                     try:
-                        runtime: Runtime = await asyncio.to_thread(self._load_onnx, spec)
+                        runtime: Runtime = await asyncio.to_thread(self._load_in_threads, spec)
                     except ModelError as exc:
                         failures[(spec.name, spec.version)] = str(exc)
                         continue
@@ -308,8 +310,9 @@ class ModelRegistry:
                 await remote.close()
                 raise
             backend.start()
-        elif spec.format == "onnx":
-            runtime, concurrency = await asyncio.to_thread(self._load_onnx, spec), self.settings.onnx_threads
+        elif self._kind(spec).executor == "thread":
+            runtime = await asyncio.to_thread(self._load_in_threads, spec)
+            concurrency = self.settings.onnx_threads
         else:
             await asyncio.to_thread(read_verified, self.settings.model_dir, spec)
             pool = self._pool(spec)
@@ -340,8 +343,7 @@ class ModelRegistry:
             raise ModelLoadError(where, reason) from None
         if len(predictions) != 1:
             raise ModelLoadError(where, f"the warm-up prediction gave {len(predictions)} rows for 1")
-        if isinstance(runtime, RemoteRuntime):
-            runtime.answered()
+        runtime.answered()
 
     def _where(self, spec: ModelSpec) -> str:
         if spec.remote is not None:
@@ -353,6 +355,7 @@ class ModelRegistry:
             spec,
             model_path(self.settings.model_dir, spec).resolve(),
             display_path(self.settings.model_dir, spec),
+            implementation=self._kind(spec).implementation,
             workers=self.settings.process_workers,
             start_method=self.settings.start_method,
             nice=self.settings.process_worker_nice,
@@ -380,16 +383,18 @@ class ModelRegistry:
             )
         return backend
 
-    def _load_onnx(self, spec: ModelSpec) -> OnnxRuntime:
+    @staticmethod
+    def _kind(spec: ModelSpec) -> RuntimeKind:
+        """A local model's runtime kind (the manifest accepted only formats of the table)."""
+        assert spec.format is not None  # noqa: S101 - a local model has one, for mypy
+        return runtime_kind(spec.format)
+
+    def _load_in_threads(self, spec: ModelSpec) -> Runtime:
         assert self._onnx_executor is not None  # noqa: S101 - created at start, for mypy
         data = read_verified(self.settings.model_dir, spec)
-        return OnnxRuntime(
-            spec,
-            data,
-            display_path(self.settings.model_dir, spec),
-            self._onnx_executor,
-            self.settings.onnx_intra_op_threads,
-        )
+        threads = ThreadContext(self._onnx_executor, self.settings.onnx_intra_op_threads)
+        where = display_path(self.settings.model_dir, spec)
+        return in_threads(self._kind(spec)).build(spec, data, where, threads)
 
     def _serve(self, spec: ModelSpec, runtime: Runtime, concurrency: int) -> None:
         config = BatchingConfig(
@@ -684,10 +689,7 @@ class ModelRegistry:
         """Whether this model answers now: loaded, its worker pool up, or its server ready."""
         if not self._ready:
             raise ModelsNotReady()
-        runtime = self._served[(name, self.get(name, version).version)].runtime
-        if isinstance(runtime, ProcessPoolRuntime | RemoteRuntime):
-            return runtime.is_ready
-        return True
+        return self._served[(name, self.get(name, version).version)].runtime.is_ready
 
     def not_ready(self) -> builtins.list[str]:
         """The served models that would not answer now (a remote server down, a pool restarting)."""
@@ -699,16 +701,19 @@ class ModelRegistry:
         """Gauges and counters per model version, read at scrape time by a metrics collector."""
         out: dict[Key, ModelMetrics] = {}
         for key, s in self._served.items():
-            restarts = s.runtime.restarts if isinstance(s.runtime, ProcessPoolRuntime) else 0
             out[key] = ModelMetrics(
-                key[0], key[1], s.batcher.queue_depth, s.batcher.in_flight, restarts, s.batcher.stats
+                key[0],
+                key[1],
+                s.batcher.queue_depth,
+                s.batcher.in_flight,
+                s.runtime.restarts,
+                s.batcher.stats,
             )
         return out
 
     def worker_pids(self, name: str, version: str | None = None) -> builtins.list[int]:
         """Process ids of a process-pool model's workers (empty for thread-run models)."""
-        runtime = self._served[(name, self.get(name, version).version)].runtime
-        return runtime.worker_pids() if isinstance(runtime, ProcessPoolRuntime) else []
+        return self._served[(name, self.get(name, version).version)].runtime.worker_pids()
 
     def list(self) -> builtins.list[ModelSpec]:
         """Each served model's entry (that of the version its `default` alias mostly routes to),

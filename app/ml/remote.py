@@ -223,6 +223,8 @@ def _ready_flag(response: httpx.Response) -> bool:
 class RemoteRuntime:
     """One remote model: a batch in, one OIP infer call, the probabilities (or values) out."""
 
+    restarts = 0  # its server's processes are its server's
+
     def __init__(self, spec: ModelSpec, backend: Backend) -> None:
         if spec.remote is None:
             raise ValueError(f"model {spec.name!r} is not remote")
@@ -242,6 +244,9 @@ class RemoteRuntime:
     def answered(self) -> None:
         """It just answered a prediction (the warm-up): ready without waiting for the next probe."""
         self.backend.set_ready(self._watched, True)
+
+    def worker_pids(self) -> list[int]:
+        return []
 
     async def load_on_server(self) -> None:
         """Ask this service's model server to load the version (its repository extension: file

@@ -1,12 +1,14 @@
-"""Code that runs inside a process-pool worker: load a skops model once, then answer batches.
+"""Code that runs inside a process-pool worker: load a model once, then answer batches.
 
-The web process imports this module only to name its functions for the pool; scikit-learn and
-skops are imported inside `init`, so they are loaded in the workers and never in the web process.
+The model is loaded by its runtime kind's `load` (the module `init` is given, app.ml.runtimes):
+skops today. The web process imports this module only to name its functions for the pool; the
+kind's module, and scikit-learn with it, are imported inside `init`, in the workers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import signal
 import threading
@@ -28,8 +30,16 @@ class _Loaded:
 OWNER_CHECK_S = 1.0
 
 
-def init(path: str, sha256: str, trusted_types: list[str], nice: int = 0, owner: int | None = None) -> None:
-    """Pool initializer: load the model once per worker, so no request ever ships the model."""
+def init(  # noqa: PLR0917 - a pool initializer takes its arguments by position
+    implementation: str,
+    path: str,
+    sha256: str,
+    trusted_types: list[str],
+    nice: int = 0,
+    owner: int | None = None,
+) -> None:
+    """Pool initializer: load the model once per worker with the `load` of the module
+    `implementation` names, so no request ever ships the model."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when workers stop,
     # so in-flight batches finish during a graceful shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -46,9 +56,7 @@ def init(path: str, sha256: str, trusted_types: list[str], nice: int = 0, owner:
             raise ValueError(f"sha256 mismatch (manifest {sha256[:12]}..., file {digest[:12]}...)")
         # Imported here, not at the top: the web process imports this module too and must not
         # load scikit-learn (memory, start-up time).
-        import skops.io  # noqa: PLC0415 - see the comment above
-
-        _Loaded.model = skops.io.loads(data, trusted=trusted_types)
+        _Loaded.model = importlib.import_module(implementation).load(data, trusted_types)
     except Exception as exc:  # noqa: BLE001 - any failure is reported to the parent by `describe`
         _Loaded.error = f"{type(exc).__name__}: {exc}"
 
@@ -92,6 +100,11 @@ def predict(x: np.ndarray, task: str) -> np.ndarray:
     model = _Loaded.model
     if model is None:
         raise RuntimeError(_Loaded.error or "model not loaded")
+    return compute(model, x, task)
+
+
+def compute(model: Any, x: np.ndarray, task: str) -> np.ndarray:
+    """What `predict` computes, for any loaded object (`models add` runs a new file through it)."""
     if task == "classification":
         return np.asarray(model.predict_proba(x), dtype=np.float64)
     return np.asarray(model.predict(x), dtype=np.float64).reshape(-1, 1)

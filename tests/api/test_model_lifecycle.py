@@ -32,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.http.state import state_of
 from app.ml import registry as registry_module
-from app.ml.runtimes import OnnxRuntime
+from app.ml.runtimes.onnx import OnnxRuntime
 from app.services.model_fleet import ModelFleet
 from tests.conftest import PASSWORD, Headers, assert_problem
 from tests.ml.conftest import (

@@ -1,8 +1,8 @@
-"""Runtimes that compute one batch: ONNX Runtime in a thread pool, skops models in a process pool.
+"""The runtime of every process kind (skops): a pool of worker processes per model version.
 
-Both take a (rows, features) float32 matrix and return a (rows, k) float64 matrix (class
-probabilities, or one column for a regressor), and both enforce a hard time limit per batch so no
-work runs unbounded: ONNX Runtime is told to terminate the run, a process pool is recycled.
+Which code loads the file in a worker is the kind's (`RuntimeKind.implementation`, its `load`);
+app.ml.worker calls it. A batch past its hard time limit cannot be interrupted inside the model,
+so the pool's workers are killed and the pool recycled.
 """
 
 from __future__ import annotations
@@ -12,20 +12,19 @@ import contextlib
 import logging
 import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from app.ml import forkserver, worker
 from app.ml.errors import ModelLoadError, ModelWorkerCrashed, PredictionTimeout
-from app.ml.manifest import ModelSpec
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
+    from app.ml.manifest import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,116 +33,9 @@ StartMethod = Literal["forkserver", "spawn"]
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
-class Runtime(Protocol):
-    """What the micro-batcher needs from a runtime."""
-
-    async def wait_ready(self) -> bool:
-        """Wait while the runtime restarts; False when it cannot run batches right now."""
-        ...
-
-    async def run(self, x: np.ndarray, hard_timeout_s: float) -> np.ndarray:
-        """Compute one batch, raising PredictionTimeout past `hard_timeout_s` or ModelWorkerCrashed."""
-        ...
-
-    async def close(self, *, force: bool = False) -> None:
-        """Release the runtime's resources; `force` stops work still running."""
-        ...
-
-
-class OnnxRuntime:
-    """An ONNX model: one InferenceSession, shared by the threads of a dedicated pool.
-
-    The session is created once; ONNX Runtime's `run` is thread-safe and releases the GIL, so
-    several batches of one model may run at the same time in the pool's threads.
-    """
-
-    def __init__(
-        self, spec: ModelSpec, data: bytes, file: str, executor: ThreadPoolExecutor, intra_op_threads: int
-    ) -> None:
-        # Imported here, not at the top: a web process whose models are all remote never loads it.
-        import onnxruntime as ort  # noqa: PLC0415
-
-        self.spec = spec
-        self._executor = executor
-        self._run_options = ort.RunOptions
-        options = ort.SessionOptions()
-        # Parallelism comes from running batches side by side in the pool; letting each run also
-        # start its own intra-op threads would oversubscribe the cores.
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Idle intra-op threads would otherwise spin and burn CPU the event loop needs.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - ORT raises several pybind types; all mean "bad file"
-            raise ModelLoadError(file, f"not a loadable ONNX model: {exc}") from None
-        inputs = self._session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelLoadError(file, f"expected one input tensor, found {len(inputs)}")
-        self._input = inputs[0].name
-        self._dtype = np.float64 if inputs[0].type == "tensor(double)" else np.float32
-        width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
-        if isinstance(width, int) and width != len(spec.features):
-            raise ModelLoadError(
-                file, f"the model takes {width} features, the manifest lists {len(spec.features)}"
-            )
-        self._output = self._pick_output(spec, file)
-        self._check_shape(file)
-
-    def _pick_output(self, spec: ModelSpec, file: str) -> str:
-        names: list[str] = [o.name for o in self._session.get_outputs()]
-        if spec.task == "regression":
-            return names[0]
-        # skl2onnx names the plain probability matrix "probabilities" (with zipmap disabled).
-        if "probabilities" in names:
-            return "probabilities"
-        if len(names) >= 2:
-            return names[-1]
-        raise ModelLoadError(file, f"no probability output among {names}")
-
-    def _check_shape(self, file: str) -> None:
-        """Run one zero row now, so a model/manifest mismatch fails start-up rather than a request."""
-        try:
-            out = self._run_sync(np.zeros((1, len(self.spec.features)), dtype=np.float32), None)
-        except Exception as exc:  # noqa: BLE001 - any failure here means the file cannot serve
-            raise ModelLoadError(file, f"a test prediction failed: {exc}") from None
-        expected = len(self.spec.labels) if self.spec.task == "classification" else 1
-        if out.shape != (1, expected):
-            raise ModelLoadError(
-                file, f"output {self._output!r} has shape {out.shape[1:]}, the manifest implies ({expected},)"
-            )
-
-    def _run_sync(self, x: np.ndarray, run_options: ort.RunOptions | None) -> np.ndarray:
-        (out,) = self._session.run(
-            [self._output], {self._input: x.astype(self._dtype, copy=False)}, run_options
-        )
-        matrix = np.asarray(out, dtype=np.float64)
-        return matrix.reshape(len(x), -1)
-
-    async def wait_ready(self) -> bool:
-        return True
-
-    async def run(self, x: np.ndarray, hard_timeout_s: float) -> np.ndarray:
-        run_options = self._run_options()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._run_sync, x, run_options)
-        try:
-            async with asyncio.timeout(hard_timeout_s):
-                return await future
-        except TimeoutError:
-            # ONNX Runtime checks this flag between kernels and aborts the run, freeing the thread.
-            run_options.terminate = True
-            raise PredictionTimeout(self.spec.name, self.spec.timeout_ms) from None
-
-    async def close(self, *, force: bool = False) -> None:  # noqa: ARG002 - Runtime protocol
-        # The thread pool is shared by every ONNX model and shut down by the registry.
-        return None
-
-
 class ProcessPoolRuntime:
-    """A skops model in a pool of worker processes that each load it once, in their initializer.
+    """A model in a pool of worker processes that each load it once, in their initializer, with
+    the `load` of the module `implementation` names.
 
     Requests ship only numpy arrays. A worker that dies breaks the pool (BrokenProcessPool): the
     batches it held fail with ModelWorkerCrashed and a new pool is started at once. A batch past
@@ -157,6 +49,7 @@ class ProcessPoolRuntime:
         path: Path,
         file: str,
         *,
+        implementation: str,
         workers: int,
         start_method: StartMethod = "forkserver",
         start_timeout_s: float = 120.0,
@@ -166,6 +59,7 @@ class ProcessPoolRuntime:
         self._nice = nice
         self._path = path
         self._file = file
+        self._implementation = implementation
         self._workers = workers
         self._start_timeout_s = start_timeout_s
         self._context = multiprocessing.get_context(start_method)
@@ -191,6 +85,7 @@ class ProcessPoolRuntime:
             mp_context=self._context,
             initializer=worker.init,
             initargs=(
+                self._implementation,
                 str(self._path),
                 self.spec.local_sha256,
                 list(self.spec.trusted_types),
@@ -338,6 +233,9 @@ class ProcessPoolRuntime:
             log.error("model %s: a worker process died; replacing the pool", self.spec.name)
             self._recycle(generation, kill=False)
             raise ModelWorkerCrashed(self.spec.name) from None
+
+    def answered(self) -> None:
+        return None
 
     def worker_pids(self) -> list[int]:
         pool = self._pool
