@@ -1,5 +1,7 @@
-"""The statement runner of the hot paths: prebuilt Core statements on one pooled connection, plain
-rows back; on PostgreSQL run by asyncpg itself, with connections handed on in turn (`_Turnstile`)."""
+"""The statement runner: the hot routes' measured fast path, not the way for new code (that is
+`Database.session()`, app.db.database). Prebuilt Core statements on one pooled connection, plain
+rows back, column defaults computed as SQLAlchemy computes them; on PostgreSQL run by asyncpg
+itself, with connections handed on in turn (`_Turnstile`). Figures: bench/analysis.md."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -18,11 +20,19 @@ from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
 )
+from sqlalchemy.schema import ColumnDefault
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 Row = dict[str, Any]
+
+# `greenlet_spawn` is not public API, and none serves instead: returning a connection checked out
+# with the public `AsyncEngine.raw_connection()` runs the pool's sync code (reset, return, events),
+# which awaits the driver through SQLAlchemy's greenlet bridge; `greenlet_spawn` is that bridge
+# (`AsyncEngine.raw_connection` itself calls it). tests/unit/test_sqlalchemy_contract.py fails when it moves.
+# The other SQLAlchemy parts used here are public: `PoolProxiedConnection.driver_connection`
+# (since 1.4.24), `invalidate()`, `is_valid`, `close()`, and the compiler's interfaces in `_Compiled`.
 
 
 class Statements(ABC):
@@ -57,29 +67,60 @@ class _OnConnection(Statements):
         return int(result.rowcount)
 
 
+class _Defaults:
+    """What a Python-side column default is called with: SQLAlchemy's execution context offers
+    `get_current_parameters()` to context-sensitive defaults, and so does this."""
+
+    __slots__ = ("current_parameters",)
+
+    def __init__(self, current_parameters: dict[str, Any]) -> None:
+        self.current_parameters = current_parameters
+
+    def get_current_parameters(self, isolate_multiinsert_groups: bool = True) -> dict[str, Any]:  # noqa: ARG002
+        return self.current_parameters
+
+
 class _Compiled:
     """A statement compiled once for asyncpg: its SQL, its parameter names in `$n` order with each
-    one's bind processor (UTCDateTime's checks run as they would through SQLAlchemy), and the
-    result processor of each returned column."""
+    one's bind processor (UTCDateTime's checks run as they would through SQLAlchemy), the column
+    defaults SQLAlchemy would compute at execution, and the result processor of each returned column.
 
-    __slots__ = ("names", "params", "results", "sql")
+    Public SQLAlchemy only: `SQLCompiler.construct_expanded_state` gives the final SQL, the
+    positional order and the values compiled in; `binds` each parameter's type (and so its bind
+    processor, `TypeEngine.bind_processor`); `insert_prefetch` and
+    `update_prefetch` (documented SQLCompiler attributes) name the columns whose Python-side
+    `default`/`onupdate` SQLAlchemy would call before the statement, each bound under its column key.
+    tests/unit/test_sqlalchemy_contract.py fails on the SQLAlchemy release that changes any of it."""
 
-    def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
+    __slots__ = ("defaults", "fixed", "names", "params", "results", "sql")
+
+    def __init__(self, statement: Executable, dialect: Dialect, params: Mapping[str, Any]) -> None:
         compiled = cast(
-            SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect, column_keys=list(keys))
+            SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect, column_keys=list(params))
         )
-        self.sql = compiled.string
-        self.names = tuple(compiled.positiontup or ())
-        missing = set(self.names) - set(keys)
-        if missing:  # a column default SQLAlchemy would compute: the repository passes it instead
-            raise ValueError(f"statement needs parameters not given: {sorted(missing)}")
+        generators = [(column, column.default) for column in compiled.insert_prefetch]
+        generators += [(column, column.onupdate) for column in compiled.update_prefetch]
+        self.defaults = tuple(
+            (column.key, _call(generator)) for column, generator in generators if column.key not in params
+        )
+        given = {**params, **dict.fromkeys(name for name, _ in self.defaults)}
+        try:
+            state = compiled.construct_expanded_state(given)
+        except sa_exc.InvalidRequestError as error:  # a required parameter left out
+            raise ValueError(f"statement needs parameters not given: {error}") from None
+        if state.parameter_expansion:
+            raise ValueError("expanding parameters (IN lists) are not run here: use transaction()")
+        self.sql = state.statement
+        self.names = tuple(state.positiontup or ())
+        # Values compiled into the statement (`.limit(20)`, `literal(...)`), the same at every run.
+        self.fixed = {name: state.parameters[name] for name in self.names if name not in given}
         self.params = tuple(
             (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in self.names
         )
         columns = getattr(statement, "selected_columns", None)
         if columns is None or not len(columns):
-            columns = getattr(statement, "_returning", ()) or ()
+            columns = compiled.effective_returning or ()
         processors = (
             (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
             for column in columns
@@ -87,6 +128,12 @@ class _Compiled:
         self.results = tuple((name, proc) for name, proc in processors if proc is not None)
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
+        if self.defaults or self.fixed:
+            current = {**self.fixed, **params}
+            context = _Defaults(current)
+            for name, default in self.defaults:  # in column order, as SQLAlchemy calls them
+                current[name] = default(context)
+            params = current
         return [params[name] if proc is None else proc(params[name]) for name, proc in self.params]
 
     def row(self, record: Any) -> Row:
@@ -94,6 +141,15 @@ class _Compiled:
         for name, proc in self.results:
             row[name] = proc(row[name])
         return row
+
+
+def _call(generator: Any) -> Callable[[Any], Any]:
+    """A prefetched column's default as a function of the context: SQLAlchemy wraps a callable
+    default to take the context (`CallableColumnDefault.arg`); a constant is its `arg`."""
+    if not isinstance(generator, ColumnDefault) or generator.is_clause_element:
+        raise ValueError(f"a column default the statement runner cannot compute: {generator!r}")
+    value = generator.arg
+    return cast(Callable[[Any], Any], value) if generator.is_callable else lambda _context: value
 
 
 _COMPILED: dict[tuple[Executable, tuple[str, ...]], _Compiled] = {}
@@ -106,7 +162,7 @@ def _compiled(statement: Executable, dialect: Dialect, params: Mapping[str, Any]
     if found is None:
         if len(_COMPILED) >= _COMPILED_MAX:  # statements are module constants: never in practice
             _COMPILED.clear()
-        found = _COMPILED[key] = _Compiled(statement, dialect, key[1])
+        found = _COMPILED[key] = _Compiled(statement, dialect, params)
     return found
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator
 from sqlalchemy.engine import Dialect
@@ -53,6 +53,13 @@ IDS_NEVER_REUSED: dict[str, object] = {"sqlite_autoincrement": True}
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_created(context: Any) -> datetime:
+    """The default of an `updated_at` column: a new row's `created_at`, one clock reading, so a row
+    never changed shows the same two times. Called by SQLAlchemy (and by the statement runner,
+    app.db.statements) after `created_at`'s default, with the row's parameters so far."""
+    return cast(datetime, context.get_current_parameters()["created_at"])
 
 
 class Base(DeclarativeBase):

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import Table, bindparam, event, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,9 +20,9 @@ from app.core.config import Settings
 from app.core.security import AccessClaims, UnverifiedClaims
 from app.db import statements as db_module
 from app.db.engine import create_engine
-from app.db.statements import autocommit, transaction
+from app.db.statements import Statements, autocommit, transaction
 from app.http.problems import is_database_outage
-from app.models import AuthSession, User
+from app.models import AuthSession, Item, User
 from app.models.base import utcnow
 from app.repositories.items import _AS_CALLER, ItemRepository
 from app.repositories.users import Access
@@ -110,10 +111,67 @@ async def test_a_parameter_left_out_is_refused(engine: AsyncEngine) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite runs statements through SQLAlchemy, which refuses in its own way")
     _, access = await _owner(engine)
-    params = {**access.params, "b_title": "a", "b_description": None, "b_updated_at": utcnow()}
+    params = {**access.params, "b_description": None}
     async with autocommit(engine) as db:
-        with pytest.raises(ValueError, match="b_created_at"):
+        with pytest.raises(ValueError, match="b_title"):
             await db.one(_AS_CALLER[False].add, params)
+
+
+_items = cast(Table, Item.__table__)
+_TIMES = (_items.c.id, _items.c.title, _items.c.created_at, _items.c.updated_at)
+
+
+@pytest.mark.parametrize("path", [autocommit, transaction])
+async def test_column_defaults_are_the_tables_on_every_path(
+    engine: AsyncEngine, path: Callable[[AsyncEngine], AbstractAsyncContextManager[Statements]]
+) -> None:
+    """A Core insert or update that leaves the timestamps to the columns' `default`/`onupdate` works
+    on the asyncpg path as through SQLAlchemy: one timestamp for a new row, a later one on change.
+    Before, the asyncpg path refused such a statement (ValueError: parameters not given) and every
+    repository passed its timestamps by hand."""
+    owner, _ = await _owner(engine)
+    before = utcnow()
+    async with path(engine) as db:
+        made = await db.one(insert(_items).returning(*_TIMES), {"owner_id": owner, "title": "a"})
+    assert made is not None
+    assert made["created_at"] == made["updated_at"]
+    assert made["created_at"].utcoffset() == timedelta(0)
+    assert before <= made["created_at"] <= utcnow()
+    async with path(engine) as db:
+        changed = await db.one(
+            update(_items).where(_items.c.id == bindparam("b_id")).returning(*_TIMES),
+            {"title": "b", "b_id": made["id"]},
+        )
+    assert changed is not None
+    assert changed["title"] == "b"
+    assert changed["created_at"] == made["created_at"]
+    assert changed["updated_at"] > made["updated_at"]
+
+
+@pytest.mark.parametrize("path", [autocommit, transaction])
+async def test_values_compiled_into_a_statement_are_sent(
+    engine: AsyncEngine, path: Callable[[AsyncEngine], AbstractAsyncContextManager[Statements]]
+) -> None:
+    """`.limit(1)` compiles to a parameter with its value: the asyncpg path sends it (it refused
+    the statement before, as a parameter not given)."""
+    _, access = await _owner(engine)
+    async with autocommit(engine) as db:
+        for title in ("a", "b"):
+            await ItemRepository(db).add_as(access, {"title": title, "description": None})
+    async with path(engine) as db:
+        rows = await db.all(select(_items.c.title).order_by(_items.c.id).limit(1), {})
+    assert rows == [{"title": "a"}]
+
+
+async def test_an_in_list_is_refused_on_the_asyncpg_path_with_the_way_to_run_it(engine: AsyncEngine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs statements through SQLAlchemy, which expands IN lists itself")
+    statement = select(_items.c.id).where(_items.c.id.in_(bindparam("b_ids", expanding=True)))
+    async with autocommit(engine) as db:
+        with pytest.raises(ValueError, match="transaction"):
+            await db.all(statement, {"b_ids": [1, 2]})
+    async with transaction(engine) as db:
+        assert await db.all(statement, {"b_ids": [1, 2]}) == []
 
 
 async def test_a_connection_killed_under_a_statement_is_an_outage_and_is_not_reused(
