@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     add = models.add_parser(
         "add", help=f"bring a model file: {', '.join(k.title for k in kinds)} (docs/models.md)"
     )
-    add.add_argument("file", help=f"a file ending {' or '.join(k.suffix for k in kinds)}")
+    add.add_argument("file", help=f"a file ending {', '.join(k.suffix for k in kinds)}")
     add.add_argument(
         "--name", required=True, help="the model's name in the API (a-z, 0-9, _ and -; at most 64)"
     )

@@ -58,7 +58,8 @@ def add_model(
     suffix = source.suffix.lower()
     kind = by_suffix(suffix)
     if kind is None:
-        served = " and ".join(f"{k.title} ({k.suffix})" for k in RUNTIMES.values())
+        *others, last = [f"{k.title} ({k.suffix})" for k in RUNTIMES.values()]
+        served = f"{', '.join(others)} and {last}" if others else last
         raise ModelLoadError(
             where,
             f"only {served} files are served; a pickle or joblib file runs "
