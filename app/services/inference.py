@@ -24,7 +24,7 @@ from app.ml import errors as ml
 from app.ml.fleet import Alias, StateConflict, VersionNotFound
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import PredictionResult
-from app.ml.registry import ModelRegistry
+from app.ml.registry import ModelRegistry, Served
 from app.observability import metrics
 from app.services.prediction_log import PredictionEvent, PredictionLog
 
@@ -184,34 +184,27 @@ class InferenceService:
     ) -> PredictionResult:
         """`version`: a version or an alias of the model; None: its `default` alias. The result
         names the version that served it (an alias may split between versions)."""
-        spec = self._route(user_id, name, version)
+        served = self._route(user_id, name, version)
         return await self._run(
-            user_id,
-            spec,
-            rows,
-            lambda: self.registry.predict(name, rows, field=field, version=spec.version),
-            batch=True,
+            user_id, served.spec, rows, lambda: self.registry.run(served, rows, field=field), batch=True
         )
 
     async def predict_one(
         self, user_id: int, name: str, features: Any, version: str | None = None
     ) -> PredictionResult:
-        spec = self._route(user_id, name, version)
+        served = self._route(user_id, name, version)
         return await self._run(
-            user_id,
-            spec,
-            features,
-            lambda: self.registry.predict_one(name, features, version=spec.version),
-            batch=False,
+            user_id, served.spec, features, lambda: self.registry.run_one(served, features), batch=False
         )
 
     def route(self, user_id: int, name: str, version: str | None) -> ModelSpec:
         """The version a request of this caller goes to (`version`: a version, an alias or None)."""
-        return self._route(user_id, name, version)
+        return self._route(user_id, name, version).spec
 
-    def _route(self, user_id: int, name: str, version: str | None) -> ModelSpec:
+    def _route(self, user_id: int, name: str, version: str | None) -> Served:
+        """Resolved once per request: the prediction runs on what this returns."""
         try:
-            return self.registry.route(name, version, user_id)
+            return self.registry.resolve(name, version, user_id)
         except ml.ModelError as exc:
             raise translate(exc) from None
 

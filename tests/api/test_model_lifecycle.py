@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from app.http.state import state_of
-from app.ml import registry as registry_module
+from app.ml import converging as converging_module
 from app.ml.runtimes.onnx import OnnxRuntime
 from app.services.model_fleet import ModelFleet
 from tests.conftest import PASSWORD, Headers, assert_problem
@@ -1017,7 +1017,7 @@ async def test_a_load_naming_no_version_loads_the_newest_the_manifest_lists(
 
 
 class StoppedClock:
-    """app.ml.registry's `time`, its monotonic clock moved only by the test."""
+    """app.ml.converging's `time`, its monotonic clock moved only by the test."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -1041,7 +1041,7 @@ async def test_a_version_that_failed_to_load_here_is_tried_again_after_10_s(
     manifest_b["models"][1]["file"] = "iris-2.0.0.onnx"
     (dir_b / "manifest.json").write_text(json.dumps(manifest_b))
     clock = StoppedClock()
-    monkeypatch.setattr(registry_module, "time", clock)
+    monkeypatch.setattr(converging_module, "time", clock)
     async with (
         lifecycle_app(database_url, dir_a) as (app_a, client_a),
         # B converges only when this test calls its poll's step (`sync`), never by itself here.

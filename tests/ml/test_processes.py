@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from app.ml.errors import ModelsNotReady, ModelWorkerCrashed, PredictionTimeout
+from app.ml.loading import Loader
 from app.ml.predictions import ClassPrediction
 from app.ml.registry import ModelRegistry
 from tests.ml.conftest import ROOT, MakeModelDir, model_entry, settings_for, wait_until
@@ -256,14 +257,14 @@ async def test_a_version_still_loading_when_the_registry_closes_is_stopped_not_l
     registry = ModelRegistry(settings_for(make_model_dir(second_version)))
     await registry.start()
     built: list[Any] = []
-    build = ModelRegistry._build
+    build = Loader.build
 
-    async def recording(self: ModelRegistry, spec: Any) -> Any:
+    async def recording(self: Loader, spec: Any) -> Any:
         result = await build(self, spec)
         built.append(result[1])
         return result
 
-    monkeypatch.setattr(ModelRegistry, "_build", recording)
+    monkeypatch.setattr(Loader, "build", recording)
     loading = asyncio.create_task(registry.load_now(HEAVY, "2.0.0"))
     await asyncio.sleep(0.05)  # the new version's workers are starting
     await registry.close()
