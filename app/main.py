@@ -14,7 +14,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app.api import health, oip, openapi
+from app.api import deps, health, openapi
+from app.api.oip import oip_router
 from app.api.v1.router import routers as v1_routers
 from app.api.v2.router import routers as v2_routers
 from app.core.config import Settings, get_settings
@@ -189,10 +190,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     install_exception_handlers(app)
-    # A token the database refuses gives back what it was counted against its user (ratelimit).
+    # Credentials the database refuses give back what they were counted against (ratelimit).
     app.add_exception_handler(InvalidAccessToken, refused_token_handler)
     app.add_exception_handler(InvalidApiKey, refused_token_handler)
-    for router in (*v1_routers, *v2_routers, oip.router, health.router):
+    oip = oip_router(
+        reader=deps.model_reader_id,
+        predictor=deps.predictor_id,
+        admin=deps.admin_id,
+        inference=deps.get_inference,
+        repository=deps.get_model_repository,
+    )
+    for router in (*v1_routers, *v2_routers, oip, health.router):
         app.include_router(router)
     if settings.metrics_enabled:
         app.add_route("/metrics", health.metrics, methods=["GET"], include_in_schema=False)

@@ -2,8 +2,9 @@
 
 The models of the manifest (ONNX Runtime in threads, the process pool, micro-batching: the same
 `ModelRegistry` the web tier uses in process) behind the Open Inference Protocol at `/v2` (the
-same routes as the web tier's, app.api.oip), with `/healthz`, `/readyz` and `/metrics`; nothing of
-users or items. A shared service token (`MODEL_SERVER_TOKEN`) replaces the users' access tokens,
+same routes as the web tier's, built by app.api.oip.oip_router with this server's registry and
+its service-token check, below), with `/healthz`, `/readyz` and `/metrics`; nothing of users or
+items. A shared service token (`MODEL_SERVER_TOKEN`) replaces the users' access tokens,
 and the web tier, which logs every prediction against its user, points its manifest's models at
 this server with `"executor": "remote"` (docs/models.md, docs/deployment.md).
 
@@ -15,25 +16,19 @@ here before the state names it. Without a readable state it serves the manifest'
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware import Middleware
 
-from app.api import health, oip
-from app.api.deps import (
-    check_service_token,
-    get_inference,
-    get_model_repository,
-    get_model_server_inference,
-    get_model_server_repository,
-    get_oip_admin,
-    get_oip_predictor,
-    get_oip_reader,
-)
+from app.api import health
+from app.api.deps import until_disconnected
+from app.api.oip import oip_router
 from app.core.config import Settings, get_settings
+from app.core.errors import Unauthorized
 from app.core.logging import configure_logging
 from app.db.database import Database
 from app.db.engine import create_engine
@@ -43,9 +38,38 @@ from app.http.redirects import relative_slash_redirects
 from app.http.state import ModelServerState, model_server_state_of, registry_settings
 from app.ml.registry import ModelRegistry
 from app.observability.metrics import observe_model_batch
-from app.services.model_fleet import ModelFleet
+from app.services.inference import InferenceService
+from app.services.model_fleet import LocalRepository, ModelFleet, ModelRepository
 
 log = structlog.get_logger("app.model_server")
+
+
+# --- what the model server passes to the /v2 routes (app.api.oip.oip_router) ---
+
+
+async def service_token(request: Request) -> int:
+    """Who may call: `Authorization: Bearer <MODEL_SERVER_TOKEN>` (compared in constant time). No
+    token configured: every caller is let in (development only; a production model server refuses
+    to start without one). Its predictions are logged by the web tier, under the web tier's user;
+    here the caller id is 0."""
+    expected = model_server_state_of(request).token
+    if expected is None:
+        return 0
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("Send the model server's service token as `Authorization: Bearer`.")
+    return 0
+
+
+async def local_inference(request: Request) -> InferenceService:
+    """This process's models, with no prediction log (the web tier keeps it)."""
+    registry = model_server_state_of(request).registry
+    return InferenceService(registry, None, lambda: until_disconnected(request))
+
+
+async def local_repository(request: Request) -> ModelRepository:
+    """The repository extension in this process alone."""
+    return LocalRepository(model_server_state_of(request).registry)
 
 
 @asynccontextmanager
@@ -107,12 +131,15 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
     install_exception_handlers(app)
     # The web tier's /v2 routes, with the service token in place of a user's access token and no
     # prediction log: one implementation of the protocol for both tiers.
-    app.dependency_overrides[get_oip_reader] = check_service_token
-    app.dependency_overrides[get_oip_predictor] = check_service_token
-    app.dependency_overrides[get_oip_admin] = check_service_token
-    app.dependency_overrides[get_inference] = get_model_server_inference
-    app.dependency_overrides[get_model_repository] = get_model_server_repository
-    app.include_router(oip.router)
+    app.include_router(
+        oip_router(
+            reader=service_token,
+            predictor=service_token,
+            admin=service_token,
+            inference=local_inference,
+            repository=local_repository,
+        )
+    )
     app.include_router(health.model_server_router)
     if settings.metrics_enabled:
         app.add_route("/metrics", health.model_server_metrics, methods=["GET"], include_in_schema=False)

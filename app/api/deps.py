@@ -1,5 +1,5 @@
-"""The shared dependencies: the caller (or an access token's unverified claims) and what an API key
-must hold to stand for it, the services, pagination. Each has one name.
+"""The shared dependencies: who is calling (`Principal`, by the scope a route needs), the services,
+pagination. Each has one name.
 
 Every dependency here is `async def`, even those that never await: FastAPI runs a plain `def`
 dependency in the thread pool, a thread hand-off per dependency per request (measured in
@@ -8,7 +8,6 @@ docs/performance.md). None of them blocks, so they run on the event loop.
 
 from __future__ import annotations
 
-import hmac
 from datetime import timedelta
 from typing import Annotated
 
@@ -16,14 +15,14 @@ from fastapi import Depends, Query, Request, Security
 from fastapi.security import OAuth2PasswordBearer
 
 from app.core.errors import Forbidden, Unauthorized
-from app.core.security import AccessClaims, KeyClaims, RefusedApiKey, Scope, UnverifiedClaims, is_api_key
+from app.core.security import Credentials, Principal, RefusedApiKey, Scope, is_api_key
 from app.http.ratelimit import limit_caller, limit_refused_key
-from app.http.state import model_server_state_of, state_of
+from app.http.state import state_of
 from app.services.api_keys import ApiKeyService, MissingScope
-from app.services.auth import AuthService, Caller, SessionCaller, authenticate, read_access_token
+from app.services.auth import AuthService, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService
-from app.services.model_fleet import FleetRepository, LocalRepository, ModelFleet, ModelRepository
+from app.services.model_fleet import FleetRepository, ModelFleet, ModelRepository
 from app.services.prediction_log import PredictionHistory
 from app.services.users import UserService
 
@@ -32,33 +31,51 @@ PAGE_SIZE_MAX = 100
 OFFSET_MAX = 1_000_000
 
 
-class _Bearer(OAuth2PasswordBearer):
-    """The request's credentials, sent as `Authorization: Bearer`: an access token (a person logged
-    in, the OAuth2 password flow) or an API key (a program; `mlk_...`). Both are read here, once:
+class Bearer(OAuth2PasswordBearer):
+    """Who is calling (`Principal`), from the request's credentials, sent as `Authorization:
+    Bearer`: an access token (a person logged in, the OAuth2 password flow) or an API key (a
+    program; `mlk_...`). Both are read here, once:
 
     - an access token must be well-formed, correctly signed, unexpired, for this issuer and
       audience; it may do whatever its user may (scopes do not apply to it);
-    - an API key must be one this service made and stored, unexpired, and hold every scope the
-      route declares (`Security(..., scopes=[...])`); a route that declares none is not open to
-      keys at all (403): account management, keys themselves, log-out;
+    - an API key must be one this service made and stored, unexpired, and hold `scope`, the one
+      the route needs (`Security(..., scopes=[...])`); with no scope the route is not open to keys
+      at all (403): account management, keys themselves, log-out;
 
-    then counted against its user's (or key's) rate limit. Not yet checked against the database.
-    In the OpenAPI document the key is its own scheme, `APIKey`, listed with the scopes each
-    operation needs (app.api.openapi).
+    then counted against its user's (or key's) rate limit (app.http.ratelimit), then checked
+    against the database (active user, live login session or key) on a connection of its own. One
+    dependency, not two (each dependency FastAPI solves costs CPU on every request): no credentials
+    is a 401 before anything else is spent.
+
+    `checked_by_the_service`: the check is left to the service, which receives the principal
+    unchecked (who it is cannot be read until then): the item service, whose hottest statements
+    check it in their own round trip (app.repositories.items).
+
+    One instance per scope, the scope fixed when it is made, rather than one reading FastAPI's
+    `SecurityScopes` at every request: building that object per request cost 3-4 us of a 225 us
+    cached read (`bench.profile_hot --kind get_item`). `Security(..., scopes=[scope])` still puts
+    the scope in the OpenAPI document, where the key is its own scheme, `APIKey` (app.api.openapi).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scope: Scope | None = None, *, checked_by_the_service: bool = False) -> None:
         super().__init__(tokenUrl="/api/v1/auth/token", scheme_name="OAuth2PasswordBearer", auto_error=False)
+        self.scopes: list[str] = [] if scope is None else [scope]
+        self.checked_by_the_service = checked_by_the_service
 
-    @staticmethod
-    async def read(request: Request, scopes: list[str]) -> AccessClaims | KeyClaims:
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        principal = Principal(await self.read(request))
+        if not self.checked_by_the_service:
+            await authenticate(state_of(request).resources.db, principal)
+        return principal
+
+    async def read(self, request: Request) -> Credentials:
         scheme, _, credential = (request.headers.get("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not credential:
             raise Unauthorized(
                 "Not authenticated: send an access token or an API key as `Authorization: Bearer`."
             )
         resources = state_of(request).resources
-        claims: AccessClaims | KeyClaims
+        claims: Credentials
         if is_api_key(credential):
             try:
                 claims = await resources.keys.identify(credential)
@@ -66,8 +83,11 @@ class _Bearer(OAuth2PasswordBearer):
                 await limit_refused_key(request, refused)  # 429 past the per-key limit
                 raise
             request.state.api_key_id = claims.key_id  # in the access log line
-            request.state.key_claims = claims  # for `refused_token_handler`, should the check refuse it
-            _check_scopes(claims, scopes)
+            if not self.scopes:
+                raise Forbidden("API keys cannot do this: log in (an access token) instead.")
+            for scope in self.scopes:
+                if scope not in claims.scopes:
+                    raise MissingScope(scope)
             resources.keys.used(claims)
         else:
             claims = read_access_token(resources.codec, credential)
@@ -76,119 +96,45 @@ class _Bearer(OAuth2PasswordBearer):
         return claims
 
 
-def _check_scopes(claims: KeyClaims, needed: list[str]) -> None:
-    if not needed:
-        raise Forbidden("API keys cannot do this: log in (an access token) instead.")
-    for scope in needed:
-        if scope not in claims.scopes:
-            raise MissingScope(scope)
+def _caller(scope: Scope, *, checked_by_the_service: bool = False) -> object:
+    return Security(Bearer(scope, checked_by_the_service=checked_by_the_service), scopes=[scope])
 
 
-class BearerClaims(_Bearer):
-    """An access token's (or an API key holding `scope`) claims, unverified: `UnverifiedClaims`,
-    which only a repository statement that checks them can read. For the hot item routes only
-    (read one, list, create), whose one statement checks the user and login session (or key)
-    itself (app.repositories.items).
-
-    One instance per scope, the scope fixed when it is made, rather than one reading FastAPI's
-    `SecurityScopes` at every request: building that object per request cost 3-4 us of a 225 us
-    cached read (`bench.profile_hot --kind get_item`). `Security(..., scopes=[scope])` still puts
-    the scope in the OpenAPI document."""
-
-    def __init__(self, scope: Scope) -> None:
-        super().__init__()
-        self.scopes: list[str] = [scope]
-
-    async def __call__(self, request: Request) -> UnverifiedClaims:  # type: ignore[override]
-        return UnverifiedClaims(await self.read(request, self.scopes))
-
-
-class BearerCaller(_Bearer):
-    """The caller behind an access token, or an API key holding `scope`, checked against the
-    database (active user, live login session or key) on a connection of its own, at every request.
-    One dependency, not two (each dependency FastAPI solves costs CPU on every request): no
-    credentials is a 401 before anything else is spent. One instance per scope, as above."""
-
-    def __init__(self, scope: Scope) -> None:
-        super().__init__()
-        self.scopes: list[str] = [scope]
-
-    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
-        claims = await self.read(request, self.scopes)
-        return await authenticate(state_of(request).resources.db, UnverifiedClaims(claims))
-
-
-class BearerSession(_Bearer):
-    """A person logged in (an access token), never an API key: for managing the account itself."""
-
-    async def __call__(self, request: Request) -> SessionCaller:  # type: ignore[override]
-        caller = await authenticate(
-            state_of(request).resources.db, UnverifiedClaims(await self.read(request, []))
-        )
-        if not isinstance(caller, SessionCaller):  # refused by `read` already; kept for the type
-            raise Forbidden("API keys cannot do this: log in (an access token) instead.")
-        return caller
-
-
-get_session_caller = BearerSession()
-
-# The authenticated person, logged in (an access token; API keys are refused with 403), and their
-# login session (`session_id`): account management, API keys, log-out.
-CurrentUser = Annotated[SessionCaller, Depends(get_session_caller)]
-
-
-def _caller(scope: Scope) -> object:
-    return Security(BearerCaller(scope), scopes=[scope])
-
-
-def _claims(scope: Scope) -> object:
-    return Security(BearerClaims(scope), scopes=[scope])
-
-
+# A person logged in (an access token; API keys are refused with 403): account management, API
+# keys, log-out.
+CurrentUser = Annotated[Principal, Depends(Bearer())]
 # The caller, by access token or by an API key holding the scope named. One per scope: a route
 # says what it does by the one it takes.
-Predictor = Annotated[Caller, _caller(Scope.PREDICT)]
-ModelReader = Annotated[Caller, _caller(Scope.MODELS_READ)]
-ItemReader = Annotated[Caller, _caller(Scope.ITEMS_READ)]
-ItemWriter = Annotated[Caller, _caller(Scope.ITEMS_WRITE)]
-PredictionReader = Annotated[Caller, _caller(Scope.PREDICTIONS_READ)]
-# Unverified claims (see `BearerClaims`): for the routes whose statement checks them.
-ItemReadClaims = Annotated[UnverifiedClaims, _claims(Scope.ITEMS_READ)]
-ItemWriteClaims = Annotated[UnverifiedClaims, _claims(Scope.ITEMS_WRITE)]
+Predictor = Annotated[Principal, _caller(Scope.PREDICT)]
+ModelReader = Annotated[Principal, _caller(Scope.MODELS_READ)]
+PredictionReader = Annotated[Principal, _caller(Scope.PREDICTIONS_READ)]
+# The item routes' caller, checked by the item service itself (see `Bearer`).
+ItemReader = Annotated[Principal, _caller(Scope.ITEMS_READ, checked_by_the_service=True)]
+ItemWriter = Annotated[Principal, _caller(Scope.ITEMS_WRITE, checked_by_the_service=True)]
 
 
-# The Open Inference Protocol routes' caller: the id predictions are logged against, by access
-# token or by an API key with the scope. The model server (app.model_server) replaces both with its
-# service-token check.
-async def get_oip_reader(user: ModelReader) -> int:
-    return user.id
-
-
-async def get_oip_predictor(user: Predictor) -> int:
-    return user.id
-
-
-OipReader = Annotated[int, Depends(get_oip_reader)]
-OipPredictor = Annotated[int, Depends(get_oip_predictor)]
-
-
-async def get_admin(user: Annotated[Caller, _caller(Scope.ADMIN)]) -> Caller:
+async def get_admin(user: Annotated[Principal, _caller(Scope.ADMIN)]) -> Principal:
     if not user.is_admin:
         raise Forbidden("This operation needs an admin account.")
     return user
 
 
 # An admin, logged in or by a key with the `admin` scope (only an admin can make one).
-AdminUser = Annotated[Caller, Depends(get_admin)]
+AdminUser = Annotated[Principal, Depends(get_admin)]
 
 
-# The repository extension's caller (`/v2/repository/...`): an admin; the model server's service
-# token there.
-async def get_oip_admin(user: AdminUser) -> int:
+# The callers of the Open Inference Protocol's routes on the web tier (app.api.oip.oip_router), as
+# the id their predictions are logged against; the model server passes its service-token check.
+async def model_reader_id(user: ModelReader) -> int:
     return user.id
 
 
-OipAdmin = Annotated[int, Depends(get_oip_admin)]
+async def predictor_id(user: Predictor) -> int:
+    return user.id
+
+
+async def admin_id(user: AdminUser) -> int:
+    return user.id
 
 
 async def get_auth_service(request: Request) -> AuthService:
@@ -234,10 +180,10 @@ PredictionHistoryDep = Annotated[PredictionHistory, Depends(get_prediction_histo
 
 async def get_inference(request: Request) -> InferenceService:
     resources = state_of(request).resources
-    return InferenceService(resources.registry, resources.prediction_log, lambda: _disconnected(request))
+    return InferenceService(resources.registry, resources.prediction_log, lambda: until_disconnected(request))
 
 
-async def _disconnected(request: Request) -> None:
+async def until_disconnected(request: Request) -> None:
     """Returns when the client has gone away. The body has been read by then, so the server's next
     message is `http.disconnect` (uvicorn sends it when the connection closes, or once the
     response is complete)."""
@@ -256,37 +202,8 @@ FleetDep = Annotated[ModelFleet, Depends(get_fleet)]
 
 
 async def get_model_repository(request: Request) -> ModelRepository:
-    """The repository extension of `/v2`: fleet-wide here; the model server's is its own."""
+    """The repository extension of `/v2` on the web tier: fleet-wide (the model server's is its own)."""
     return FleetRepository(state_of(request).resources.fleet)
-
-
-ModelRepositoryDep = Annotated[ModelRepository, Depends(get_model_repository)]
-
-
-# --- the model server's replacements (app.model_server): a service token, no users, no log ---
-
-
-async def check_service_token(request: Request) -> int:
-    """The model server's caller check: `Authorization: Bearer <MODEL_SERVER_TOKEN>` (compared in
-    constant time). No token configured: every caller is let in (development only; a production
-    model server refuses to start without one). Its predictions are logged by the web tier, under
-    the web tier's user; here the caller id is 0."""
-    expected = model_server_state_of(request).token
-    if expected is None:
-        return 0
-    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise Unauthorized("Send the model server's service token as `Authorization: Bearer`.")
-    return 0
-
-
-async def get_model_server_inference(request: Request) -> InferenceService:
-    registry = model_server_state_of(request).registry
-    return InferenceService(registry, None, lambda: _disconnected(request))
-
-
-async def get_model_server_repository(request: Request) -> ModelRepository:
-    return LocalRepository(model_server_state_of(request).registry)
 
 
 class OffsetPage:

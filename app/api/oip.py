@@ -1,19 +1,21 @@
 """Open Inference Protocol (KServe V2) over REST, JSON tensors: /v2 health, metadata and infer.
 
-Errors here use the protocol's shape, `{"error": "..."}` (see app.http.problems). Like every
-model endpoint, these need a valid access token (tritonclient sends it via `headers=`); in the
-model server (app.model_server) the same routes take the service token instead.
+Errors here use the protocol's shape, `{"error": "..."}` (see app.http.problems). One
+implementation for both tiers, built by `oip_router` from what each passes in: who may call (on the
+web tier an access token or a key with the scope, tritonclient sending it via `headers=`; on the
+model server its service token), the inference service and the repository extension.
+
+(No `from __future__ import annotations` here: the routes' annotations name the dependencies passed
+to `oip_router`, which FastAPI can resolve only if they are evaluated where the routes are made.)
 """
 
-from __future__ import annotations
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
-from typing import Any
-
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.api.deps import InferenceDep, ModelRepositoryDep, OipAdmin, OipPredictor, OipReader
 from app.core.errors import BadRequest, ValidationFailed
 from app.ml.formats import platform
 from app.ml.inputs import INPUT_TENSOR, TensorError, tensor_rows
@@ -37,6 +39,7 @@ from app.schemas.oip import (
     TensorMetadata,
 )
 from app.services.inference import InferenceService
+from app.services.model_fleet import ModelRepository
 
 
 class BinaryDataUnsupported(BadRequest):
@@ -47,8 +50,6 @@ class BinaryDataUnsupported(BadRequest):
             "binary_data=False)."
         )
 
-
-router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 # Errors in the protocol's shape, under application/json: also those that middleware answers
 # before a route runs (body and header limits, trusted hosts, shedding; app.http.problems).
@@ -88,32 +89,6 @@ def _outputs(spec: ModelSpec) -> list[TensorMetadata]:
     return [TensorMetadata(name="prediction", datatype="FP64", shape=[-1])]
 
 
-@router.get("/health/live", summary="Server live", responses=ERRORS)
-async def live(_caller: OipReader) -> Live:
-    return Live(live=True)
-
-
-@router.get("/health/ready", summary="Server ready", responses=ERRORS)
-async def ready(_caller: OipReader, inference: InferenceDep, response: Response) -> Ready:
-    is_ready = inference.ready
-    if not is_ready:
-        response.status_code = 503
-    return Ready(ready=is_ready)
-
-
-@router.get("", summary="Server metadata", responses=ERRORS)
-async def server_metadata(_caller: OipReader, request: Request) -> ServerMetadata:
-    return ServerMetadata(
-        name=request.app.title, version=request.app.version, extensions=["model_repository"]
-    )
-
-
-@router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
-async def model_metadata(_caller: OipReader, inference: InferenceDep, name: str = ModelName) -> ModelMetadata:
-    """The model's default version; `versions` lists every version loaded here."""
-    return _metadata(inference, inference.model(name))
-
-
 def _metadata(inference: InferenceService, spec: ModelSpec) -> ModelMetadata:
     return ModelMetadata(
         name=spec.name,
@@ -122,41 +97,6 @@ def _metadata(inference: InferenceService, spec: ModelSpec) -> ModelMetadata:
         inputs=[TensorMetadata(name=INPUT_TENSOR, datatype="FP32", shape=[-1, len(spec.features)])],
         outputs=_outputs(spec),
     )
-
-
-@router.get("/models/{name}/versions/{version}", summary="Model version metadata", responses=ERRORS)
-async def model_version_metadata(
-    _caller: OipReader, inference: InferenceDep, name: str = ModelName, version: str = ModelVersion
-) -> ModelMetadata:
-    """`version` is a version or an alias (`production`); a split alias shows its main version."""
-    return _metadata(inference, inference.model(name, version))
-
-
-@router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
-async def model_ready(
-    _caller: OipReader, inference: InferenceDep, response: Response, name: str = ModelName
-) -> ModelReady:
-    """200 when the model answers now; 503 while its worker pool restarts or its server is down."""
-    spec = inference.model(name)
-    is_ready = inference.model_ready(name)
-    if not is_ready:
-        response.status_code = 503
-    return ModelReady(name=spec.name, ready=is_ready)
-
-
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready", responses=ERRORS)
-async def model_version_ready(
-    _caller: OipReader,
-    inference: InferenceDep,
-    response: Response,
-    name: str = ModelName,
-    version: str = ModelVersion,
-) -> ModelReady:
-    spec = inference.model(name, version)
-    is_ready = inference.model_ready(name, version)
-    if not is_ready:
-        response.status_code = 503
-    return ModelReady(name=spec.name, ready=is_ready)
 
 
 def _rows(body: InferenceRequest, spec: ModelSpec) -> list[Any]:
@@ -198,28 +138,6 @@ _INFER_DOCS: dict[str, Any] = {
         }
     },
 }
-
-
-@router.post("/models/{name}/infer", summary="Inference", **_INFER_DOCS)
-async def infer(
-    request: Request, caller: OipPredictor, inference: InferenceDep, name: str = ModelName
-) -> InferenceResponse:
-    """One input tensor `input` (the name the model's metadata gives; another is a 422) of shape
-    [batch, features] (row-major `data`, flat or nested); each output asked for at most once."""
-    return await _infer(request, caller, inference, name)
-
-
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference, one version", **_INFER_DOCS)
-async def infer_version(
-    request: Request,
-    caller: OipPredictor,
-    inference: InferenceDep,
-    name: str = ModelName,
-    version: str = ModelVersion,
-) -> InferenceResponse:
-    """As `/models/{name}/infer`, for one version, or for an alias (`production`, a canary
-    split): `model_version` in the answer names the version that served it."""
-    return await _infer(request, caller, inference, name, version)
 
 
 async def _infer(
@@ -280,52 +198,169 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": OipEr
 _CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {**_ADMIN_ERRORS, 409: {"model": OipError}}
 
 
-@router.post("/repository/index", summary="Repository index", responses=_ADMIN_ERRORS)
-async def repository_index(
-    _caller: OipAdmin, repository: ModelRepositoryDep, body: RepositoryIndexRequest | None = None
-) -> list[RepositoryModel]:
-    """Every version of the manifest, and every one the fleet's state names, with its state in the
-    process that answered."""
-    only_ready = body is not None and body.ready is True  # the protocol: false filters nothing
-    return [
-        RepositoryModel(name=v.name, version=v.version, state=v.state, reason=v.reason)
-        for v in repository.index()
-        if not only_ready or v.state == "READY"
-    ]
+def _version(body: RepositoryLoadRequest | None) -> str | None:
+    """`parameters.version` of a load or unload (none: the newest version, or the whole model)."""
+    return body.parameters.version if body is not None and body.parameters is not None else None
 
 
-@router.post(
-    "/repository/models/{name}/load",
-    summary="Load a model version",
-    responses=_CHANGE_ERRORS,
-)
-async def repository_load(
-    caller: OipAdmin,
-    repository: ModelRepositoryDep,
-    name: str = ModelName,
-    body: RepositoryLoadRequest | None = None,
-) -> RepositoryChanged:
-    """`parameters.version` (none: the newest the manifest lists). The file's sha256 is checked
-    and a warm-up row run before the version can be routed to (409 naming the file otherwise,
-    and nothing changes); on the web tier every worker and replica then loads it too."""
-    version = body.parameters.version if body is not None and body.parameters is not None else None
-    loaded, revision = await repository.load(caller, name, version)
-    return RepositoryChanged(name=name, version=loaded, revision=revision)
+# A dependency answering who calls, as the id predictions are logged against (0: the model server).
+CallerId = Callable[..., Awaitable[int]]
 
 
-@router.post(
-    "/repository/models/{name}/unload",
-    summary="Unload a model version",
-    responses=_CHANGE_ERRORS,
-)
-async def repository_unload(
-    caller: OipAdmin,
-    repository: ModelRepositoryDep,
-    name: str = ModelName,
-    body: RepositoryLoadRequest | None = None,
-) -> RepositoryChanged:
-    """`parameters.version` (none: the whole model and its aliases). Refused (409) while an alias
-    routes to the version; its in-flight requests finish before it goes."""
-    version = body.parameters.version if body is not None and body.parameters is not None else None
-    revision = await repository.unload(caller, name, version)
-    return RepositoryChanged(name=name, version=version, revision=revision)
+def oip_router(
+    *,
+    reader: CallerId,
+    predictor: CallerId,
+    admin: CallerId,
+    inference: Callable[..., Awaitable[InferenceService]],
+    repository: Callable[..., Awaitable[ModelRepository]],
+) -> APIRouter:
+    """The `/v2` routes, with the dependencies each tier passes: `reader` for health and metadata,
+    `predictor` for inference, `admin` for the repository extension; `inference` (the models: the
+    web tier's registry with its prediction log, the model server's without) and `repository` (a
+    load or unload fleet-wide on the web tier, in the process alone on the model server). The web
+    tier's are in app.api.deps (app.main), the model server's in app.model_server."""
+    router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+    as_reader, as_predictor, as_admin = Depends(reader), Depends(predictor), Depends(admin)
+    models, extension = Depends(inference), Depends(repository)
+
+    @router.get("/health/live", summary="Server live", responses=ERRORS)
+    async def live(_caller: Annotated[int, as_reader]) -> Live:
+        return Live(live=True)
+
+    @router.get("/health/ready", summary="Server ready", responses=ERRORS)
+    async def ready(
+        _caller: Annotated[int, as_reader], inference: Annotated[InferenceService, models], response: Response
+    ) -> Ready:
+        is_ready = inference.ready
+        if not is_ready:
+            response.status_code = 503
+        return Ready(ready=is_ready)
+
+    @router.get("", summary="Server metadata", responses=ERRORS)
+    async def server_metadata(_caller: Annotated[int, as_reader], request: Request) -> ServerMetadata:
+        return ServerMetadata(
+            name=request.app.title, version=request.app.version, extensions=["model_repository"]
+        )
+
+    @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
+    async def model_metadata(
+        _caller: Annotated[int, as_reader],
+        inference: Annotated[InferenceService, models],
+        name: str = ModelName,
+    ) -> ModelMetadata:
+        """The model's default version; `versions` lists every version loaded here."""
+        return _metadata(inference, inference.model(name))
+
+    @router.get("/models/{name}/versions/{version}", summary="Model version metadata", responses=ERRORS)
+    async def model_version_metadata(
+        _caller: Annotated[int, as_reader],
+        inference: Annotated[InferenceService, models],
+        name: str = ModelName,
+        version: str = ModelVersion,
+    ) -> ModelMetadata:
+        """`version` is a version or an alias (`production`); a split alias shows its main version."""
+        return _metadata(inference, inference.model(name, version))
+
+    @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
+    async def model_ready(
+        _caller: Annotated[int, as_reader],
+        inference: Annotated[InferenceService, models],
+        response: Response,
+        name: str = ModelName,
+    ) -> ModelReady:
+        """200 when the model answers now; 503 while its worker pool restarts or its server is down."""
+        spec = inference.model(name)
+        is_ready = inference.model_ready(name)
+        if not is_ready:
+            response.status_code = 503
+        return ModelReady(name=spec.name, ready=is_ready)
+
+    @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready", responses=ERRORS)
+    async def model_version_ready(
+        _caller: Annotated[int, as_reader],
+        inference: Annotated[InferenceService, models],
+        response: Response,
+        name: str = ModelName,
+        version: str = ModelVersion,
+    ) -> ModelReady:
+        spec = inference.model(name, version)
+        is_ready = inference.model_ready(name, version)
+        if not is_ready:
+            response.status_code = 503
+        return ModelReady(name=spec.name, ready=is_ready)
+
+    @router.post("/models/{name}/infer", summary="Inference", **_INFER_DOCS)
+    async def infer(
+        request: Request,
+        caller: Annotated[int, as_predictor],
+        inference: Annotated[InferenceService, models],
+        name: str = ModelName,
+    ) -> InferenceResponse:
+        """One input tensor `input` (the name the model's metadata gives; another is a 422) of shape
+        [batch, features] (row-major `data`, flat or nested); each output asked for at most once."""
+        return await _infer(request, caller, inference, name)
+
+    @router.post("/models/{name}/versions/{version}/infer", summary="Inference, one version", **_INFER_DOCS)
+    async def infer_version(
+        request: Request,
+        caller: Annotated[int, as_predictor],
+        inference: Annotated[InferenceService, models],
+        name: str = ModelName,
+        version: str = ModelVersion,
+    ) -> InferenceResponse:
+        """As `/models/{name}/infer`, for one version, or for an alias (`production`, a canary
+        split): `model_version` in the answer names the version that served it."""
+        return await _infer(request, caller, inference, name, version)
+
+    @router.post("/repository/index", summary="Repository index", responses=_ADMIN_ERRORS)
+    async def repository_index(
+        _caller: Annotated[int, as_admin],
+        repository: Annotated[ModelRepository, extension],
+        body: RepositoryIndexRequest | None = None,
+    ) -> list[RepositoryModel]:
+        """Every version of the manifest, and every one the fleet's state names, with its state in the
+        process that answered."""
+        only_ready = body is not None and body.ready is True  # the protocol: false filters nothing
+        return [
+            RepositoryModel(name=v.name, version=v.version, state=v.state, reason=v.reason)
+            for v in repository.index()
+            if not only_ready or v.state == "READY"
+        ]
+
+    @router.post(
+        "/repository/models/{name}/load",
+        summary="Load a model version",
+        responses=_CHANGE_ERRORS,
+    )
+    async def repository_load(
+        caller: Annotated[int, as_admin],
+        repository: Annotated[ModelRepository, extension],
+        name: str = ModelName,
+        body: RepositoryLoadRequest | None = None,
+    ) -> RepositoryChanged:
+        """`parameters.version` (none: the newest the manifest lists). The file's sha256 is checked
+        and a warm-up row run before the version can be routed to (409 naming the file otherwise,
+        and nothing changes); on the web tier every worker and replica then loads it too."""
+        version = _version(body)
+        loaded, revision = await repository.load(caller, name, version)
+        return RepositoryChanged(name=name, version=loaded, revision=revision)
+
+    @router.post(
+        "/repository/models/{name}/unload",
+        summary="Unload a model version",
+        responses=_CHANGE_ERRORS,
+    )
+    async def repository_unload(
+        caller: Annotated[int, as_admin],
+        repository: Annotated[ModelRepository, extension],
+        name: str = ModelName,
+        body: RepositoryLoadRequest | None = None,
+    ) -> RepositoryChanged:
+        """`parameters.version` (none: the whole model and its aliases). Refused (409) while an alias
+        routes to the version; its in-flight requests finish before it goes."""
+        version = _version(body)
+        revision = await repository.unload(caller, name, version)
+        return RepositoryChanged(name=name, version=version, revision=revision)
+
+    return router

@@ -12,6 +12,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -110,24 +111,87 @@ def refused_key_name(digest: str) -> str:
     return f"api-key:{digest[:32]}"
 
 
-class UnverifiedClaims:
-    """An access token that is well-formed, correctly signed and unexpired (or an API key this
-    service made and stored), whose user and login session (or key) are not yet checked against
-    the database: the user may have been deactivated or deleted, the session ended by a logout,
-    the key revoked.
+# What a request's credentials say: an access token's claims or an API key's.
+Credentials = AccessClaims | KeyClaims
 
-    Opaque on purpose. Nothing reads the user from it but the repository statements that check it
-    in the same round trip as their work (`app.repositories.users.Access`), so no route or service
-    can take it for an authenticated caller (mypy refuses `claims.user_id`; tests/unit/
-    test_unverified_claims.py), and every route that takes it is called with an ended login's token
-    by tests/security/test_api2_authentication.py, which fails unless the answer is 401. It comes
-    from `app.api.deps.ItemReadClaims` (or `ItemWriteClaims`); every other route takes the caller.
+
+class Unchecked(RuntimeError):
+    """Who a principal is was read before the database checked it: a bug (a 500), never an answer."""
+
+
+class Principal:
+    """Who is calling: a user, through a login session (an access token) or one of their API keys
+    (`key_id`, limited to its `scopes`). The one type a route receives (app.api.deps: `CurrentUser`,
+    `ItemReader`, `Predictor`, ... each names the scope it needs).
+
+    Made from credentials that are well-formed, correctly signed (or a key this service made and
+    stored), unexpired and within the route's scopes, then checked against the database at every
+    request (the user active, the login session or the key live): by the dependency before the route
+    runs, or, on the item routes, by the item service, whose hottest statements check it in the same
+    round trip as their work (app.repositories.items). Until it has been checked, who it is cannot
+    be read: `id`, `email`, `is_active`, `is_admin` and `created_at` raise `Unchecked`, so nothing
+    can take the user of an unchecked principal on trust. Its credentials are private: only the
+    checking statements read them (`app.repositories.users.Access`; tests/unit/
+    test_unchecked_principal.py), and every route is called with an ended login's token by tests/
+    security/test_api2_authentication.py, which fails unless the answer is 401.
     """
 
-    __slots__ = ("_claims",)
+    __slots__ = ("_credentials", "_user")
 
-    def __init__(self, claims: AccessClaims | KeyClaims) -> None:
-        self._claims = claims
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+        self._user: tuple[int, str, bool, bool, datetime] | None = None
+
+    def _confirm(self, user: tuple[int, str, bool, bool, datetime]) -> None:
+        """Called by the checking statement (app.repositories.users) with the user it found."""
+        self._user = user
+
+    def _checked(self) -> tuple[int, str, bool, bool, datetime]:
+        if self._user is None:
+            raise Unchecked("the caller was read before the database checked their credentials")
+        return self._user
+
+    @property
+    def id(self) -> int:
+        return self._checked()[0]
+
+    @property
+    def email(self) -> str:
+        return self._checked()[1]
+
+    @property
+    def is_active(self) -> bool:
+        return self._checked()[2]
+
+    @property
+    def is_admin(self) -> bool:
+        return self._checked()[3]
+
+    @property
+    def created_at(self) -> datetime:
+        return self._checked()[4]
+
+    @property
+    def session_id(self) -> str | None:
+        """The login session of a person logged in; None for an API key."""
+        credentials = self._credentials
+        return credentials.session_id if isinstance(credentials, AccessClaims) else None
+
+    @property
+    def key_id(self) -> int | None:
+        """The API key a program called with; None for a person logged in."""
+        credentials = self._credentials
+        return credentials.key_id if isinstance(credentials, KeyClaims) else None
+
+    @property
+    def scopes(self) -> frozenset[str] | None:
+        """An API key's scopes; None for a person logged in, who may do whatever their user may."""
+        credentials = self._credentials
+        return credentials.scopes if isinstance(credentials, KeyClaims) else None
+
+    def refusal(self) -> InvalidAccessToken | InvalidApiKey:
+        """The 401 for credentials the database refused, carrying them for the rate limiter."""
+        return refusal(self._credentials)
 
 
 class InvalidToken(Exception):
@@ -136,10 +200,13 @@ class InvalidToken(Exception):
 
 class InvalidAccessToken(Unauthorized):
     """The 401 for an access token that is not good: unusable (`InvalidToken`), or refused by the
-    database (its login session ended, its user deactivated or deleted)."""
+    database (its login session ended, its user deactivated or deleted): then it carries the
+    token's claims (`refused`), which the rate limiter gives back and remembers
+    (app.http.ratelimit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refused: AccessClaims | None = None) -> None:
         super().__init__("The access token is invalid, expired or revoked.")
+        self.refused = refused
 
 
 class TokenCodec:
@@ -227,10 +294,13 @@ API_KEY_SHOWN_CHARS = len(API_KEY_PREFIX) + 8
 
 class InvalidApiKey(Unauthorized):
     """The 401 for an API key that is not good: malformed, forged, unknown, revoked, expired, or its
-    owner deactivated or deleted. One answer for all, so a caller learns nothing about which."""
+    owner deactivated or deleted. One answer for all, so a caller learns nothing about which. Refused
+    by the request's checking statement, it carries the key's claims (`refused`), as
+    `InvalidAccessToken` does."""
 
-    def __init__(self) -> None:
+    def __init__(self, refused: KeyClaims | None = None) -> None:
         super().__init__("The API key is invalid, expired or revoked.")
+        self.refused = refused
 
 
 class RefusedApiKey(InvalidApiKey):
@@ -291,7 +361,7 @@ def is_api_key(credential: str) -> bool:
     return credential.startswith(API_KEY_PREFIX)
 
 
-def refusal(claims: AccessClaims | KeyClaims) -> InvalidAccessToken | InvalidApiKey:
+def refusal(claims: Credentials) -> InvalidAccessToken | InvalidApiKey:
     """The 401 for credentials the database refused (their login ended, their key was revoked,
-    their user deactivated or deleted)."""
-    return InvalidAccessToken() if isinstance(claims, AccessClaims) else InvalidApiKey()
+    their user deactivated or deleted), carrying them."""
+    return InvalidAccessToken(claims) if isinstance(claims, AccessClaims) else InvalidApiKey(claims)

@@ -34,10 +34,11 @@ from app.core.emails import canonical_email
 from app.core.errors import TooManyRequests
 from app.core.security import (
     AccessClaims,
+    Credentials,
+    InvalidAccessToken,
     InvalidApiKey,
     KeyClaims,
     RefusedApiKey,
-    refusal,
     refused_key_name,
 )
 from app.http.limiter import Limits
@@ -98,24 +99,28 @@ async def _account(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _bucket(limits: Limits, claims: AccessClaims | KeyClaims) -> tuple[str, RateLimitItem | None, str]:
+# --- The per-caller limit: taken when the credentials are read, given back when the database refuses
+# them. Both halves are here; they talk through the refusal itself, which carries the credentials.
+
+
+def _bucket(limits: Limits, claims: Credentials) -> tuple[str, RateLimitItem | None, str]:
     """Where a request is counted: an access token under its user, an API key under itself."""
     if isinstance(claims, KeyClaims):
         return "api-key", limits.per_api_key, str(claims.key_id)
     return "user", limits.per_user, str(claims.user_id)
 
 
-async def limit_caller(request: Request, claims: AccessClaims | KeyClaims) -> None:
-    """The per-user limit (an access token) or the per-key limit (an API key), counted for every
-    request whose token is well-formed, correctly signed and unexpired (or whose key is one this
-    service made), so nobody can spend another user's allowance with a forged `sub`, before it is
-    checked against the database: an over-limit caller costs no query. Should the database then
+async def limit_caller(request: Request, claims: Credentials) -> None:
+    """Take: the per-user limit (an access token) or the per-key limit (an API key), counted for
+    every request whose token is well-formed, correctly signed and unexpired (or whose key is one
+    this service made), so nobody can spend another user's allowance with a forged `sub`, before it
+    is checked against the database: an over-limit caller costs no query. Should the database then
     refuse it, `refused_token_handler` gives the request back.
 
     A token (or key) this process has seen refused is counted under its own key instead and
     answered 401 here, before anything else is spent.
 
-    Called by the authentication dependency (`app.api.deps`) right after it has read the
+    Called by the authentication dependency (`app.api.deps.Bearer`) right after it has read the
     credentials, so they are read once per request; a request without valid ones is answered 401
     there and counts against no one.
     """
@@ -127,12 +132,12 @@ async def limit_caller(request: Request, claims: AccessClaims | KeyClaims) -> No
         return
     if limits.refused.get(claims.jti, 0) > time.time():
         await _count_refused(limits, item, claims.jti)
-        raise refusal(claims)
+        # Carrying no credentials: nothing was taken from its user, so nothing is given back.
+        raise InvalidAccessToken() if isinstance(claims, AccessClaims) else InvalidApiKey()
     wait = await limits.hit(name, item, identifier, moving=False)
     if wait is not None:
         what = "requests with this API key" if name == "api-key" else "requests for this user"
         raise _refuse(name.replace("-", "_"), wait, what)
-    request.state.counted_claims = claims
 
 
 async def limit_refused_key(request: Request, refused: RefusedApiKey) -> None:
@@ -151,20 +156,21 @@ async def _count_refused(limits: Limits, item: RateLimitItem, name: str) -> None
 
 
 async def refused_token_handler(request: Request, exc: Exception) -> Response:
-    """The handler of `InvalidAccessToken` and `InvalidApiKey`. Credentials the database refused
-    after they were counted (`limit_caller`) give that back, are remembered (an access token by
-    this process's limiter until it expires, an API key by the key ring for good), and are counted
-    under their own key; then the usual 401 (or 429, when the refused credentials are over the
-    limit)."""
-    claims: AccessClaims | KeyClaims | None = getattr(request.state, "counted_claims", None)
-    resources = state_of(request).resources
-    limits = resources.limits
-    key: KeyClaims | None = getattr(request.state, "key_claims", None)
-    if key is not None and isinstance(exc, InvalidApiKey):
-        resources.keys.refused(key)
+    """Give back: the handler of `InvalidAccessToken` and `InvalidApiKey`. Credentials the
+    database refused (whichever statement refused them: the dependency's check or the item
+    service's own) come with the refusal (`exc.refused`); the request they were counted for
+    (`limit_caller`) is given back, they are remembered (an access token by this process's limiter
+    until it expires, an API key by the key ring for good) and counted under their own key; then
+    the usual 401 (or 429, when the refused credentials are over the limit). A token refused before
+    any count (malformed, forged, expired) carries nothing and is answered as it is."""
+    claims = exc.refused if isinstance(exc, InvalidAccessToken | InvalidApiKey) else None
     if claims is not None:
+        resources = state_of(request).resources
+        limits = resources.limits
+        if isinstance(claims, KeyClaims):
+            resources.keys.refused(claims)
         name, item, identifier = _bucket(limits, claims)
-        if item is not None:
+        if limits.enabled and item is not None:
             await limits.give_back(name, item, identifier)
             if isinstance(claims, AccessClaims):
                 limits.remember_refused(claims, claims.expires_at)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.emails import canonical_email
 from app.core.errors import Unauthorized
-from app.core.security import AccessClaims, KeyClaims, UnverifiedClaims, refusal
+from app.core.security import AccessClaims, Principal
 from app.db.statements import Statements
 from app.models import ApiKey, AuthSession, RefreshToken, User
 from app.models.base import utcnow
@@ -78,8 +78,8 @@ CALLERS = {
 }
 
 
-class CallerRow(TypedDict):
-    """The user behind a live access token, as the token check reads it (never the password hash)."""
+class _CallerRow(TypedDict):
+    """The user behind live credentials, as the check reads them (never the password hash)."""
 
     id: int
     email: str
@@ -89,46 +89,46 @@ class CallerRow(TypedDict):
 
 
 class Access:
-    """An access token's (or an API key's) claims as the checking statements take them: the
-    parameters of `CALLERS[by_key]`. The one reader of `UnverifiedClaims` (app.core.security):
-    whatever runs with an `Access` checks the caller's user and login session (or key) in its own
-    statement, at every request."""
+    """A principal's credentials as the checking statements take them: the parameters of
+    `CALLERS[by_key]`. The one reader of a `Principal`'s credentials (app.core.security): whatever
+    runs with an `Access` checks the caller's user and login session (or key) in its own statement,
+    at every request."""
 
-    __slots__ = ("_token", "by_key", "params")
+    __slots__ = ("_principal", "by_key", "params")
 
-    def __init__(self, claims: UnverifiedClaims) -> None:
-        token = claims._claims  # the one reader, by design (tests/unit/test_unverified_claims.py)
-        self._token = token
-        if isinstance(token, AccessClaims):
+    def __init__(self, principal: Principal) -> None:
+        # The one reader, by design (tests/unit/test_unchecked_principal.py).
+        credentials = principal._credentials
+        self._principal = principal
+        if isinstance(credentials, AccessClaims):
             self.by_key = False
-            self.params = {"b_user": token.user_id, "b_session": token.session_id, "b_now": utcnow()}
+            self.params = {
+                "b_user": credentials.user_id,
+                "b_session": credentials.session_id,
+                "b_now": utcnow(),
+            }
         else:
             self.by_key = True
-            self.params = {"b_user": token.user_id, "b_key": token.digest, "b_now": utcnow()}
-
-    def verified(self, row: CallerRow) -> AccessClaims | KeyClaims:
-        """The claims, once a checking statement has returned their user's `row`."""
-        if row["id"] != self._token.user_id:
-            raise NoCaller
-        return self._token
+            self.params = {"b_user": credentials.user_id, "b_key": credentials.digest, "b_now": utcnow()}
 
     def refusal(self) -> Unauthorized:
         """The 401 to answer when a checking statement returned no row (`NoCaller`)."""
-        return refusal(self._token)
+        return self._principal.refusal()
 
 
 class NoCaller(Exception):
-    """The access token's user is inactive or gone, or its login session revoked or expired."""
+    """The credentials' user is inactive or gone, or their login session (or key) revoked or expired."""
 
 
-async def active_caller(db: Statements, access: Access) -> CallerRow:
+async def check_principal(db: Statements, access: Access) -> None:
     """One round trip per authenticated request, so a logout, a key's revocation, a deactivation or
     a deletion ends the user's access tokens (or the key) at their next request, on every replica;
-    `NoCaller` if it did."""
-    row = await db.one(_ACTIVE[access.by_key], access.params)
-    if row is None:
+    `NoCaller` if it did. The principal can be read from then on."""
+    row = cast(_CallerRow | None, await db.one(_ACTIVE[access.by_key], access.params))
+    if row is None or row["id"] != access.params["b_user"]:
         raise NoCaller
-    return cast(CallerRow, row)
+    principal = access._principal
+    principal._confirm((row["id"], row["email"], row["is_active"], row["is_admin"], row["created_at"]))
 
 
 class UserRepository:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from app.core.errors import Conflict, Unauthorized
+from app.core.errors import Conflict, Forbidden, Unauthorized
 from app.core.security import (
     AccessClaims,
     InvalidAccessToken,
     InvalidToken,
     PasswordHasher,
+    Principal,
     TokenCodec,
-    UnverifiedClaims,
     hash_refresh_token,
     new_refresh_token,
 )
@@ -26,7 +26,7 @@ from app.repositories.users import (
     NoCaller,
     SessionRepository,
     UserRepository,
-    active_caller,
+    check_principal,
 )
 
 
@@ -45,35 +45,6 @@ class InvalidRefreshToken(Unauthorized):
         super().__init__("The refresh token is invalid, expired or already used.")
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The authenticated caller of one request: the user's public fields as the check of their
-    access token (or API key) read them. Plain data, not an ORM entity: a route that changes the
-    user loads it (`UserService.me`). Always one of the two kinds below."""
-
-    id: int
-    email: str
-    is_active: bool
-    is_admin: bool
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SessionCaller(Caller):
-    """A person logged in: the access token's login session. The only kind the routes that manage
-    the account (password, email, keys, log-out) take."""
-
-    session_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class KeyCaller(Caller):
-    """A program with one of the user's API keys, limited to the key's scopes."""
-
-    key_id: int
-    scopes: frozenset[str]
-
-
 def read_access_token(codec: TokenCodec, access_token: str) -> AccessClaims:
     """The claims of a well-formed, correctly signed, unexpired access token (not yet checked
     against the database: see `authenticate`)."""
@@ -83,22 +54,18 @@ def read_access_token(codec: TokenCodec, access_token: str) -> AccessClaims:
         raise InvalidAccessToken from exc
 
 
-async def authenticate(db: Database, claims: UnverifiedClaims) -> SessionCaller | KeyCaller:
-    """The active user behind these claims, if their login session (or API key) is neither revoked
-    nor expired: one statement on a connection of its own, at every request (no cache), so a
-    logout, a key's revocation, a deactivation or a deletion refuses the very next request on every
+async def authenticate(db: Database, principal: Principal) -> Principal:
+    """`principal`, checked: its user active, its login session (or API key) neither revoked nor
+    expired. One statement on a connection of its own, at every request (no cache), so a logout, a
+    key's revocation, a deactivation or a deletion refuses the very next request on every
     replica."""
-    access = Access(claims)
+    access = Access(principal)
     try:
         async with db.statements() as statements:
-            row = await active_caller(statements, access)
-        verified = access.verified(row)
+            await check_principal(statements, access)
     except NoCaller:
         raise access.refusal() from None
-    user = (row["id"], row["email"], row["is_active"], row["is_admin"], row["created_at"])
-    if isinstance(verified, AccessClaims):
-        return SessionCaller(*user, verified.session_id)
-    return KeyCaller(*user, verified.key_id, verified.scopes)
+    return principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +145,12 @@ class AuthService:
             await session.commit()
         return self._issue(user.id, auth_session.id, refresh)
 
-    async def logout(self, session_id: str) -> None:
+    async def logout(self, principal: Principal) -> None:
+        """End the caller's login session (a person logged in; the route takes no API key)."""
+        if principal.session_id is None:
+            raise Forbidden("API keys cannot do this: log in (an access token) instead.")
         async with self.db.session() as session:
-            await SessionRepository(session).revoke(session_id)
+            await SessionRepository(session).revoke(principal.session_id)
             await session.commit()
 
     def _issue(self, user_id: int, session_id: str, refresh: str) -> IssuedTokens:

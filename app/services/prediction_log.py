@@ -16,12 +16,12 @@ from typing import Any
 import structlog
 
 from app.core.errors import Forbidden
+from app.core.security import Principal
 from app.db.database import Database
 from app.models import PredictionRecord
 from app.models.base import utcnow
 from app.observability import metrics
 from app.repositories.predictions import PredictionRepository
-from app.services.auth import Caller
 from app.services.pagination import decode_cursor, keyset_page
 
 log = structlog.get_logger(__name__)
@@ -133,7 +133,7 @@ class PredictionHistory:
         self.db = db
 
     async def page(
-        self, user: Caller, *, user_filter: int | None, cursor: str | None, limit: int
+        self, user: Principal, *, user_filter: int | None, cursor: str | None, limit: int
     ) -> tuple[Sequence[PredictionRecord], str | None]:
         if user_filter is not None and user_filter != user.id and not user.is_admin:
             raise Forbidden("Only admins may read other users' predictions.")

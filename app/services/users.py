@@ -8,12 +8,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, NotFound, Unauthorized
-from app.core.security import InvalidAccessToken, PasswordHasher
+from app.core.security import PasswordHasher, Principal
 from app.db.database import Database
 from app.models import User
 from app.repositories.api_keys import ApiKeyRepository
 from app.repositories.users import DuplicateEmail, SessionRepository, UserRepository
-from app.services.auth import Caller, EmailTaken
+from app.services.auth import EmailTaken
 
 
 class UserNotFound(NotFound):
@@ -47,7 +47,7 @@ class UserService:
         async with self.db.session(read_only=True) as session:
             return await UserRepository(session).page(offset, limit)
 
-    async def update(self, user_id: int, values: dict[str, Any], *, actor: Caller) -> User:
+    async def update(self, user_id: int, values: dict[str, Any], *, actor: Principal) -> User:
         """An admin's change to a user. Deactivating a user ends all their login sessions and revokes
         all their API keys, at once and for good: re-activating them brings neither back (they log
         in again and make new keys), so every process agrees on every key at its next request."""
@@ -57,14 +57,14 @@ class UserService:
             user = await _found(UserRepository(session), user_id)
             return await _update(session, user, values)
 
-    async def update_me(self, caller: Caller, current_password: str, values: dict[str, Any]) -> User:
+    async def update_me(self, caller: Principal, current_password: str, values: dict[str, Any]) -> User:
         """The caller's own changes: the current password first, as for a password change (a
         stolen access token alone must not move the account to another email)."""
         await self._check_password(caller, current_password)
         async with self.db.session() as session:
             return await _update(session, await _me(UserRepository(session), caller), values)
 
-    async def change_password(self, caller: Caller, current: str, new: str) -> None:
+    async def change_password(self, caller: Principal, current: str, new: str) -> None:
         await self._check_password(caller, current)
         hashed = await self.hasher.hash(new)
         async with self.db.session() as session:
@@ -74,7 +74,7 @@ class UserService:
             await SessionRepository(session).revoke_all_for_user(user.id)
             await session.commit()
 
-    async def delete(self, user_id: int, *, actor: Caller) -> None:
+    async def delete(self, user_id: int, *, actor: Principal) -> None:
         if actor.id == user_id:
             raise LastAdmin
         async with self.db.session() as session:
@@ -98,7 +98,7 @@ class UserService:
             await session.commit()
         return user, created
 
-    async def _check_password(self, caller: Caller, password: str) -> None:
+    async def _check_password(self, caller: Principal, password: str) -> None:
         async with self.db.session(read_only=True) as session:
             hashed = (await _me(UserRepository(session), caller)).hashed_password
         if not await self.hasher.verify(password, hashed):
@@ -112,12 +112,12 @@ async def _found(users: UserRepository, user_id: int) -> User:
     return user
 
 
-async def _me(users: UserRepository, caller: Caller) -> User:
+async def _me(users: UserRepository, caller: Principal) -> User:
     """The caller's own account. Gone since the request was authenticated (deleted by an admin in
     between): the token no longer stands for anyone, a 401 as at the next request."""
     user = await users.get(caller.id)
     if user is None:
-        raise InvalidAccessToken
+        raise caller.refusal()
     return user
 
 

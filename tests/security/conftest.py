@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from app.api.deps import BearerCaller, BearerClaims, BearerSession, get_admin
+from app.api.deps import Bearer, get_admin
 from app.core.config import Settings
 from app.main import create_app
 from tests.conftest import empty_database
@@ -52,16 +52,13 @@ class RouteInfo:
 
     @property
     def needs_token(self) -> bool:
-        return (
-            self.checks_token_in_its_statement
-            or _depends_on_a(self.route.dependant, BearerCaller)
-            or _depends_on_a(self.route.dependant, BearerSession)
-        )
+        return any(_bearers(self.route.dependant))
 
     @property
     def checks_token_in_its_statement(self) -> bool:
-        """The hot item routes take the token's claims and check them in their own statement."""
-        return _depends_on_a(self.route.dependant, BearerClaims)
+        """The item routes take the caller unchecked: the item service checks it, the hottest
+        operations in their own statement."""
+        return any(bearer.checked_by_the_service for bearer in _bearers(self.route.dependant))
 
     @property
     def admin_only(self) -> bool:
@@ -85,9 +82,9 @@ def _depends_on(dependant: Dependant, call: object) -> bool:
     return any(d.call is call for d in _walk(dependant))
 
 
-def _depends_on_a(dependant: Dependant, kind: type) -> bool:
-    """Whether any dependency is an instance of `kind` (one instance per scope)."""
-    return any(isinstance(d.call, kind) for d in _walk(dependant))
+def _bearers(dependant: Dependant) -> Iterator[Bearer]:
+    """The caller dependencies (`Bearer`, one instance per scope) a route depends on."""
+    return (d.call for d in _walk(dependant) if isinstance(d.call, Bearer))
 
 
 def _all_query_params(dependant: Dependant) -> Iterator[object]:

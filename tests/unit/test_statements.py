@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
-from app.core.security import AccessClaims, UnverifiedClaims
+from app.core.security import AccessClaims, Principal
 from app.db import statements as db_module
 from app.db.engine import create_engine
 from app.db.statements import Statements, autocommit, transaction
@@ -61,7 +61,7 @@ async def _owner(engine: AsyncEngine) -> tuple[int, Access]:
             insert(AuthSession).values(id=session, user_id=owner, expires_at=utcnow() + timedelta(hours=1))
         )
     claims = AccessClaims(owner, session, "j" * 32, int(time.time()) + 3600)
-    return owner, Access(UnverifiedClaims(claims))
+    return owner, Access(Principal(claims))
 
 
 async def test_autocommit_and_transaction_return_the_same_rows(engine: AsyncEngine) -> None:

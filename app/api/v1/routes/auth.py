@@ -95,4 +95,4 @@ async def refresh(body: RefreshRequest, auth: AuthServiceDep) -> TokenPair:
 )
 async def logout(user: CurrentUser, auth: AuthServiceDep) -> None:
     """End this login session: its refresh tokens and access tokens stop working."""
-    await auth.logout(user.session_id)
+    await auth.logout(user)

@@ -1,11 +1,14 @@
-"""/api/v1/items: the caller's items, offset-paginated."""
+"""/api/v1/items: the caller's items, offset-paginated.
+
+Every route takes the caller (`ItemReader`, `ItemWriter`: a user, through a login session or a key
+with the scope) and hands it to the item service, which checks it against the database itself."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Path, Response, status
 from pydantic import TypeAdapter
 
-from app.api.deps import ItemReadClaims, ItemServiceDep, ItemWriteClaims, ItemWriter, OffsetPageDep
+from app.api.deps import ItemReader, ItemServiceDep, ItemWriter, OffsetPageDep
 from app.api.v1 import PREFIX
 from app.schemas.common import AUTHENTICATED_ERRORS, JSON_BODY_ERRORS, problem_responses
 from app.schemas.item import ItemCreate, ItemPublic, ItemUpdate
@@ -32,10 +35,10 @@ ItemList = TypeAdapter(list[ItemPublic])
     },
 )
 async def list_items(
-    claims: ItemReadClaims, items: ItemServiceDep, page: OffsetPageDep, response: Response
+    caller: ItemReader, items: ItemServiceDep, page: OffsetPageDep, response: Response
 ) -> list[ItemPublic]:
     """The caller's items in creation order (every item, for admins). Total in `X-Total-Count`."""
-    rows, total = await items.page(claims, page.offset, page.limit)
+    rows, total = await items.page(caller, page.offset, page.limit)
     response.headers["X-Total-Count"] = str(total)
     return ItemList.validate_python(rows)
 
@@ -46,22 +49,22 @@ async def list_items(
     summary="Create an item",
     responses=problem_responses(*JSON_BODY_ERRORS),
 )
-async def create_item(body: ItemCreate, claims: ItemWriteClaims, items: ItemServiceDep) -> ItemPublic:
+async def create_item(body: ItemCreate, caller: ItemWriter, items: ItemServiceDep) -> ItemPublic:
     """The caller owns the new item; an `owner_id` in the body is refused."""
-    return ItemPublic.model_validate(await items.create(claims, body.model_dump()))
+    return ItemPublic.model_validate(await items.create(caller, body.model_dump()))
 
 
 @router.get("/{item_id}", summary="Read an item", responses=problem_responses(404, 422))
-async def read_item(claims: ItemReadClaims, items: ItemServiceDep, item_id: int = ItemId) -> ItemPublic:
+async def read_item(caller: ItemReader, items: ItemServiceDep, item_id: int = ItemId) -> ItemPublic:
     """Another user's item is a 404, the same as a missing one."""
-    return ItemPublic.model_validate(await items.get(claims, item_id))
+    return ItemPublic.model_validate(await items.get(caller, item_id))
 
 
 @router.patch("/{item_id}", summary="Update an item", responses=problem_responses(404, *JSON_BODY_ERRORS))
 async def update_item(
-    body: ItemUpdate, user: ItemWriter, items: ItemServiceDep, item_id: int = ItemId
+    body: ItemUpdate, caller: ItemWriter, items: ItemServiceDep, item_id: int = ItemId
 ) -> ItemPublic:
-    return ItemPublic.model_validate(await items.update(user, item_id, body.model_dump(exclude_unset=True)))
+    return ItemPublic.model_validate(await items.update(caller, item_id, body.model_dump(exclude_unset=True)))
 
 
 @router.delete(
@@ -71,5 +74,5 @@ async def update_item(
     summary="Delete an item",
     responses=problem_responses(404, 422),
 )
-async def delete_item(user: ItemWriter, items: ItemServiceDep, item_id: int = ItemId) -> None:
-    await items.delete(user, item_id)
+async def delete_item(caller: ItemWriter, items: ItemServiceDep, item_id: int = ItemId) -> None:
+    await items.delete(caller, item_id)

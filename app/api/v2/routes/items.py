@@ -16,11 +16,11 @@ router = APIRouter(
 
 @router.get("", summary="List the caller's items (cursor pages)", responses=problem_responses(422))
 async def list_items(
-    user: ItemReader,
+    caller: ItemReader,
     items: ItemServiceDep,
     cursor: CursorQuery = None,
     limit: PageLimit = 20,
 ) -> ItemPage:
     """Pages follow item ids, so an item created while a client pages never shifts or repeats a page."""
-    page = await items.cursor_page(user, cursor, limit)
+    page = await items.cursor_page(caller, cursor, limit)
     return ItemPage.model_validate({"items": page.items, "next_cursor": page.next_cursor})
