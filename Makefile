@@ -59,9 +59,11 @@ typecheck: $(VENV_STAMP) ## mypy --strict on app/
 check-deploy: $(VENV_STAMP) ## hadolint, kubernetes-validate, docker-compose config (offline)
 	bash scripts/check_deploy.sh
 
-# Test processes (pytest-xdist): one per core by default; PYTEST_WORKERS=0 runs the suite in this one.
-# A test file stays in one worker (its module fixtures, servers among them, start once).
-PYTEST_WORKERS ?= auto
+# Test processes (pytest-xdist): PYTEST_WORKERS=auto runs one per core, a test file in one worker
+# (its module fixtures, servers among them, start once). Off by default: a first CI rehearsal on
+# two workers stalled for 20 minutes in one worker's garbage collection (pytest's setup, a weakref
+# callback at 100% CPU) while other test runs shared the machine; the cause is not found yet.
+PYTEST_WORKERS ?= 0
 
 pytest: $(VENV_STAMP) ## The test suite with coverage of app/ (TEST_DATABASE_URL picks PostgreSQL), on every core
 	$(UV) run --no-sync pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report=term --durations=25 $(PYTEST_ARGS)
