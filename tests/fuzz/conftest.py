@@ -30,7 +30,8 @@ SUSPENDED_CHECKS: dict[tuple[str, str | None], str] = {}
 
 # Not findings: schema-valid requests these operations rightly refuse, which positive_data_acceptance
 # would flag. An opaque cursor is any string to the schema, but only the ones the API returned are
-# valid; a prediction's rows must match the chosen model's features, which one schema cannot say.
+# valid; a prediction's rows must match the chosen model's features, which one schema cannot say
+# (nor that the protocol's outputs name each output once: `uniqueItems` compares whole objects).
 SCHEMA_CANNOT_SAY = frozenset(
     {
         "GET /api/v2/items",
@@ -38,7 +39,9 @@ SCHEMA_CANNOT_SAY = frozenset(
         "POST /api/v1/predict",
         "POST /api/v1/predict-heavy",
         "POST /api/v1/models/{name}/predict",
+        "POST /api/v1/models/{name}/versions/{version}/predict",
         "POST /v2/models/{name}/infer",
+        "POST /v2/models/{name}/versions/{version}/infer",
     }
 )
 
