@@ -157,10 +157,9 @@ async def _infer(
     if _wants_binary(body):
         raise BinaryDataUnsupported
     # Routed once: the rows are read, and the outputs named, for the version that serves them.
-    spec = inference.route(caller, name, version)
-    result = await inference.predict_rows(
-        caller, name, _rows(body, spec), field="inputs.0.data", version=spec.version
-    )
+    served = inference.route(caller, name, version)
+    spec = served.spec
+    result = await inference.run_rows(caller, served, _rows(body, spec), field="inputs.0.data")
     count = len(result.predictions)
     available: dict[str, ResponseOutput] = {}
     classes = [p for p in result.predictions if isinstance(p, ClassPrediction)]

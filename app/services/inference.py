@@ -179,34 +179,42 @@ class InferenceService:
         except ml.ModelError as exc:
             raise translate(exc) from None
 
-    async def predict_rows(
-        self, user_id: int, name: str, rows: Any, field: str = "rows", version: str | None = None
-    ) -> PredictionResult:
-        """`version`: a version or an alias of the model; None: its `default` alias. The result
-        names the version that served it (an alias may split between versions)."""
-        served = self._route(user_id, name, version)
-        return await self._run(
-            user_id, served.spec, rows, lambda: self.registry.run(served, rows, field=field), batch=True
-        )
-
-    async def predict_one(
-        self, user_id: int, name: str, features: Any, version: str | None = None
-    ) -> PredictionResult:
-        served = self._route(user_id, name, version)
-        return await self._run(
-            user_id, served.spec, features, lambda: self.registry.run_one(served, features), batch=False
-        )
-
-    def route(self, user_id: int, name: str, version: str | None) -> ModelSpec:
-        """The version a request of this caller goes to (`version`: a version, an alias or None)."""
-        return self._route(user_id, name, version).spec
-
-    def _route(self, user_id: int, name: str, version: str | None) -> Served:
-        """Resolved once per request: the prediction runs on what this returns."""
+    def route(self, user_id: int, name: str, version: str | None = None) -> Served:
+        """The version one request of this caller goes to (`version`: a version or an alias of the
+        model; None: its `default` alias, split by weight, sticky per caller where it says),
+        resolved once: run the request on it with `run_rows` or `run_one`."""
         try:
             return self.registry.resolve(name, version, user_id)
         except ml.ModelError as exc:
             raise translate(exc) from None
+
+    async def predict_rows(
+        self, user_id: int, name: str, rows: Any, field: str = "rows", version: str | None = None
+    ) -> PredictionResult:
+        """`run_rows` on the version `route` picks. The result names the version that served it
+        (an alias may split between versions)."""
+        return await self.run_rows(user_id, self.route(user_id, name, version), rows, field=field)
+
+    async def predict_one(
+        self, user_id: int, name: str, features: Any, version: str | None = None
+    ) -> PredictionResult:
+        """`run_one` on the version `route` picks."""
+        return await self.run_one(user_id, self.route(user_id, name, version), features)
+
+    async def run_rows(
+        self, user_id: int, served: Served, rows: Any, field: str = "rows"
+    ) -> PredictionResult:
+        """A batch of rows on the version `route` returned for this request (routed once: a caller
+        that needs the version before it reads the rows, as /v2 infer, routes and then runs)."""
+        return await self._run(
+            user_id, served.spec, rows, lambda: self.registry.run(served, rows, field=field), batch=True
+        )
+
+    async def run_one(self, user_id: int, served: Served, features: Any) -> PredictionResult:
+        """One row on the version `route` returned for this request."""
+        return await self._run(
+            user_id, served.spec, features, lambda: self.registry.run_one(served, features), batch=False
+        )
 
     async def _run(
         self,
