@@ -8,6 +8,7 @@ Every runtime takes a (rows, features) float32 matrix and returns a (rows, k) fl
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -114,7 +115,7 @@ def in_processes(kind: RuntimeKind) -> ProcessImplementation:
     return cast("ProcessImplementation", kind.module())
 
 
-class ThreadRuntime:
+class ThreadRuntime(abc.ABC):
     """A model computed by `compute` in the shared thread pool, several batches side by side.
 
     A batch past its hard limit fails its callers with PredictionTimeout; a plain thread cannot be
@@ -129,9 +130,9 @@ class ThreadRuntime:
         self.spec = spec
         self._executor = executor
 
+    @abc.abstractmethod
     def compute(self, x: np.ndarray) -> np.ndarray:
         """One batch, in a pool thread: (rows, features) float32 in, (rows, k) float64 out."""
-        raise NotImplementedError
 
     def checked(self, where: str) -> Self:
         """Itself once a row of zeros gave the shape the manifest implies, or ModelLoadError: a
