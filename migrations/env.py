@@ -28,11 +28,18 @@ def _render_item(type_: str, obj: object, _autogen_context: object) -> str | boo
     return False
 
 
+def _include_name(name: str | None, type_: str, _parent_names: object) -> bool:
+    """Huey's own tables (the job queue's PostgreSQL storage, app.jobs.engine) are made by Huey,
+    not by these migrations: autogenerate and `alembic check` leave them alone."""
+    return not (type_ == "table" and name is not None and name.startswith("huey_"))
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_item=_render_item,
+        include_name=_include_name,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs ALTER via table copies
         compare_type=True,
     )

@@ -269,6 +269,54 @@ class Settings(BaseSettings):
         200, ge=1, description="Longest wait before a partial batch is written."
     )
 
+    # --- batch jobs (docs/jobs.md) ---
+    jobs_embedded_worker: bool | None = Field(
+        None,
+        description="Run batch jobs inside each web process (a Huey consumer in threads, on the web "
+        "process's own models). Unset: on with a SQLite DATABASE_URL (`make run`, nothing else to "
+        "start), off with PostgreSQL, where `python -m app.cli worker` processes run them.",
+    )
+    jobs_worker_threads: int = Field(
+        1, ge=1, le=64, description="Jobs one worker process (or the embedded worker) runs at once."
+    )
+    jobs_chunk_rows: int = Field(
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="Rows read, scored and committed together: the unit of progress, of resuming "
+        "after a crash and of cancelling.",
+    )
+    jobs_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="How long a running job stays claimed by its worker without news (renewed at "
+        "every chunk): past it, the job is taken to be orphaned and re-enqueued.",
+    )
+    jobs_reap_seconds: int = Field(
+        10, ge=1, le=60, description="How often the engine looks for orphaned and stuck jobs to re-enqueue."
+    )
+    jobs_max_queued_per_user: int = Field(
+        10, ge=1, description="A user's jobs waiting to run; one more is refused with 429."
+    )
+    jobs_max_running_per_user: int = Field(
+        2, ge=1, description="A user's jobs running at once; the rest wait their turn in the queue."
+    )
+    jobs_max_upload_bytes: int = Field(
+        1_073_741_824,
+        ge=1,
+        description="Largest job upload (the raw file); past it, 413 while the body streams.",
+    )
+    jobs_max_rows: int = Field(
+        10_000_000, ge=1, description="Most input rows in one job; past it, the job fails naming the limit."
+    )
+    jobs_retention_days: float = Field(
+        7.0,
+        gt=0,
+        description="Days a finished job (its input and results) is kept; then a periodic task of "
+        "the job engine deletes it.",
+    )
+
     # --- pagination ---
 
     @field_validator("cors_origins", "trusted_hosts", mode="before")
@@ -332,6 +380,11 @@ class Settings(BaseSettings):
     @property
     def migrate_on_startup(self) -> bool:
         return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def jobs_embedded(self) -> bool:
+        """Whether web processes run jobs themselves (see `jobs_embedded_worker`)."""
+        return self.is_sqlite if self.jobs_embedded_worker is None else self.jobs_embedded_worker
 
     @property
     def show_docs(self) -> bool:

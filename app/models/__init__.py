@@ -3,6 +3,7 @@
 from app.models.api_key import ApiKey
 from app.models.base import Base
 from app.models.item import Item
+from app.models.job import Job, JobInputSegment, JobResultChunk
 from app.models.model_state import ModelState, ModelStateChange
 from app.models.prediction import PredictionRecord
 from app.models.user import AuthSession, RefreshToken, User
@@ -12,6 +13,9 @@ __all__ = [
     "AuthSession",
     "Base",
     "Item",
+    "Job",
+    "JobInputSegment",
+    "JobResultChunk",
     "ModelState",
     "ModelStateChange",
     "PredictionRecord",
