@@ -1,0 +1,1 @@
+"""Batch and asynchronous predictions (jobs): issue 23."""

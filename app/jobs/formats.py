@@ -1,0 +1,859 @@
+"""Row formats of batch jobs: streaming readers of CSV, JSON Lines and Parquet input, and writers of results.
+
+Pure code: no database, no HTTP. The web calls `format_for` and `check_head` on an upload so a bad
+file fails at submit; the worker calls `iter_chunks` over the stored input and turns each chunk's
+predictions into `ResultRow`s, stored with `encode_results` and streamed back by a `ResultWriter`.
+
+Memory is bounded by `chunk_rows` (and, for CSV and JSON Lines, by MAX_LINE_CHARS per line) whatever
+the input's size. A row that cannot be scored is reported in `RowChunk.errors`, naming the feature;
+it never fails the job. A problem with the whole input (no header, a feature missing from it, not a
+Parquet file) raises `JobInputError`.
+
+Row numbering: input row `i` is the i-th data record (0-based), after the CSV header; blank lines
+are not rows. CSV columns that are not features are ignored (an id column may stay in the file);
+in JSON Lines an object's key that is not a feature is a row error, as on the request path.
+
+pyarrow is imported only inside the Parquet functions: a web worker that never touches Parquet
+does not map it.
+"""
+
+# pyarrow is imported inside the Parquet functions only (see above).
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+import math
+import operator
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, BinaryIO, cast
+
+import numpy as np
+
+# Every model takes float32: a finite float64 beyond this range would silently become infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A CSV or JSON line longer than this is a row error, not a reason to hold the line in memory.
+MAX_LINE_CHARS = 1 << 20
+# How much of a bad value a row error quotes.
+_QUOTE_CHARS = 40
+_BOM = "\ufeff"
+_PARQUET_MAGIC = b"PAR1"
+# Marks a line that was too long in the CSV line stream (NUL cannot start a real line we accept).
+_OVERLONG = "\x00overlong"
+
+
+class JobFormat(StrEnum):
+    CSV = "csv"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+MEDIA_TYPES: dict[JobFormat, str] = {
+    JobFormat.CSV: "text/csv",
+    JobFormat.JSONL: "application/x-ndjson",
+    JobFormat.PARQUET: "application/vnd.apache.parquet",
+}
+# Media types accepted on upload, beyond the ones we answer with.
+_ACCEPTED_TYPES: dict[str, JobFormat] = {
+    "text/csv": JobFormat.CSV,
+    "application/csv": JobFormat.CSV,
+    "application/x-ndjson": JobFormat.JSONL,
+    "application/jsonl": JobFormat.JSONL,
+    "application/x-jsonlines": JobFormat.JSONL,
+    "application/vnd.apache.parquet": JobFormat.PARQUET,
+    "application/x-parquet": JobFormat.PARQUET,
+}
+# Types that say nothing about the format: the file name decides.
+_GENERIC_TYPES = {"", "application/octet-stream", "text/plain", "binary/octet-stream"}
+_SUFFIXES: dict[str, JobFormat] = {
+    ".csv": JobFormat.CSV,
+    ".jsonl": JobFormat.JSONL,
+    ".ndjson": JobFormat.JSONL,
+    ".parquet": JobFormat.PARQUET,
+    ".pq": JobFormat.PARQUET,
+}
+
+
+class JobInputError(ValueError):
+    """A problem with the whole input, not one row: `field` names the part of the request at fault."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+class UnsupportedJobFormat(JobInputError):
+    """The upload's media type or file name names no format we read (a 415, not a 422)."""
+
+
+def format_for(content_type: str | None, filename: str | None) -> JobFormat:
+    """The upload's format: by its media type, or by its file name when the type says nothing."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media in _ACCEPTED_TYPES:
+        return _ACCEPTED_TYPES[media]
+    if media not in _GENERIC_TYPES:
+        raise UnsupportedJobFormat("file", f"media type {media!r} is not one of: {_accepted()}")
+    name = (filename or "").strip().lower()
+    for suffix, fmt in _SUFFIXES.items():
+        if name.endswith(suffix):
+            return fmt
+    raise UnsupportedJobFormat(
+        "file",
+        "cannot tell the file's format: send a media type (one of: "
+        f"{_accepted()}) or a file name ending in {', '.join(_SUFFIXES)}",
+    )
+
+
+def _accepted() -> str:
+    return ", ".join(_ACCEPTED_TYPES)
+
+
+def check_head(fmt: JobFormat, head: bytes, features: Sequence[str]) -> None:
+    """Refuse at submit an upload whose first bytes show it cannot be read.
+
+    `head` is the upload's first bytes (the whole file if it is short; 64 KiB is plenty): the CSV
+    header must name every feature, the first JSON line must be an object or an array, a Parquet
+    file must start with its magic bytes. A first line with no line end in `head` is not judged
+    (it may be cut): `iter_chunks` judges it when the job runs.
+    """
+    if not head.strip():
+        raise JobInputError("file", "the file is empty")
+    if fmt is JobFormat.CSV:
+        text = _decode_head(head)
+        if not any(end in text for end in ("\n", "\r")):
+            return  # the header may be cut where the head ends: iter_chunks judges it whole
+        _columns(next(csv.reader(io.StringIO(text, newline="")), []), features)
+    elif fmt is JobFormat.JSONL:
+        head = head.lstrip()
+        if not any(end in head for end in (b"\n", b"\r")):
+            return  # the first line may be cut where the head ends: it is judged as a row later
+        first = head.splitlines()[0]
+        try:
+            value = json.loads(first.removeprefix(b"\xef\xbb\xbf"))
+        except (ValueError, RecursionError) as exc:
+            raise JobInputError("file", f"line 1 is not valid JSON: {exc}") from None
+        if not isinstance(value, dict | list):
+            raise JobInputError(
+                "file",
+                "line 1 is not a JSON object keyed by feature name or an array in feature order",
+            )
+    elif not head.startswith(_PARQUET_MAGIC):
+        raise JobInputError("file", "not a Parquet file (it does not start with PAR1)")
+
+
+def _decode_head(head: bytes) -> str:
+    try:
+        return head.decode("utf-8").removeprefix(_BOM)
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not only a character cut at the head's end
+            raise JobInputError("file", f"not UTF-8 text (byte {exc.start})") from None
+        return head[: exc.start].decode("utf-8").removeprefix(_BOM)
+
+
+def _columns(header: Sequence[str], features: Sequence[str]) -> list[int]:
+    """Each feature's column index in a CSV header (order is by name); JobInputError if one lacks."""
+    names = [name.strip() for name in header]
+    if names:
+        names[0] = names[0].removeprefix(_BOM)
+    if not any(names):
+        raise JobInputError("file", "the file has no CSV header: its first line must name the columns")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen and name in features:
+            raise JobInputError("file", f"the CSV header names {name!r} twice")
+        seen.setdefault(name, i)
+    missing = [name for name in features if name not in seen]
+    if missing:
+        raise JobInputError(
+            "file",
+            f"the CSV header lacks the model's feature(s) {', '.join(missing)}; "
+            f"the model takes: {', '.join(features)}",
+        )
+    return [seen[name] for name in features]
+
+
+@dataclass(frozen=True)
+class RowChunk:
+    first_row: int  # index of the chunk's first input row (0-based, over the whole input)
+    n_rows: int  # rows in this chunk, good and bad
+    rows: np.ndarray  # float32 (n_good, n_features), feature order of `features`
+    good: list[int]  # input row index of each line of `rows`
+    errors: dict[int, str]  # input row index -> why that row cannot be scored
+    resume: bytes  # opaque resume point AFTER this chunk (pass back as `resume_from`)
+
+
+def iter_chunks(
+    stream: BinaryIO,
+    fmt: JobFormat,
+    features: Sequence[str],
+    *,
+    chunk_rows: int,
+    resume_from: bytes | None = None,
+) -> Iterator[RowChunk]:
+    """The input's rows, `chunk_rows` at a time, checked and converted to float32.
+
+    `stream` is the whole input from its first byte. To resume, pass the `resume` of the last chunk
+    done: the chunks then continue exactly after it (the stream is seeked when it can be, else read
+    and skipped). PARQUET wants a seekable stream (a non-seekable one is copied to a temporary file).
+    """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
+    if not features:
+        raise ValueError("features must name at least one feature")
+    offset, row = _unpack_resume(resume_from, fmt)
+    if fmt is JobFormat.CSV:
+        return _csv_chunks(stream, list(features), chunk_rows, offset, row)
+    if fmt is JobFormat.JSONL:
+        return _jsonl_chunks(stream, list(features), chunk_rows, offset, row)
+    return _parquet_chunks(stream, list(features), chunk_rows, row)
+
+
+def _pack_resume(fmt: JobFormat, offset: int, row: int) -> bytes:
+    return json.dumps({"format": fmt.value, "offset": offset, "row": row}).encode()
+
+
+def _unpack_resume(resume: bytes | None, fmt: JobFormat) -> tuple[int, int]:
+    if resume is None:
+        return 0, 0
+    try:
+        point = json.loads(resume)
+        if point["format"] != fmt.value:
+            raise ValueError(f"a {point['format']} resume point given for {fmt.value} input")
+        offset, row = int(point["offset"]), int(point["row"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a resume point of iter_chunks: {exc}") from None
+    return offset, row
+
+
+# ---------------------------------------------------------------------------------------------
+# Row checks shared by the formats
+
+
+def _number_problem(name: str, text: str) -> str:
+    """Why a CSV (or Parquet string) value that float() refused, or that is empty, is no number."""
+    if not text.strip():
+        return f"{name}: missing value"
+    return f"{name}: must be a number, got {text[:_QUOTE_CHARS]!r}"
+
+
+def _range_problem(name: str, value: float) -> str | None:
+    if not math.isfinite(value):
+        return f"{name}: must be a finite number (NaN and infinity are refused)"
+    if abs(value) > FLOAT32_MAX:
+        return f"{name}: is out of range for a 32-bit float"
+    return None
+
+
+def _bad_values(matrix: np.ndarray, features: Sequence[str], index: Sequence[int]) -> dict[int, str]:
+    """Errors for the rows of a float64 matrix holding NaN, infinity or values beyond float32."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(matrix) | (np.abs(matrix) > FLOAT32_MAX)
+    errors: dict[int, str] = {}
+    for r in np.flatnonzero(bad.any(axis=1)).tolist():
+        j = int(np.argmax(bad[r]))
+        errors[index[r]] = _range_problem(features[j], float(matrix[r, j])) or ""
+    return errors
+
+
+def _assemble(
+    values: Sequence[float] | Sequence[Sequence[float]] | np.ndarray,
+    good: list[int],
+    errors: dict[int, str],
+    *,
+    span: tuple[int, int],
+    features: Sequence[str],
+    resume: bytes,
+) -> RowChunk:
+    """A chunk from the float64 values of the rows that parsed: range checks, then float32."""
+    matrix = np.asarray(values, dtype=np.float64).reshape(len(good), len(features))
+    bad = _bad_values(matrix, features, good)
+    if bad:
+        keep = [i for i, row in enumerate(good) if row not in bad]
+        matrix = matrix[keep]
+        good = [good[i] for i in keep]
+        errors.update(bad)
+    return RowChunk(
+        first_row=span[0],
+        n_rows=span[1],
+        rows=matrix.astype(np.float32),
+        good=good,
+        errors=dict(sorted(errors.items())),
+        resume=resume,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV
+
+
+class _CountedLines:
+    """Text lines of a binary stream (UTF-8, any newline), counting the bytes handed out.
+
+    csv.reader pulls lines one at a time and never reads ahead of the record it returns, so after
+    each record `consumed` is the byte offset just past it: the resume point. Bytes that are not
+    UTF-8 pass through as lone surrogates (surrogateescape), so the count stays exact and the
+    value they are in fails as "not a number".
+    """
+
+    def __init__(self, stream: BinaryIO, start: int) -> None:
+        self.text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+        self.consumed = start
+
+    def __iter__(self) -> Iterator[str]:
+        readline = self.text.readline
+        if self.consumed == 0:  # a byte order mark is no part of the first column's name
+            line = readline(MAX_LINE_CHARS)
+            self.consumed += len(line.encode("utf-8", "surrogateescape"))
+            yield line.removeprefix(_BOM)
+        while True:
+            line = readline(MAX_LINE_CHARS)
+            if not line:
+                return
+            self.consumed += len(line) if line.isascii() else len(line.encode("utf-8", "surrogateescape"))
+            if len(line) == MAX_LINE_CHARS and not line.endswith(("\n", "\r")):
+                # Too long to be a row: skip to its end and hand csv one marker line instead.
+                while line and not line.endswith(("\n", "\r")):
+                    line = readline(MAX_LINE_CHARS)
+                    self.consumed += len(line.encode("utf-8", "surrogateescape"))
+                yield _OVERLONG + "\n"
+                continue
+            yield line
+
+
+def _csv_chunks(
+    stream: BinaryIO, features: list[str], chunk_rows: int, offset: int, row: int
+) -> Iterator[RowChunk]:
+    lines = _CountedLines(stream, 0)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, [])
+    except csv.Error as exc:
+        raise JobInputError("file", f"the CSV header cannot be read: {exc}") from None
+    if not header:
+        raise JobInputError("file", "the file is empty: a CSV file starts with a header")
+    columns = _columns(header, features)
+    width = len(header)
+    if offset:
+        if offset < lines.consumed:
+            raise ValueError("a resume point inside the CSV header")
+        if stream.seekable():
+            lines.text.detach()
+            stream.seek(offset)
+            lines = _CountedLines(stream, offset)
+            reader = csv.reader(lines)
+        elif lines.consumed < offset:
+            for _ in reader:  # read and skip: the records of the chunks already done
+                if lines.consumed >= offset:
+                    break
+        if lines.consumed != offset:
+            raise ValueError("the resume point is not at a record's end in this input")
+    pick = _picker(columns, width)
+    while True:
+        records = _read_records(reader, chunk_rows)
+        if not records:
+            return
+        yield _csv_chunk(
+            records,
+            features,
+            columns,
+            width=width,
+            pick=pick,
+            span=(row, len(records)),
+            resume=_pack_resume(JobFormat.CSV, lines.consumed, row + len(records)),
+        )
+        row += len(records)
+
+
+def _picker(columns: list[int], width: int) -> Callable[[list[str]], Sequence[str]] | None:
+    """Takes a record's feature values in feature order; None when the record already is that."""
+    if columns == list(range(width)):
+        return None
+    if len(columns) == 1:
+        only = columns[0]
+        return lambda record: (record[only],)
+    return operator.itemgetter(*columns)
+
+
+def _read_records(reader: Iterator[list[str]], chunk_rows: int) -> list[list[str] | str]:
+    """Up to chunk_rows non-blank records; a record csv cannot parse becomes its error message."""
+    records: list[list[str] | str] = []
+    while len(records) < chunk_rows:
+        want = chunk_rows - len(records)
+        got: list[list[str]] = []
+        try:
+            got.extend(itertools.islice(reader, want))  # keeps what it read before an error
+        except csv.Error as exc:
+            records += [r for r in got if r]
+            records.append(f"the row cannot be read as CSV: {exc}")
+            continue
+        records += [r for r in got if r]  # blank lines are not rows
+        if len(got) < want:
+            break
+    return records
+
+
+def _csv_chunk(
+    records: list[list[str] | str],
+    features: Sequence[str],
+    columns: list[int],
+    *,
+    width: int,
+    pick: Callable[[list[str]], Sequence[str]] | None,
+    span: tuple[int, int],
+    resume: bytes,
+) -> RowChunk:
+    first_row, n = span
+    # Fast path: every record well formed, every value a number; C loops all the way.
+    try:
+        if all(type(r) is list and len(r) == width for r in records):
+            fields = cast("list[list[str]]", records)
+            picked: Iterable[Sequence[str]] = fields if pick is None else map(pick, fields)
+            flat = list(map(float, itertools.chain.from_iterable(picked)))
+            good = list(range(first_row, first_row + n))
+            return _assemble(flat, good, {}, span=span, features=features, resume=resume)
+    except ValueError:
+        pass
+    values: list[list[float]] = []
+    good = []
+    errors: dict[int, str] = {}
+    for i, record in enumerate(records, start=first_row):
+        problem = _csv_row(record, features, columns, width, values)
+        if problem is None:
+            good.append(i)
+        else:
+            errors[i] = problem
+    return _assemble(values, good, errors, span=span, features=features, resume=resume)
+
+
+def _csv_row(
+    record: list[str] | str,
+    features: Sequence[str],
+    columns: list[int],
+    width: int,
+    out: list[list[float]],
+) -> str | None:
+    """Append the record's values to `out`, or say why it cannot be scored."""
+    if isinstance(record, str):
+        return record
+    if record == [_OVERLONG]:
+        return f"the row is longer than {MAX_LINE_CHARS} characters"
+    if len(record) != width:
+        lacking = [features[k] for k, j in enumerate(columns) if j >= len(record)]
+        if lacking:
+            return f"{lacking[0]}: missing value (the row has {len(record)} values, the header {width})"
+        return f"the row has {len(record)} values, the header {width}"
+    row: list[float] = []
+    for name, j in zip(features, columns, strict=True):
+        text = record[j]
+        try:
+            row.append(float(text))
+        except ValueError:
+            return _number_problem(name, text)
+    out.append(row)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Lines
+
+
+def _json_row(line: bytes, features: Sequence[str]) -> tuple[str | None, list[float] | None]:
+    """One JSON line to its values in feature order, or the reason it cannot be scored."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        return f"not valid JSON: {exc}", None
+    return _json_values(value, features)
+
+
+def _json_items(value: object, features: Sequence[str]) -> str | Sequence[object]:
+    """A row's values in feature order (not yet checked), or why the row has the wrong shape."""
+    if isinstance(value, dict):
+        unknown = [key for key in value if key not in features]
+        if unknown:
+            return f"{str(unknown[0])[:_QUOTE_CHARS]}: unknown feature; expected: {', '.join(features)}"
+        lacking = [name for name in features if name not in value]
+        if lacking:
+            return f"{lacking[0]}: missing value"
+        return [value[name] for name in features]
+    if isinstance(value, list):
+        if len(value) != len(features):
+            return f"expected {len(features)} values in this order: {', '.join(features)}; got {len(value)}"
+        return value
+    return f"not an object keyed by feature name or an array in feature order, got {_json_type(value)}"
+
+
+def _json_values(value: object, features: Sequence[str]) -> tuple[str | None, list[float] | None]:
+    items = _json_items(value, features)
+    if isinstance(items, str):
+        return items, None
+    out: list[float] = []
+    for name, item in zip(features, items, strict=True):
+        kind = type(item)
+        if kind is not float and kind is not int:
+            what = "missing value" if item is None else f"must be a number, got {_json_type(item)}"
+            return f"{name}: {what}", None
+        try:
+            number = float(item)  # type: ignore[arg-type]  # int or float, checked above
+        except OverflowError:
+            return f"{name}: is out of range for a 32-bit float", None
+        problem = _range_problem(name, number)
+        if problem:
+            return problem, None
+        out.append(number)
+    return None, out
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    return "an array"
+
+
+def _skip_to(stream: BinaryIO, offset: int) -> None:
+    if stream.seekable():
+        stream.seek(offset)
+        return
+    position = 0
+    while position < offset:
+        skipped = stream.read(min(offset - position, 1 << 20))
+        if not skipped:
+            raise ValueError("the resume point is past the end of this input")
+        position += len(skipped)
+
+
+def _jsonl_chunks(
+    stream: BinaryIO, features: list[str], chunk_rows: int, offset: int, row: int
+) -> Iterator[RowChunk]:
+    if offset:
+        _skip_to(stream, offset)
+    position = offset
+    readline = stream.readline
+    while True:
+        lines: list[bytes] = []  # the chunk's rows, as read
+        too_long: list[int] = []  # ... of which these are only their first bytes
+        while len(lines) < chunk_rows:
+            line = readline(MAX_LINE_CHARS)
+            if not line:
+                break
+            position += len(line)
+            if len(line) == MAX_LINE_CHARS and not line.endswith(b"\n"):
+                while line and not line.endswith(b"\n"):
+                    line = readline(MAX_LINE_CHARS)
+                    position += len(line)
+                too_long.append(len(lines))
+                lines.append(b"")
+                continue
+            if position == len(line):
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            if line.strip():  # blank lines are not rows
+                lines.append(line)
+        if not lines:
+            return
+        yield _jsonl_chunk(
+            lines,
+            too_long,
+            features,
+            span=(row, len(lines)),
+            resume=_pack_resume(JobFormat.JSONL, position, row + len(lines)),
+        )
+        row += len(lines)
+
+
+def _jsonl_chunk(
+    lines: list[bytes],
+    too_long: list[int],
+    features: Sequence[str],
+    *,
+    span: tuple[int, int],
+    resume: bytes,
+) -> RowChunk:
+    first_row, n = span
+    # Fast path: every line a well-formed row of numbers, all objects or all arrays; C loops.
+    if not too_long:
+        try:
+            parsed = list(map(json.loads, lines))
+            if all(type(v) is list and len(v) == len(features) for v in parsed):
+                flat = list(itertools.chain.from_iterable(parsed))
+            elif all(type(v) is dict and len(v) == len(features) for v in parsed):
+                names = features
+                flat = list(itertools.chain.from_iterable([v[f] for f in names] for v in parsed))
+            else:
+                flat = None
+            if flat is not None and set(map(type, flat)) <= {float, int}:
+                good = list(range(first_row, first_row + n))
+                return _assemble(flat, good, {}, span=span, features=features, resume=resume)
+        except (ValueError, RecursionError, KeyError, OverflowError):
+            pass
+    values: list[list[float]] = []
+    good = []
+    errors: dict[int, str] = {}
+    for i, line in enumerate(lines):
+        if i in too_long:
+            errors[first_row + i] = f"the row is longer than {MAX_LINE_CHARS} bytes"
+            continue
+        problem, numbers = _json_row(line, features)
+        if numbers is None:
+            errors[first_row + i] = problem or ""
+        else:
+            values.append(numbers)
+            good.append(first_row + i)
+    return _assemble(values, good, errors, span=span, features=features, resume=resume)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet
+
+
+def _check_parquet_schema(schema: Any, features: Sequence[str]) -> None:
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+    missing = [name for name in features if schema.get_field_index(name) < 0]
+    if missing:
+        raise JobInputError(
+            "file",
+            f"the Parquet file lacks the model's feature column(s) {', '.join(missing)}; "
+            f"the model takes: {', '.join(features)}",
+        )
+    readable = (
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_decimal,
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_null,
+    )
+    for name in features:
+        kind = schema.field(name).type
+        if not any(test(kind) for test in readable):
+            raise JobInputError("file", f"the Parquet column {name!r} holds {kind}, not numbers")
+
+
+def _parquet_chunks(stream: BinaryIO, features: list[str], chunk_rows: int, row: int) -> Iterator[RowChunk]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    with contextlib.ExitStack() as cleanup:
+        if not stream.seekable():
+            spool = cleanup.enter_context(tempfile.TemporaryFile())
+            shutil.copyfileobj(stream, spool, 1 << 20)
+            spool.seek(0)
+            stream = spool
+        try:
+            parquet = pq.ParquetFile(stream)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise JobInputError("file", f"not a readable Parquet file: {exc}") from None
+        _check_parquet_schema(parquet.schema_arrow, features)
+        # Resume: skip whole row groups before the row, then the rows before it in its group.
+        metadata = parquet.metadata
+        group, skip = 0, row
+        while group < metadata.num_row_groups and skip >= metadata.row_group(group).num_rows:
+            skip -= metadata.row_group(group).num_rows
+            group += 1
+        groups = list(range(group, metadata.num_row_groups))
+        pending: list[Any] = []  # record batches not yet in a chunk
+        held = 0
+        try:
+            for read in parquet.iter_batches(batch_size=chunk_rows, row_groups=groups, columns=features):
+                batch = read.slice(min(skip, read.num_rows)) if skip else read
+                skip -= read.num_rows - batch.num_rows
+                if not batch.num_rows:
+                    continue
+                pending.append(batch)
+                held += batch.num_rows
+                while held >= chunk_rows:
+                    table = pa.Table.from_batches(pending)
+                    rest = table.slice(chunk_rows)
+                    pending, held = rest.to_batches(), rest.num_rows
+                    yield _parquet_chunk(table.slice(0, chunk_rows), features, row)
+                    row += chunk_rows
+            if held:
+                yield _parquet_chunk(pa.Table.from_batches(pending), features, row)
+        except (pa.ArrowException, OSError) as exc:
+            raise JobInputError("file", f"the Parquet file cannot be read: {exc}") from None
+
+
+def _parquet_chunk(table: Any, features: Sequence[str], first_row: int) -> RowChunk:
+    import pyarrow as pa
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+    n = int(table.num_rows)
+    matrix = np.empty((n, len(features)), dtype=np.float64)
+    errors: dict[int, str] = {}
+    for j, name in enumerate(features):
+        column = table.column(name).combine_chunks()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            for r, text in enumerate(column.to_pylist()):
+                try:
+                    matrix[r, j] = float(text) if text is not None else math.nan
+                except ValueError:
+                    errors.setdefault(first_row + r, _number_problem(name, text))
+                    matrix[r, j] = 0.0
+        else:
+            matrix[:, j] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        for r in np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False)).tolist():
+            errors.setdefault(first_row + r, f"{name}: missing value")
+    keep = [r for r in range(n) if first_row + r not in errors]
+    return _assemble(
+        matrix[keep],
+        [first_row + r for r in keep],
+        errors,
+        span=(first_row, n),
+        features=features,
+        resume=_pack_resume(JobFormat.PARQUET, 0, first_row + n),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+ResultRow = dict[str, Any]
+# {"row": i, "label": str, "probabilities": {class: p}} | {"row": i, "value": v} | {"row": i, "error": "..."}
+
+_RESULTS_VERSION = b"\x01"
+
+
+def encode_results(rows: Sequence[ResultRow]) -> bytes:
+    """A chunk's results as stored: compact JSON, deflated (fast level: it runs per chunk)."""
+    body = json.dumps(list(rows), separators=(",", ":"), allow_nan=False).encode()
+    return _RESULTS_VERSION + zlib.compress(body, 1)
+
+
+def decode_results(data: bytes) -> list[ResultRow]:
+    if data[:1] != _RESULTS_VERSION:
+        raise ValueError("not results stored by encode_results")
+    rows: list[ResultRow] = json.loads(zlib.decompress(data[1:]))
+    return rows
+
+
+def _probability_column(label: str) -> str:
+    return f"probability_{label}"
+
+
+class ResultWriter:
+    """Results streamed in a chosen format: one output row per input row, in the order given.
+
+    Columns (CSV and Parquet): `row`, then `label` and one `probability_<class>` per class when
+    `classes` is given (a classifier), else `value`; then `error`, empty unless the row failed.
+    JSON Lines writes each ResultRow as it is.
+    """
+
+    def __init__(self, fmt: JobFormat, classes: Sequence[str] | None) -> None:
+        self.fmt = fmt
+        self.classes = list(classes) if classes is not None else None
+        if self.classes is None:
+            self.columns = ["row", "value", "error"]
+        else:
+            self.columns = ["row", "label", *map(_probability_column, self.classes), "error"]
+        self._sink: _Sink | None = None
+        self._parquet: Any = None
+        self._schema: Any = None
+
+    def start(self) -> bytes:
+        if self.fmt is JobFormat.CSV:
+            return self._csv([self.columns])
+        if self.fmt is JobFormat.PARQUET:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            fields = [pa.field("row", pa.int64())]
+            if self.classes is None:
+                fields.append(pa.field("value", pa.float64()))
+            else:
+                fields.append(pa.field("label", pa.string()))
+                fields += [pa.field(_probability_column(c), pa.float64()) for c in self.classes]
+            fields.append(pa.field("error", pa.string()))
+            self._sink = _Sink()
+            self._schema = pa.schema(fields)
+            self._parquet = pq.ParquetWriter(pa.PythonFile(self._sink, mode="w"), self._schema)
+            return self._sink.drain()
+        return b""
+
+    def write(self, rows: Sequence[ResultRow]) -> bytes:
+        if not rows:
+            return b""
+        if self.fmt is JobFormat.JSONL:
+            dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+            return ("\n".join(map(dumps, rows)) + "\n").encode()
+        table = [self._cells(row) for row in rows]
+        if self.fmt is JobFormat.CSV:
+            return self._csv(table)
+        import pyarrow as pa
+
+        if self._parquet is None or self._sink is None:
+            raise RuntimeError("ResultWriter.start() was not called")
+        columns = list(zip(*table, strict=True))
+        batch = pa.table(
+            [pa.array(col, type=self._schema.field(i).type) for i, col in enumerate(columns)],
+            schema=self._schema,
+        )
+        self._parquet.write_table(batch)
+        return self._sink.drain()
+
+    def finish(self) -> bytes:
+        if self.fmt is JobFormat.PARQUET and self._parquet is not None and self._sink is not None:
+            self._parquet.close()
+            return self._sink.drain()
+        return b""
+
+    def _cells(self, row: ResultRow) -> list[Any]:
+        error = row.get("error")
+        if self.classes is None:
+            return [row["row"], row.get("value"), error]
+        probabilities = row.get("probabilities") or {}
+        return [
+            row["row"],
+            row.get("label"),
+            *(probabilities.get(c) for c in self.classes),
+            error,
+        ]
+
+    @staticmethod
+    def _csv(table: Iterable[Sequence[Any]]) -> bytes:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(table)
+        return out.getvalue().encode()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file that hands its bytes out as they come (ParquetWriter's output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def drain(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
