@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import operator
+import re
 import shutil
 import tempfile
 import zlib
@@ -296,82 +297,156 @@ def _assemble(
 # CSV
 
 
-class _CountedLines:
-    """Text lines of a binary stream (UTF-8, any newline), counting the bytes handed out.
+class _CsvLines:
+    """Text lines of a binary stream (UTF-8, any newline) for csv.reader, and their byte offsets.
 
-    csv.reader pulls lines one at a time and never reads ahead of the record it returns, so after
-    each record `consumed` is the byte offset just past it: the resume point. Bytes that are not
-    UTF-8 pass through as lone surrogates (surrogateescape), so the count stays exact and the
-    value they are in fails as "not a number".
+    The text is read in blocks and split into lines by C code (csv.reader pulls them through
+    itertools.chain); csv.reader never reads ahead of the record it returns, so after a record
+    `offset(reader.line_num)` is the byte offset just past it: the resume point. Bytes that are
+    not UTF-8 pass through as lone surrogates (surrogateescape), so the count stays exact and the
+    value they are in fails as "not a number". A line longer than MAX_LINE_CHARS is skipped to
+    its end and handed on as one marker line (a row error), so memory stays bounded.
     """
 
     def __init__(self, stream: BinaryIO, start: int) -> None:
         self.text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
-        self.consumed = start
+        self._at_start = start == 0
+        self._block: list[str] = []  # the lines being handed out
+        self._block_bytes = 0
+        self._base_lines = 0  # lines handed out before the block
+        self._base_bytes = start  # ... and their bytes
+        self._done_lines = 0  # lines of the block already measured
+        self._done_bytes = 0  # ... and their bytes
 
-    def __iter__(self) -> Iterator[str]:
-        readline = self.text.readline
-        if self.consumed == 0:  # a byte order mark is no part of the first column's name
-            line = readline(MAX_LINE_CHARS)
-            self.consumed += len(line.encode("utf-8", "surrogateescape"))
-            yield line.removeprefix(_BOM)
+    def lines(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self._blocks())
+
+    def offset(self, line_num: int) -> int:
+        """The byte offset just past the first `line_num` lines handed out."""
+        k = line_num - self._base_lines
+        if k == len(self._block):
+            return self._base_bytes + self._block_bytes
+        if k < self._done_lines:
+            self._done_lines = self._done_bytes = 0
+        self._done_bytes += _utf8_size("".join(self._block[self._done_lines : k]))
+        self._done_lines = k
+        return self._base_bytes + self._done_bytes
+
+    def release(self) -> None:
+        """Leave the stream open: closing it is its owner's business."""
+        if not self.text.closed:
+            with contextlib.suppress(ValueError):
+                self.text.detach()
+
+    def _enter(self, block: list[str], size: int) -> list[str]:
+        self._base_lines += len(self._block)
+        self._base_bytes += self._block_bytes
+        self._block, self._block_bytes = block, size
+        self._done_lines = self._done_bytes = 0
+        return block
+
+    def _blocks(self) -> Iterator[list[str]]:
+        read = self.text.read
+        carry = ""
         while True:
-            line = readline(MAX_LINE_CHARS)
-            if not line:
+            data = read(_BLOCK_CHARS)
+            if self._at_start:
+                self._at_start = False
+                if data.startswith(_BOM):  # no part of the first column's name; 3 bytes all the same
+                    self._base_bytes += 3
+                    data = data[1:]
+            if not data:
+                if carry:
+                    yield self._enter(_split_lines(carry), _utf8_size(carry))
                 return
-            self.consumed += len(line) if line.isascii() else len(line.encode("utf-8", "surrogateescape"))
-            if len(line) == MAX_LINE_CHARS and not line.endswith(("\n", "\r")):
-                # Too long to be a row: skip to its end and hand csv one marker line instead.
-                while line and not line.endswith(("\n", "\r")):
-                    line = readline(MAX_LINE_CHARS)
-                    self.consumed += len(line.encode("utf-8", "surrogateescape"))
-                yield _OVERLONG + "\n"
+            data = carry + data
+            # Up to the last line end; a final "\r" waits for the next read, which may start with
+            # its "\n" ("\r\n" is one line end).
+            end = len(data) - 1 if data.endswith("\r") else len(data)
+            cut = max(data.rfind("\n", 0, end), data.rfind("\r", 0, end)) + 1
+            if cut <= 0:
+                carry = data
+                if len(carry) > MAX_LINE_CHARS:
+                    size = self._skip_line(carry)
+                    carry = ""
+                    yield self._enter([_OVERLONG + "\n"], size)
                 continue
-            yield line
+            complete, carry = data[:cut], data[cut:]
+            yield self._enter(_split_lines(complete), _utf8_size(complete))
+
+    def _skip_line(self, start: str) -> int:
+        """Read past the end of an overlong line; its size in bytes, line end included."""
+        size = _utf8_size(start)
+        while True:
+            data = self.text.readline(_BLOCK_CHARS)
+            size += _utf8_size(data)
+            if not data or data.endswith(("\n", "\r")):
+                return size
+
+
+# Characters str.splitlines breaks at that are no line end to csv (it knows only \r and \n).
+_OTHER_BREAKS = "\x0b\x0c\x1c\x1d\x1e"
+_OTHER_BREAKS_UNICODE = "\x85\u2028\u2029"
+_CSV_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_BLOCK_CHARS = 1 << 18
+
+
+def _split_lines(text: str) -> list[str]:
+    others = _OTHER_BREAKS if text.isascii() else _OTHER_BREAKS + _OTHER_BREAKS_UNICODE
+    if not any(c in text for c in others):  # a few memchr scans: far faster than a regex
+        return text.splitlines(keepends=True)
+    return _CSV_LINE.findall(text)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
 
 
 def _csv_chunks(
     stream: BinaryIO, features: list[str], chunk_rows: int, offset: int, row: int
 ) -> Iterator[RowChunk]:
-    lines = _CountedLines(stream, 0)
-    reader = csv.reader(lines)
+    source = _CsvLines(stream, 0)
     try:
-        header = next(reader, [])
-    except csv.Error as exc:
-        raise JobInputError("file", f"the CSV header cannot be read: {exc}") from None
-    if not header:
-        raise JobInputError("file", "the file is empty: a CSV file starts with a header")
-    columns = _columns(header, features)
-    width = len(header)
-    if offset:
-        if offset < lines.consumed:
-            raise ValueError("a resume point inside the CSV header")
-        if stream.seekable():
-            lines.text.detach()
-            stream.seek(offset)
-            lines = _CountedLines(stream, offset)
-            reader = csv.reader(lines)
-        elif lines.consumed < offset:
-            for _ in reader:  # read and skip: the records of the chunks already done
-                if lines.consumed >= offset:
-                    break
-        if lines.consumed != offset:
-            raise ValueError("the resume point is not at a record's end in this input")
-    pick = _picker(columns, width)
-    while True:
-        records = _read_records(reader, chunk_rows)
-        if not records:
-            return
-        yield _csv_chunk(
-            records,
-            features,
-            columns,
-            width=width,
-            pick=pick,
-            span=(row, len(records)),
-            resume=_pack_resume(JobFormat.CSV, lines.consumed, row + len(records)),
-        )
-        row += len(records)
+        reader = csv.reader(source.lines())
+        try:
+            header = next(reader, [])
+        except csv.Error as exc:
+            raise JobInputError("file", f"the CSV header cannot be read: {exc}") from None
+        if not header:
+            raise JobInputError("file", "the file is empty: a CSV file starts with a header")
+        columns = _columns(header, features)
+        width = len(header)
+        if offset:
+            if offset < source.offset(reader.line_num):
+                raise ValueError("a resume point inside the CSV header")
+            if stream.seekable():
+                source.release()
+                stream.seek(offset)
+                source = _CsvLines(stream, offset)
+                reader = csv.reader(source.lines())
+            else:
+                while source.offset(reader.line_num) < offset:  # read and skip the chunks done
+                    if next(reader, None) is None:
+                        break
+            if source.offset(reader.line_num) != offset:
+                raise ValueError("the resume point is not at a record's end in this input")
+        pick = _picker(columns, width)
+        while True:
+            records = _read_records(reader, chunk_rows)
+            if not records:
+                return
+            yield _csv_chunk(
+                records,
+                features,
+                columns,
+                width=width,
+                pick=pick,
+                span=(row, len(records)),
+                resume=_pack_resume(JobFormat.CSV, source.offset(reader.line_num), row + len(records)),
+            )
+            row += len(records)
+    finally:
+        source.release()
 
 
 def _picker(columns: list[int], width: int) -> Callable[[list[str]], Sequence[str]] | None:
@@ -415,7 +490,7 @@ def _csv_chunk(
     first_row, n = span
     # Fast path: every record well formed, every value a number; C loops all the way.
     try:
-        if all(type(r) is list and len(r) == width for r in records):
+        if set(map(len, records)) == {width} and set(map(type, records)) == {list}:
             fields = cast("list[list[str]]", records)
             picked: Iterable[Sequence[str]] = fields if pick is None else map(pick, fields)
             flat = list(map(float, itertools.chain.from_iterable(picked)))

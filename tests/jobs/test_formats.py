@@ -273,10 +273,35 @@ def test_csv_rows_that_cannot_be_scored_are_errors_naming_the_feature() -> None:
 
 def test_csv_row_longer_than_the_line_limit_is_a_row_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("app.jobs.formats.MAX_LINE_CHARS", 64)
+    monkeypatch.setattr("app.jobs.formats._BLOCK_CHARS", 16)  # the text is read in small pieces
     data = b"sepal_length,sepal_width,petal_length,petal_width,note\n1,2,3,4," + b"x" * 500 + b"\n5,6,7,8,y\n"
     chunks = read_all(data, JobFormat.CSV)
     assert "longer than 64" in errors(chunks)[0]
     assert scored(chunks) == {1: [5.0, 6.0, 7.0, 8.0]}
+
+
+def test_csv_line_ends_are_only_cr_and_lf_as_the_csv_module_reads_them() -> None:
+    # str.splitlines would also break at form feeds, \x1c-\x1e and \u2028; csv does not.
+    data = (
+        "sepal_length,sepal_width,petal_length,petal_width,note\r"
+        "5.1,3.5,1.4,0.2,a\x0cform feed\r"
+        '6.2,3.0,5.4,2.3,"\u2028 and \x1e"\r'
+        "4.9,3.0,1.4,0.2,\x85"
+    ).encode()
+    chunks = read_all(data, JobFormat.CSV)
+    assert errors(chunks) == {}
+    assert sorted(scored(chunks)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("block_chars", [1, 7, 64])
+def test_csv_read_in_any_block_size_gives_the_same_chunks_and_resume_points(
+    monkeypatch: pytest.MonkeyPatch, block_chars: int
+) -> None:
+    whole = read_all(INPUTS[JobFormat.CSV], JobFormat.CSV, chunk_rows=6)
+    monkeypatch.setattr("app.jobs.formats._BLOCK_CHARS", block_chars)  # cuts "\r\n" and "é" apart
+    small = read_all(INPUTS[JobFormat.CSV], JobFormat.CSV, chunk_rows=6)
+    assert _signature(small) == _signature(whole)
+    assert [c.resume for c in small] == [c.resume for c in whole]
 
 
 # --- JSON Lines ---------------------------------------------------------------------------------
