@@ -125,6 +125,43 @@ def _names(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
 
 
+async def _stored_aliases(settings: Settings, name: str) -> tuple[str, ...]:
+    """The aliases of model `name` in the fleet's state stored in the database (where requests to
+    `/versions/{alias}` go); none while nothing is stored (a database not created or migrated yet).
+    A database that cannot be read is said on stderr, and nothing is checked against it."""
+    from sqlalchemy import inspect
+
+    from app.db.database import Database
+    from app.db.engine import create_engine, sqlite_file
+    from app.ml.fleet import FleetState
+    from app.models import ModelState
+    from app.repositories.model_state import ModelStateRepository
+
+    path = sqlite_file(settings.database_url)
+    if path is not None and not path.exists():
+        return ()
+    db = Database(create_engine(settings))
+    try:
+        async with db.engine.connect() as conn:
+            if not await conn.run_sync(lambda sync: inspect(sync).has_table(ModelState.__tablename__)):
+                return ()
+        async with db.session(read_only=True) as session:
+            row = await ModelStateRepository(session).current()
+    except Exception as exc:  # noqa: BLE001 - any failure: the check is skipped, the add goes on
+        print(
+            f"warning: the model state cannot be read from DATABASE_URL ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); the version is not checked against the model's aliases",
+            file=sys.stderr,
+        )
+        return ()
+    finally:
+        await db.dispose()
+    if row is None:
+        return ()
+    state = FleetState.from_document(row.revision, row.document, row.changed_by, row.changed_at)
+    return tuple(alias.name for alias in state.aliases_of(name))
+
+
 def cmd_models_add(args: argparse.Namespace) -> int:
     """Bring a model: inspected, run once, hashed, copied into the model directory and entered in
     its manifest; a file that cannot be served is refused with one line (exit code 2)."""
@@ -133,8 +170,13 @@ def cmd_models_add(args: argparse.Namespace) -> int:
     from app.ml.errors import ModelLoadError
     from app.ml.importer import add_model
 
-    model_dir = Path(args.model_dir) if args.model_dir else _load_settings().ml_model_dir
     try:
+        settings: Settings | None = Settings()
+    except ValidationError:
+        settings = None  # with --model-dir, a model can be added without the service's settings
+    model_dir = Path(args.model_dir) if args.model_dir else (settings or _load_settings()).ml_model_dir
+    try:
+        aliases = asyncio.run(_stored_aliases(settings, args.name)) if settings is not None else ()
         spec = add_model(
             model_dir,
             Path(args.file),
@@ -144,6 +186,7 @@ def cmd_models_add(args: argparse.Namespace) -> int:
             labels=_names(args.labels),
             trusted_types=args.trust,
             description=args.description,
+            aliases=aliases,
         )
     except ModelLoadError as exc:
         print(f"cannot serve {exc}", file=sys.stderr)

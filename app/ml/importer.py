@@ -15,7 +15,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,19 @@ def add_model(
     labels: Sequence[str] | None = None,
     trusted_types: Sequence[str] = (),
     description: str = "",
+    aliases: Collection[str] = (),
 ) -> ModelSpec:
-    """Inspect, run once, copy and enter `source` in `model_dir`'s manifest; the new entry."""
+    """Inspect, run once, copy and enter `source` in `model_dir`'s manifest; the new entry.
+    `aliases`: the model's aliases in the fleet's stored state (the manifest holds none), which no
+    version may be named like: `/versions/{ref}` names either."""
     where = str(source)
     _check_names(name, version, labels, where)
+    if version in aliases:
+        raise ModelLoadError(
+            where,
+            f"--version {version!r}: model {name!r} has an alias of that name (GET "
+            f"/api/v1/models/{name}/aliases); a version needs another name",
+        )
     suffix = source.suffix.lower()
     kind = by_suffix(suffix)
     if kind is None:

@@ -71,11 +71,14 @@ class Router:
         weight (sticky per `caller` where the alias says); ModelNotFound, VersionNotFound, or
         ModelsNotReady/VersionUnavailable for a version the desired state names but this process
         has not loaded (yet)."""
-        if ref is not None:
+        aliases = self.routes.get(name)
+        if ref is not None and (aliases is None or ref not in aliases):
+            # An alias wins over a version of its name: such a version never enters the state
+            # (FleetState.load), but one loaded ahead of it (load_now) must not take the alias's
+            # requests.
             served = self.served.get((name, ref))
             if served is not None:
                 return served
-        aliases = self.routes.get(name)
         alias = aliases.get(ref or DEFAULT_ALIAS) if aliases is not None else None
         if alias is not None:
             return self.served[(name, alias.pick(caller))]
