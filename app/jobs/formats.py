@@ -27,6 +27,7 @@ import csv
 import io
 import itertools
 import json
+import json.scanner
 import math
 import operator
 import re
@@ -653,6 +654,22 @@ def _jsonl_chunks(
         row += len(lines)
 
 
+# json's own C scanner, without json.loads's per-call encoding detection and whitespace regex.
+_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed: the C type
+
+
+def _parse_lines(lines: list[bytes]) -> list[Any]:
+    """Each line's JSON value; ValueError if any line is not one JSON value (then: line by line)."""
+    texts = b"".join(lines).decode("utf-8").split("\n")  # JSON holds no raw "\n": one per line
+    if texts[-1] == "":
+        texts.pop()
+    texts = list(map(str.strip, texts))
+    scanned = list(map(_SCAN_JSON, texts, itertools.repeat(0)))  # a StopIteration ends it short
+    if len(scanned) != len(lines) or list(map(len, texts)) != list(map(operator.itemgetter(1), scanned)):
+        raise ValueError("not one JSON value per line")
+    return list(map(operator.itemgetter(0), scanned))
+
+
 def _jsonl_chunk(
     lines: list[bytes],
     too_long: list[int],
@@ -665,7 +682,7 @@ def _jsonl_chunk(
     # Fast path: every line a well-formed row of numbers, all objects or all arrays; C loops.
     if not too_long:
         try:
-            parsed = list(map(json.loads, lines))
+            parsed = _parse_lines(lines)
             if all(type(v) is list and len(v) == len(features) for v in parsed):
                 flat = list(itertools.chain.from_iterable(parsed))
             elif all(type(v) is dict and len(v) == len(features) for v in parsed):

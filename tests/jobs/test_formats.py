@@ -354,6 +354,15 @@ def test_jsonl_bad_lines_are_row_errors_not_a_job_failure() -> None:
     assert "got a string" in why[9]
 
 
+def test_jsonl_line_holding_two_rows_is_one_row_error_among_good_rows() -> None:
+    data = (
+        b"[5.1, 3.5, 1.4, 0.2]\n  [6.2, 3.0, 5.4, 2.3]  \n[1, 2, 3, 4] [5, 6, 7, 8]\n[4.9, 3.0, 1.4, 0.2]\n"
+    )
+    chunks = read_all(data, JobFormat.JSONL, chunk_rows=10)
+    assert sorted(scored(chunks)) == [0, 1, 3]
+    assert errors(chunks)[2].startswith("not valid JSON: Extra data")
+
+
 # --- Parquet ------------------------------------------------------------------------------------
 
 
