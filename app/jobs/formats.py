@@ -820,20 +820,112 @@ def _parquet_chunk(table: Any, features: Sequence[str], first_row: int) -> RowCh
 ResultRow = dict[str, Any]
 # {"row": i, "label": str, "probabilities": {class: p}} | {"row": i, "value": v} | {"row": i, "error": "..."}
 
-_RESULTS_VERSION = b"\x01"
+_JSON_RESULTS = b"\x01"  # compact JSON of the rows, deflated: any rows at all
+_PACKED_RESULTS = b"\x02"  # a JSON header and numpy arrays, deflated: the rows of the usual shapes
+_CLASS, _VALUE, _OTHER = 0, 1, 2
 
 
 def encode_results(rows: Sequence[ResultRow]) -> bytes:
-    """A chunk's results as stored: compact JSON, deflated (fast level: it runs per chunk)."""
-    body = json.dumps(list(rows), separators=(",", ":"), allow_nan=False).encode()
-    return _RESULTS_VERSION + zlib.compress(body, 1)
+    """A chunk's results as stored, deflated at the fast level (it runs once per chunk).
+
+    Rows of the usual shapes (label and float probabilities over the same classes, a float value,
+    an error) are packed as arrays: no float is printed as text, which costs the most in JSON. Any
+    other row is kept as JSON in the header. decode_results gives back equal rows either way.
+    """
+    packed = _pack_results(rows)
+    if packed is None:
+        body = json.dumps(list(rows), separators=(",", ":"), allow_nan=False).encode()
+        return _JSON_RESULTS + zlib.compress(body, 1)
+    return _PACKED_RESULTS + zlib.compress(packed, 1)
+
+
+def _pack_results(rows: Sequence[ResultRow]) -> bytes | None:
+    classes: tuple[str, ...] | None = None
+    labels: dict[str, int] = {}
+    index, kinds, label_of, probabilities, values = [], [], [], [], []
+    others: list[ResultRow] = []
+    for row in rows:
+        number = row.get("row")
+        if type(number) is not int:
+            return None
+        index.append(number)
+        if len(row) == 3 and type(row.get("label")) is str and type(row.get("probabilities")) is dict:
+            shown = tuple(row["probabilities"])
+            if classes is None:
+                classes = shown
+            if shown == classes:
+                kinds.append(_CLASS)
+                label_of.append(labels.setdefault(row["label"], len(labels)))
+                probabilities.append(row["probabilities"].values())
+                continue
+        elif len(row) == 2 and type(row.get("value")) is float:
+            kinds.append(_VALUE)
+            values.append(row["value"])
+            continue
+        kinds.append(_OTHER)
+        others.append(row)
+    flat = list(itertools.chain.from_iterable(probabilities))
+    if set(map(type, flat)) - {float} or not all(map(math.isfinite, flat + values)):
+        return None  # ints would come back as floats, NaN has no JSON: the JSON form keeps them
+    header = json.dumps(
+        {"n": len(index), "classes": classes, "labels": list(labels), "others": others},
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()
+    return b"".join(
+        [
+            len(header).to_bytes(4, "little"),
+            header,
+            np.array(index, dtype=np.int64).tobytes(),
+            np.array(kinds, dtype=np.uint8).tobytes(),
+            np.array(label_of, dtype=np.int32).tobytes(),
+            np.array(flat, dtype=np.float64).tobytes(),
+            np.array(values, dtype=np.float64).tobytes(),
+        ]
+    )
 
 
 def decode_results(data: bytes) -> list[ResultRow]:
-    if data[:1] != _RESULTS_VERSION:
+    """The rows given to encode_results, equal and in the same order."""
+    if data[:1] == _JSON_RESULTS:
+        rows: list[ResultRow] = json.loads(zlib.decompress(data[1:]))
+        return rows
+    if data[:1] != _PACKED_RESULTS:
         raise ValueError("not results stored by encode_results")
-    rows: list[ResultRow] = json.loads(zlib.decompress(data[1:]))
-    return rows
+    body = zlib.decompress(data[1:])
+    size = int.from_bytes(body[:4], "little")
+    header = json.loads(body[4 : 4 + size])
+    n = header["n"]
+    arrays = memoryview(body)[4 + size :]
+    index = np.frombuffer(arrays, np.int64, n).tolist()
+    kinds = np.frombuffer(arrays, np.uint8, n, 8 * n).tolist()
+    n_class = kinds.count(_CLASS)
+    classes = header["classes"] or []
+    at = 9 * n
+    label_of = np.frombuffer(arrays, np.int32, n_class, at).tolist()
+    at += 4 * n_class
+    probabilities = np.frombuffer(arrays, np.float64, n_class * len(classes), at)
+    at += 8 * n_class * len(classes)
+    values = iter(np.frombuffer(arrays, np.float64, kinds.count(_VALUE), at).tolist())
+    labels = header["labels"]
+    by_class = iter(zip(label_of, probabilities.reshape(n_class, len(classes)).tolist(), strict=True))
+    others = iter(header["others"])
+    out: list[ResultRow] = []
+    for number, kind in zip(index, kinds, strict=True):
+        if kind == _CLASS:
+            label, shares = next(by_class)
+            out.append(
+                {
+                    "row": number,
+                    "label": labels[label],
+                    "probabilities": dict(zip(classes, shares, strict=True)),
+                }
+            )
+        elif kind == _VALUE:
+            out.append({"row": number, "value": next(values)})
+        else:
+            out.append(next(others))
+    return out
 
 
 def _probability_column(label: str) -> str:
