@@ -131,7 +131,7 @@ def check_head(fmt: JobFormat, head: bytes, features: Sequence[str]) -> None:
     if not head.strip():
         raise JobInputError("file", "the file is empty")
     if fmt is JobFormat.CSV:
-        text = _decode_head(head)
+        text = _decode_head(head).lstrip("\r\n")
         if not any(end in text for end in ("\n", "\r")):
             return  # the header may be cut where the head ends: iter_chunks judges it whole
         _columns(next(csv.reader(io.StringIO(text, newline="")), []), features)
@@ -410,7 +410,7 @@ def _csv_chunks(
     try:
         reader = csv.reader(source.lines())
         try:
-            header = next(reader, [])
+            header = next((record for record in reader if record), [])  # after any blank lines
         except csv.Error as exc:
             raise JobInputError("file", f"the CSV header cannot be read: {exc}") from None
         if not header:

@@ -170,6 +170,8 @@ def test_head_of_a_good_upload_in_each_format_passes() -> None:
     [
         (JobFormat.CSV, b"sepal_length,sepal_width,petal_length\n1,2,3\n", "petal_width"),
         (JobFormat.CSV, b"", "empty"),
+        (JobFormat.CSV, b"\r\n\nsepal_length,sepal_width,petal_length\n", "petal_width"),
+        (JobFormat.CSV, b"sepal_length,sepal_width,petal_length,petal_width,sepal_width\n", "twice"),
         (JobFormat.CSV, b"\xff\xfes\x00e\x00p\x00a\x00l\x00_\x00l\x00e\x00n\x00g\x00t\x00h\x00", "UTF-8"),
         (JobFormat.JSONL, b'{"sepal_length": 1,\n', "line 1"),
         (JobFormat.JSONL, b'"a string"\n', "line 1"),
@@ -218,6 +220,14 @@ def test_csv_header_lacking_a_feature_fails_the_whole_input_naming_it() -> None:
 def test_csv_with_nothing_in_it_fails_the_whole_input() -> None:
     with pytest.raises(JobInputError, match="empty"):
         read_all(b"", JobFormat.CSV)
+
+
+def test_csv_blank_lines_before_the_header_are_skipped() -> None:
+    data = b"\n\r\nsepal_length,sepal_width,petal_length,petal_width\n1,2,3,4\n"
+    check_head(JobFormat.CSV, data, FEATURES)
+    chunks = read_all(data, JobFormat.CSV)
+    assert scored(chunks) == {0: [1.0, 2.0, 3.0, 4.0]}
+    assert read_all(data, JobFormat.CSV, chunk_rows=1)[0].resume == chunks[0].resume
 
 
 def test_csv_with_only_a_header_has_no_rows() -> None:
