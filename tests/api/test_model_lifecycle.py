@@ -148,6 +148,15 @@ async def load(client: httpx.AsyncClient, admin: Headers, version: str) -> dict[
     return body
 
 
+async def oip_repository(
+    client: httpx.AsyncClient, admin: Headers, action: str, version: str | None = None
+) -> httpx.Response:
+    """The protocol's repository extension: `action` (load, unload) of iris, `version` in its
+    parameters (None: no body)."""
+    body = {"parameters": {"version": version}} if version is not None else None
+    return await client.post(f"/v2/repository/models/iris/{action}", json=body, headers=admin)
+
+
 async def set_alias(
     client: httpx.AsyncClient, admin: Headers, alias: str, body: dict[str, Any]
 ) -> httpx.Response:
@@ -266,11 +275,7 @@ async def test_a_loaded_version_is_served_side_by_side(served: App, via: str) ->
         assert change["changed_by"] == admin_id
         assert "2.0.0" in change["action"]
     else:
-        answer = ok(
-            await client.post(
-                "/v2/repository/models/iris/load", json={"parameters": {"version": "2.0.0"}}, headers=admin
-            )
-        )
+        answer = ok(await oip_repository(client, admin, "load", "2.0.0"))
         assert answer == {"name": "iris", "version": "2.0.0", "revision": 1}
         state = await repository(client, admin)
         assert state["revision"] == 1
@@ -481,12 +486,7 @@ async def test_unknown_versions_and_aliases_are_404(served: App) -> None:
     assert_problem(await client.get(f"{MODELS}/nope/aliases", headers=admin), 404)
     body = assert_problem(await client.delete(f"{MODELS}/iris/aliases/staging", headers=admin), 404)
     assert "staging" in body["detail"]
-    message = assert_oip_error(
-        await client.post(
-            "/v2/repository/models/iris/load", json={"parameters": {"version": "9.9.9"}}, headers=admin
-        ),
-        404,
-    )
+    message = assert_oip_error(await oip_repository(client, admin, "load", "9.9.9"), 404)
     assert "9.9.9" in message
 
     state = await repository(client, admin)
@@ -562,12 +562,7 @@ async def test_a_version_whose_hash_does_not_match_is_refused_and_nothing_change
     assert problem_code(body) == "model-load-failed"
     assert BROKEN_HASH_FILE in body["detail"]
     assert "sha256" in body["detail"]
-    message = assert_oip_error(
-        await client.post(
-            "/v2/repository/models/iris/load", json={"parameters": {"version": "3.0.0"}}, headers=admin
-        ),
-        409,
-    )
+    message = assert_oip_error(await oip_repository(client, admin, "load", "3.0.0"), 409)
     assert BROKEN_HASH_FILE in message
 
     after = await repository(client, admin)
@@ -594,12 +589,7 @@ async def test_a_version_that_cannot_load_is_refused_and_stays_unroutable(served
     assert problem_code(body) == "model-load-failed"
     assert BAD_SHAPE_FILE in body["detail"]
     assert "features" in body["detail"]  # the model takes 10, the manifest lists 4
-    message = assert_oip_error(
-        await client.post(
-            "/v2/repository/models/iris/load", json={"parameters": {"version": "4.0.0"}}, headers=admin
-        ),
-        409,
-    )
+    message = assert_oip_error(await oip_repository(client, admin, "load", "4.0.0"), 409)
     assert BAD_SHAPE_FILE in message
 
     state = await repository(client, admin)
@@ -624,15 +614,10 @@ async def test_routed_versions_and_the_default_alias_cannot_be_removed(served: A
     assert "production" in body["detail"]
     body = assert_problem(await client.post(f"{REPOSITORY}/iris/versions/1.0.0/unload", headers=admin), 409)
     assert "default" in body["detail"]
-    message = assert_oip_error(
-        await client.post(
-            "/v2/repository/models/iris/unload", json={"parameters": {"version": "2.0.0"}}, headers=admin
-        ),
-        409,
-    )
+    message = assert_oip_error(await oip_repository(client, admin, "unload", "2.0.0"), 409)
     assert "production" in message
     # The whole model serves /api/v1/predict: refused.
-    assert_oip_error(await client.post("/v2/repository/models/iris/unload", headers=admin), 409)
+    assert_oip_error(await oip_repository(client, admin, "unload"), 409)
 
     body = assert_problem(await client.delete(f"{MODELS}/iris/aliases/default", headers=admin), 409)
     assert "default" in body["detail"]
@@ -728,11 +713,7 @@ async def test_the_repository_index_lists_every_version_with_its_state(served: A
     # The protocol's `ready: false` filters nothing (Triton, KServe): every version, as with no body.
     assert ok(await client.post("/v2/repository/index", json={"ready": False}, headers=admin)) == index
 
-    answer = ok(
-        await client.post(
-            "/v2/repository/models/iris/unload", json={"parameters": {"version": "2.0.0"}}, headers=admin
-        )
-    )
+    answer = ok(await oip_repository(client, admin, "unload", "2.0.0"))
     assert answer == {"name": "iris", "version": "2.0.0", "revision": 2}
     ready = ok(await client.post("/v2/repository/index", json={"ready": True}, headers=admin))
     assert [m["version"] for m in ready] == ["1.0.0"]

@@ -28,8 +28,8 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from app.main import create_app
-from tests.conftest import empty_database, make_settings
-from tests.faults.server import ROOT, Server, free_port, start_server
+from tests.conftest import PASSWORD, empty_database, make_settings
+from tests.faults.server import ROOT, Server, free_port, server_env, start_server
 from tests.lifespan import SERVER_STARTUP_LIMIT_S, lifespan
 
 MODEL_DIR = ROOT / "ml_models"
@@ -227,6 +227,34 @@ def start_model_server(folder: Path, port: int | None = None, **overrides: str) 
         server.kill()
         raise
     return server
+
+
+@contextlib.contextmanager
+def remote_web_worker(
+    model_server: Server, folder: Path, email: str, **overrides: str
+) -> Iterator[tuple[Server, dict[str, str]]]:
+    """A web process (real, on a free port, its SQLite database in `folder`) whose models are all
+    remote (`ML_REMOTE_URL`: every model of its manifest served by `model_server`), ready, and
+    the headers of `email` registered and logged in there; stopped at the end."""
+    env = server_env(
+        f"sqlite+aiosqlite:///{folder / 'app.db'}",
+        free_port(),
+        ML_ENABLED="true",
+        AUTO_MIGRATE="true",
+        ML_REMOTE_URL=model_server.base_url,
+        MODEL_SERVER_TOKEN=MODEL_SERVER_TOKEN,
+        **overrides,
+    )
+    web = start_server(env, folder / "web.log")
+    try:
+        wait_ready(f"{web.base_url}/readyz", web.process, web.log_path)
+        httpx.post(f"{web.base_url}/api/v1/auth/register", json={"email": email, "password": PASSWORD})
+        token = httpx.post(
+            f"{web.base_url}/api/v1/auth/token", data={"username": email, "password": PASSWORD}
+        )
+        yield web, {"Authorization": f"Bearer {token.json()['access_token']}"}
+    finally:
+        web.stop()
 
 
 def remote_manifest(

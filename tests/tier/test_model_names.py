@@ -11,9 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import PASSWORD
-from tests.faults.server import free_port, server_env, start_server
-from tests.tier.conftest import MODEL_DIR, MODEL_SERVER_TOKEN, start_model_server, wait_ready
+from tests.tier.conftest import MODEL_DIR, MODEL_SERVER_TOKEN, remote_web_worker, start_model_server
 
 
 def _folder(tmp_path: Path) -> Path:
@@ -41,24 +39,9 @@ def test_an_entry_or_file_a_process_cannot_take_leaves_the_rest_served(tmp_path:
         assert "sha256 mismatch" in states[("diabetes", "1.0.0")]["reason"]
         assert states[("iris", "1.0.0")]["state"] == "READY"
 
-        env = server_env(
-            f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
-            free_port(),
-            ML_ENABLED="true",
-            AUTO_MIGRATE="true",
-            ML_MODEL_DIR=str(folder),
-            ML_REMOTE_URL=model_server.base_url,
-            MODEL_SERVER_TOKEN=MODEL_SERVER_TOKEN,
-        )
-        web = start_server(env, tmp_path / "web.log")
-        try:
-            wait_ready(f"{web.base_url}/readyz", web.process, web.log_path)
+        web_worker = remote_web_worker(model_server, tmp_path, "n@example.com", ML_MODEL_DIR=str(folder))
+        with web_worker as (web, headers):
             base = web.base_url
-            httpx.post(f"{base}/api/v1/auth/register", json={"email": "n@example.com", "password": PASSWORD})
-            login = httpx.post(
-                f"{base}/api/v1/auth/token", data={"username": "n@example.com", "password": PASSWORD}
-            )
-            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
             iris = httpx.post(
                 f"{base}/api/v1/predict", json={"features": [5.1, 3.5, 1.4, 0.2]}, headers=headers
             )
@@ -76,7 +59,5 @@ def test_an_entry_or_file_a_process_cannot_take_leaves_the_rest_served(tmp_path:
             )
             assert outside.status_code == 422, outside.text
             assert "version" in outside.text
-        finally:
-            web.stop()
     finally:
         model_server.stop()

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,17 @@ async def _forest(client: httpx.AsyncClient, headers: dict[str, str]) -> httpx.R
     return await client.post("/api/v1/models/breast_cancer/predict", json=FOREST, headers=headers)
 
 
+@contextlib.asynccontextmanager
+async def _forest_at(
+    url: str, database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    """An in-process web tier whose forest is remote, served at `url` (the other models local),
+    its client and a user's headers."""
+    model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
+    async with web_app(database_url, model_dir) as app, client_for(app) as client:
+        yield client, await login(client, "faults@example.com")
+
+
 async def _until(condition: object, what: str, seconds: float = 60.0) -> None:
     """Wait, bounded, for an async condition (a remote server's state is polled, not pushed)."""
     assert callable(condition)
@@ -66,9 +77,7 @@ async def test_an_unreachable_server_is_a_503_trips_the_breaker_and_is_used_agai
 ) -> None:
     port = free_port()  # nothing listens there yet
     url = f"http://127.0.0.1:{port}"
-    model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
-    async with web_app(database_url, model_dir) as app, client_for(app) as client:
-        headers = await login(client, "faults@example.com")
+    async with _forest_at(url, database_url, tmp_path) as (client, headers):
         answers = [await _forest(client, headers) for _ in range(7)]
         assert {r.status_code for r in answers} == {503}
         assert all(r.json()["type"].endswith("/model-server-unavailable") for r in answers)
@@ -325,9 +334,7 @@ async def test_five_server_errors_in_a_row_open_the_circuit_whose_open_time_doub
 ) -> None:
     faulty = Faulty()  # 500 to every call; its readiness says it is not ready
     with faulty.serving() as url:
-        model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
-        async with web_app(database_url, model_dir) as app, client_for(app) as client:
-            headers = await login(client, "faults@example.com")
+        async with _forest_at(url, database_url, tmp_path) as (client, headers):
             # A 5xx is a 503 with the server's message, not retried: each call reached it once.
             for failures in range(1, 6):
                 detail = _problem(await _forest(client, headers), 503, "model-server-unavailable")
@@ -390,9 +397,7 @@ async def test_a_4xx_or_non_finite_outputs_are_502_and_never_open_the_circuit(
     faulty.ready_status = 200  # the server is up; it only answers these requests badly
     faulty.answer = answer
     with faulty.serving() as url:
-        model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
-        async with web_app(database_url, model_dir) as app, client_for(app) as client:
-            headers = await login(client, "faults@example.com")
+        async with _forest_at(url, database_url, tmp_path) as (client, headers):
             for sent in range(1, 8):  # more than the 5 failures that open the circuit
                 detail = _problem(await _forest(client, headers), 502, "bad-gateway")
                 assert said in detail
@@ -411,9 +416,7 @@ async def test_a_connection_closed_before_the_answer_is_a_503_and_not_retried(
     faulty.ready_status = 200
     faulty.answer = None
     with faulty.serving() as url:
-        model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
-        async with web_app(database_url, model_dir) as app, client_for(app) as client:
-            headers = await login(client, "faults@example.com")
+        async with _forest_at(url, database_url, tmp_path) as (client, headers):
             for sent in range(1, 4):
                 detail = _problem(await _forest(client, headers), 503, "model-server-unavailable")
                 assert "connection failed" in detail
@@ -448,9 +451,7 @@ async def test_a_refused_connection_is_tried_once_more_at_once_then_a_503(
     monkeypatch.setattr(AutoBackend, "connect_tcp", counted_connect)
     monkeypatch.setattr(remote.RemoteRuntime, "run", marked_run)
     url = f"http://127.0.0.1:{port}"
-    model_dir = remote_manifest(tmp_path / "models", {"breast_cancer": own_server(url, "breast_cancer")})
-    async with web_app(database_url, model_dir) as app, client_for(app) as client:
-        headers = await login(client, "faults@example.com")
+    async with _forest_at(url, database_url, tmp_path) as (client, headers):
         detail = _problem(await _forest(client, headers), 503, "model-server-unavailable")
         assert "connection refused" in detail
         assert attempts == [port, port]  # the call, and one retry: nothing had reached the server

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import PASSWORD
-from tests.faults.server import Server, free_port, server_env, start_server
+from tests.faults.server import Server
 from tests.serving.test_open_inference_protocol import _children
-from tests.tier.conftest import MODEL_SERVER_TOKEN, wait_ready
+from tests.tier.conftest import remote_web_worker
 
 
 def _mapped_files(pid: int) -> str:
@@ -19,23 +18,8 @@ def _mapped_files(pid: int) -> str:
 
 
 def test_a_remote_only_web_worker_loads_no_model_runtime(model_server: Server, tmp_path: Path) -> None:
-    env = server_env(
-        f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
-        free_port(),
-        ML_ENABLED="true",
-        AUTO_MIGRATE="true",
-        ML_REMOTE_URL=model_server.base_url,
-        MODEL_SERVER_TOKEN=MODEL_SERVER_TOKEN,
-    )
-    web = start_server(env, tmp_path / "web.log")
-    try:
-        wait_ready(f"{web.base_url}/readyz", web.process, web.log_path)
+    with remote_web_worker(model_server, tmp_path, "w@example.com") as (web, headers):
         base = web.base_url
-        httpx.post(f"{base}/api/v1/auth/register", json={"email": "w@example.com", "password": PASSWORD})
-        token = httpx.post(
-            f"{base}/api/v1/auth/token", data={"username": "w@example.com", "password": PASSWORD}
-        )
-        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
         forest = httpx.post(f"{base}/api/v1/predict-heavy", json={"features": [1.0] * 30}, headers=headers)
         assert forest.status_code == 200, forest.text
         assert (
@@ -48,5 +32,3 @@ def test_a_remote_only_web_worker_loads_no_model_runtime(model_server: Server, t
         for library in ("onnxruntime", "sklearn", "skops", "scipy"):
             assert f"/{library}/" not in mapped, f"a remote-only web worker loaded {library}"
         assert not _children(web.process.pid), "no model worker process, no forkserver"
-    finally:
-        web.stop()
