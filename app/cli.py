@@ -1,4 +1,4 @@
-"""Command line: `python -m app.cli serve | model-server | migrate | create-admin | models add`."""
+"""Command line: `python -m app.cli serve | model-server | worker | migrate | create-admin | models add`."""
 
 from __future__ import annotations
 
@@ -224,6 +224,17 @@ def cmd_model_server(_args: argparse.Namespace) -> int:
     return serve(settings, app=MODEL_SERVER_APP)
 
 
+def cmd_worker(_args: argparse.Namespace) -> int:
+    """A job worker (app.worker): runs batch jobs submitted to any web process; serves no HTTP."""
+    from app.core.logging import configure_logging
+    from app.worker import run_worker
+
+    settings = _load_settings()
+    _check_database_writable(settings)
+    configure_logging(settings.log_level, json=settings.log_json)
+    return run_worker(settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("model-server", help="run the model server (the inference tier alone)").set_defaults(
         func=cmd_model_server
     )
+    sub.add_parser("worker", help="run a batch job worker (docs/jobs.md)").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     admin = sub.add_parser("create-admin", help="create or promote an admin user")
     admin.add_argument("--email", required=True)

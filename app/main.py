@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -40,6 +41,8 @@ from app.http.ratelimit import refused_token_handler
 from app.http.redirects import relative_slash_redirects
 from app.http.shedding import LoadSheddingMiddleware
 from app.http.state import Resources, State, registry_settings, state_of
+from app.jobs.engine import JobEngine, JobQueue
+from app.jobs.runner import JobRunner, LoopHandler
 from app.ml.registry import ModelRegistry
 from app.observability import tracing
 from app.observability.metrics import InFlight, Sampler, observe_model_batch
@@ -81,7 +84,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     keys = KeyRing(db, ApiKeyCodec(key), flush_interval_s=settings.api_key_usage_flush_seconds)
     sampler = Sampler(state.in_flight, db.engine.pool, settings.db_pool_size)
     sampler.queue_depth_sources.append(lambda: _queue_depths(registry))
+    jobs: JobQueue | None = None
+    runner: JobRunner | None = None
     try:
+        # The job engine's storage (a SQLite queue file, or tables in PostgreSQL) is opened here,
+        # in a thread: Huey's drivers block.
+        jobs = JobQueue(await asyncio.to_thread(JobEngine, settings))
         if settings.migrate_on_startup:
             await upgrade_to_head(db.engine)
         if settings.ml_enabled:
@@ -91,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await fleet.start()
         prediction_log.start()
         keys.start()
+        runner = _run_jobs_here(settings, db, registry, jobs) if settings.jobs_embedded else None
         state.started = Resources(
             db=db,
             hasher=hasher,
@@ -102,6 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             limits=limits,
             sampler=sampler,
             migration_head=head_revision(),
+            jobs=jobs,
         )
         state.shutting_down = False
         log.info("started", environment=settings.environment, database=db.engine.url.get_backend_name())
@@ -109,6 +119,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         state.shutting_down = True
+        if runner is not None:
+            runner.stop()  # a running job hands its chunk back and goes back to the queue
+        if jobs is not None:
+            await jobs.close(timeout_s=float(settings.timeout_graceful_shutdown))
         await fleet.close()
         await registry.close()
         await prediction_log.close()
@@ -121,6 +135,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.dispose()
         state.started = None
         log.info("stopped")
+
+
+def _run_jobs_here(settings: Settings, db: Database, registry: ModelRegistry, jobs: JobQueue) -> JobRunner:
+    """The embedded worker (docs/jobs.md): a Huey consumer in threads, running each job on this
+    process's event loop and models; no worker process to start."""
+    runner = JobRunner(db, registry, settings, enqueue=jobs.enqueue, queue_depth=jobs.pending)
+    jobs.start_consumer(LoopHandler(runner, asyncio.get_running_loop()), settings.jobs_worker_threads)
+    runner.start_upkeep()
+    return runner
 
 
 def _queue_depths(registry: ModelRegistry) -> dict[str, int]:
@@ -176,7 +199,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_age=600,
             )
         )
-    middleware.append(Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes))
+    middleware.append(
+        Middleware(
+            BodySizeLimitMiddleware,
+            max_bytes=settings.max_request_body_bytes,
+            # A job's upload streams into the database (its route counts it exactly: 413 past it).
+            larger={"/api/v1/jobs": max(settings.jobs_max_upload_bytes, settings.max_request_body_bytes) + 1},
+        )
+    )
     app = FastAPI(
         telemetry=tracing.fastapi_config(tracer),
         title=settings.app_name,

@@ -22,6 +22,7 @@ from app.services.api_keys import ApiKeyService, MissingScope
 from app.services.auth import AuthService, authenticate, read_access_token
 from app.services.inference import InferenceService
 from app.services.items import ItemService
+from app.services.jobs import JobService
 from app.services.model_fleet import FleetRepository, ModelFleet, ModelRepository
 from app.services.prediction_log import PredictionHistory
 from app.services.users import UserService
@@ -111,6 +112,8 @@ PredictionReader = Annotated[Principal, _caller(Scope.PREDICTIONS_READ)]
 # The item routes' caller, checked by the item service itself (see `Bearer`).
 ItemReader = Annotated[Principal, _caller(Scope.ITEMS_READ, checked_by_the_service=True)]
 ItemWriter = Annotated[Principal, _caller(Scope.ITEMS_WRITE, checked_by_the_service=True)]
+JobReader = Annotated[Principal, _caller(Scope.JOBS_READ)]
+JobWriter = Annotated[Principal, _caller(Scope.JOBS_WRITE)]
 
 
 async def get_admin(user: Annotated[Principal, _caller(Scope.ADMIN)]) -> Principal:
@@ -169,6 +172,15 @@ async def get_item_service(request: Request) -> ItemService:
 
 
 ItemServiceDep = Annotated[ItemService, Depends(get_item_service)]
+
+
+async def get_job_service(request: Request) -> JobService:
+    state = state_of(request)
+    resources = state.resources
+    return JobService(resources.db, resources.registry, state.settings, resources.jobs.enqueue)
+
+
+JobServiceDep = Annotated[JobService, Depends(get_job_service)]
 
 
 async def get_prediction_history(request: Request) -> PredictionHistory:

@@ -84,6 +84,8 @@ class Scope(StrEnum):
     ITEMS_READ = "items:read"
     ITEMS_WRITE = "items:write"
     PREDICTIONS_READ = "predictions:read"
+    JOBS_READ = "jobs:read"
+    JOBS_WRITE = "jobs:write"
     ADMIN = "admin"
 
 

@@ -231,16 +231,22 @@ def _access_line(scope: Scope, route: str, status: int, duration: float, request
 
 class BodySizeLimitMiddleware:
     """413 for bodies over the limit, decided from Content-Length before anything is read, and
-    enforced while streaming for chunked bodies, so an oversized body is never held in memory."""
+    enforced while streaming for chunked bodies, so an oversized body is never held in memory.
+    `larger`: POST paths with a limit of their own (a job's upload, streamed into the database by
+    its route, which enforces its exact limit itself)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.max_bytes
+        if self.larger and scope.get("method") == "POST":
+            max_bytes = self.larger.get(scope.get("path", ""), max_bytes)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -255,8 +261,8 @@ class BodySizeLimitMiddleware:
                         instance=scope.get("path"),
                     )(scope, receive, send)
                     return
-                if declared > self.max_bytes:
-                    await self._too_large(scope, receive, send)
+                if declared > max_bytes:
+                    await self._too_large(scope, receive, send, max_bytes)
                     return
         received = 0
 
@@ -265,23 +271,23 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # An HTTPException, so the framework's body parsing lets it through to the
                     # one error handler instead of turning it into a generic 400.
-                    raise HTTPException(413, detail=self._detail, headers={"Connection": "close"})
+                    raise HTTPException(413, detail=self._detail(max_bytes), headers={"Connection": "close"})
             return message
 
         await self.app(scope, limited_receive, send)
 
-    @property
-    def _detail(self) -> str:
-        return f"The request body is larger than {self.max_bytes} bytes."
+    @staticmethod
+    def _detail(max_bytes: int) -> str:
+        return f"The request body is larger than {max_bytes} bytes."
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         await error_response(
             scope.get("path", ""),
             413,
-            detail=self._detail,
+            detail=self._detail(max_bytes),
             instance=scope.get("path"),
             headers={"Connection": "close"},
         )(scope, receive, send)

@@ -20,6 +20,7 @@ from app.observability.tracing import Tracing
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
+    from app.jobs.engine import JobQueue
     from app.services.api_keys import KeyRing
     from app.services.model_fleet import ModelFleet
     from app.services.prediction_log import PredictionLog
@@ -39,6 +40,7 @@ class Resources:
     limits: Limits
     sampler: Sampler
     migration_head: str | None
+    jobs: JobQueue
 
 
 @dataclass(slots=True, eq=False)

@@ -140,6 +140,35 @@ def observe_model_rejected(model: str, reason: str) -> None:
     MODEL_REJECTED.labels(model, reason).inc()
 
 
+# Batch jobs (docs/jobs.md). The state gauges are read from the database (the same answer from
+# every process), sampled by each process that runs jobs; `livemax` keeps one value, not a sum.
+JOBS_BY_STATE = Gauge(
+    "jobs", "Batch jobs by state (sampled from the database).", ["state"], multiprocess_mode="livemax"
+)
+JOBS_QUEUE_DEPTH = Gauge(
+    "jobs_queue_depth", "Tasks waiting in the job engine's queue.", multiprocess_mode="livemax"
+)
+JOBS_OLDEST_QUEUED_AGE = Gauge(
+    "jobs_oldest_queued_age_seconds",
+    "Age of the oldest queued job (0: none queued).",
+    multiprocess_mode="livemax",
+)
+JOB_ROWS = Counter("job_rows_total", "Input rows scored by batch jobs (rate: rows per second).", ["model"])
+JOB_DURATION = Histogram(
+    "job_duration_seconds",
+    "Time from a job's start to its end, by the state it ended in.",
+    ["state"],
+    buckets=(0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0),
+)
+
+
+def observe_job_states(counts: Mapping[str, int], queue_depth: int, oldest_age_s: float) -> None:
+    for state in ("queued", "running", "succeeded", "failed", "cancelled"):
+        JOBS_BY_STATE.labels(state).set(counts.get(state, 0))
+    JOBS_QUEUE_DEPTH.set(queue_depth)
+    JOBS_OLDEST_QUEUED_AGE.set(oldest_age_s)
+
+
 # A callable returning {model name: queue depth}, registered by whoever owns the model pools.
 QueueDepthSource = Callable[[], Mapping[str, int]]
 

@@ -108,6 +108,10 @@ def test_service_core_routes_are_in_the_document(openapi: dict[str, Any]) -> Non
         "/api/v1/items": {"get", "post"},
         "/api/v1/items/{item_id}": {"get", "patch", "delete"},
         "/api/v2/items": {"get"},
+        "/api/v1/jobs": {"get", "post"},
+        "/api/v1/jobs/{job_id}": {"get", "delete"},
+        "/api/v1/jobs/{job_id}/results": {"get"},
+        "/api/v1/jobs/{job_id}/cancel": {"post"},
         "/healthz": {"get"},
         "/readyz": {"get"},
     }
@@ -174,7 +178,8 @@ async def test_a_204_documents_and_sends_no_content(
         for method, path, operation in _operations(openapi)
         if "204" in operation["responses"]
     ]
-    assert len(no_content) == 7  # item, password, user, log-out, the two key revocations, an alias
+    # item, password, user, log-out, the two key revocations, an alias, a job
+    assert len(no_content) == 8
     for method, path, response in no_content:
         assert "content" not in response, f"{method} {path}"
     created = await client.post("/api/v1/items", json={"title": "x"}, headers=user_headers)

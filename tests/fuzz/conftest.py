@@ -36,12 +36,15 @@ SCHEMA_CANNOT_SAY = frozenset(
     {
         "GET /api/v2/items",
         "GET /api/v1/predictions",
+        "GET /api/v1/jobs",
         "POST /api/v1/predict",
         "POST /api/v1/predict-heavy",
         "POST /api/v1/models/{name}/predict",
         "POST /api/v1/models/{name}/versions/{version}/predict",
         "POST /v2/models/{name}/infer",
         "POST /v2/models/{name}/versions/{version}/infer",
+        # A job's rows (a file, or JSON rows) must match the chosen model's features too.
+        "POST /api/v1/jobs",
     }
 )
 

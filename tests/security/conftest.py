@@ -24,7 +24,7 @@ from tests.conftest import empty_database
 from tests.lifespan import lifespan
 
 # Path/query parameters that name an object belonging to one user (checked for BOLA).
-OWNED_ID_PARAMS = frozenset({"item_id", "user_id", "key_id"})
+OWNED_ID_PARAMS = frozenset({"item_id", "user_id", "key_id", "job_id"})
 # Path parameters that name something shared by every user: the model catalogue (a model, its
 # versions and its aliases).
 PUBLIC_PATH_PARAMS = frozenset({"name", "version", "alias"})

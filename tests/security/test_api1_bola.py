@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from app.http.state import state_of
+from app.models.job import Job
 from tests.conftest import Headers, MakeUser, assert_problem
 from tests.security.conftest import OWNED_ID_PARAMS, PUBLIC_PATH_PARAMS, RouteInfo, api_routes
 
@@ -39,6 +41,23 @@ async def test_every_id_parameter_is_classified(app: FastAPI) -> None:
     assert not unknown, f"classify these parameters in tests/security/conftest.py: {sorted(unknown)}"
 
 
+# The state an owned job is in for the entitled caller's control request to succeed (default:
+# succeeded, whose results can be read and which can be deleted).
+JOB_STATES = {"POST /api/v1/jobs/{job_id}/cancel": "queued"}
+
+
+async def _owned_job(app: FastAPI, client: httpx.AsyncClient, headers: Headers, state: str) -> dict[str, Any]:
+    """A job of the caller's, made in the database (this app serves no model to submit one to)."""
+    owner_id = (await client.get("/api/v1/users/me", headers=headers)).json()["id"]
+    async with state_of(app).resources.db.session() as session:
+        job = Job(owner_id=owner_id, model="iris", input_format="csv", state=state)
+        session.add(job)
+        await session.commit()
+    found = await client.get(f"/api/v1/jobs/{job.id}", headers=headers)
+    assert found.status_code == 200, found.text
+    return dict(found.json())
+
+
 async def _owner_with_item(client: httpx.AsyncClient, make_user: MakeUser) -> tuple[Headers, dict[str, Any]]:
     headers = await make_user()
     title = f"secret-{uuid.uuid4().hex}"
@@ -62,7 +81,13 @@ async def test_another_users_ids_are_refused_on_every_route(
         if not (set(route.path_params) | set(route.id_query_params)) & OWNED_ID_PARAMS:
             continue  # only shared objects (model names): nothing of another user's to reach
         owner, owned = await _owner_with_item(client, make_user)
-        ids = {"item_id": owned["item"]["id"], "user_id": owned["user"]["id"], "key_id": owned["key"]["id"]}
+        job = await _owned_job(app, client, owner, JOB_STATES.get(route.label, "succeeded"))
+        ids = {
+            "item_id": owned["item"]["id"],
+            "user_id": owned["user"]["id"],
+            "key_id": owned["key"]["id"],
+            "job_id": job["id"],
+        }
         url = route.url(**ids)
         params = {name: ids[name] for name in route.id_query_params}
         body = SAMPLE_BODIES.get(route.label, {}) if route.has_json_body else None
@@ -80,6 +105,8 @@ async def test_another_users_ids_are_refused_on_every_route(
         keys = await client.get("/api/v1/api-keys", headers=owner)
         assert keys.json() == owned["keys"], f"{route.label} by another user changed the API keys"
         assert owned["key"]["key"] not in refused.text
+        still = await client.get(f"/api/v1/jobs/{job['id']}", headers=owner)
+        assert still.json() == job, f"{route.label} by another user changed or removed the job"
 
         entitled = admin_headers if route.admin_only or params else owner
         allowed = await client.request(route.method, url, params=params, json=body, headers=entitled)
@@ -92,6 +119,10 @@ async def test_another_users_ids_are_refused_on_every_route(
         "DELETE /api/v1/api-keys/{key_id}",
         "DELETE /api/v1/users/{user_id}/api-keys/{key_id}",
         "GET /api/v1/users/{user_id}/api-keys",
+        "GET /api/v1/jobs/{job_id}",
+        "GET /api/v1/jobs/{job_id}/results",
+        "POST /api/v1/jobs/{job_id}/cancel",
+        "DELETE /api/v1/jobs/{job_id}",
     } <= set(tried), tried
 
 

@@ -109,6 +109,7 @@ async def test_every_key_route_refuses_a_bad_key(
             item_id=item_id,
             user_id=owner_id,
             key_id=made["id"],
+            job_id=1,
             name="iris",
             version="1.0.0",
             alias="production",
@@ -133,7 +134,13 @@ async def test_every_key_route_refuses_a_key_without_its_scope(
     for route, scopes in _key_routes(app):
         json = VALID_BODIES.get(route.label, {}) if route.has_json_body else None
         url = route.url(
-            item_id=item_id, user_id=admin_id, key_id=1, name="iris", version="1.0.0", alias="production"
+            item_id=item_id,
+            user_id=admin_id,
+            key_id=1,
+            job_id=1,
+            name="iris",
+            version="1.0.0",
+            alias="production",
         )
         for scope in scopes:
             response = await client.request(route.method, url, json=json, headers=_bearer(keys[scope]))

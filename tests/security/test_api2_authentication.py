@@ -279,7 +279,13 @@ async def test_every_authenticated_route_refuses_a_token_whose_login_ended(
             assert route.label in VALID_BODIES, f"add a valid body for {route.label} to VALID_BODIES"
         body = VALID_BODIES.get(route.label, {}) if route.has_json_body else None
         url = route.url(
-            item_id=item_id, user_id=user_id, key_id=1, name="iris", version="1.0.0", alias="production"
+            item_id=item_id,
+            user_id=user_id,
+            key_id=1,
+            job_id=1,
+            name="iris",
+            version="1.0.0",
+            alias="production",
         )
         response = await client.request(route.method, url, json=body, headers=victim)
         assert response.status_code == 401, f"{route.label}: {response.status_code} {response.text}"

@@ -30,7 +30,9 @@ async def test_every_admin_route_refuses_a_user_token_with_403(
         "DELETE /api/v1/users/{user_id}",
     }
     for route in admin_routes:
-        url = route.url(user_id=victim_id, item_id=1, key_id=1, name="x", version="1.0.0", alias="production")
+        url = route.url(
+            user_id=victim_id, item_id=1, key_id=1, job_id=1, name="x", version="1.0.0", alias="production"
+        )
         body = {} if route.has_json_body else None
         refused = await client.request(route.method, url, json=body, headers=user_headers)
         anonymous = await client.request(route.method, url, json=body)
@@ -45,7 +47,9 @@ async def test_every_admin_route_refuses_a_user_token_with_403(
     # Nothing happened to the victim; and an admin is let through (the refusal was the role check).
     assert (await client.get("/api/v1/users/me", headers=victim)).status_code == 200
     for route in admin_routes:
-        url = route.url(user_id=victim_id, item_id=1, key_id=1, name="x", version="1.0.0", alias="production")
+        url = route.url(
+            user_id=victim_id, item_id=1, key_id=1, job_id=1, name="x", version="1.0.0", alias="production"
+        )
         body = {} if route.has_json_body else None
         response = await client.request(route.method, url, json=body, headers=admin_headers)
         assert response.status_code not in (401, 403), f"{route.label}: {response.text}"
@@ -71,7 +75,7 @@ async def test_a_user_cannot_make_themself_admin_by_any_route(
     for route in api_routes(app):
         if route.method in ("PATCH", "POST", "PUT") and route.has_json_body:
             url = route.url(
-                user_id=me["id"], item_id=1, key_id=1, name="x", version="1.0.0", alias="production"
+                user_id=me["id"], item_id=1, key_id=1, job_id=1, name="x", version="1.0.0", alias="production"
             )
             await client.request(route.method, url, json={"is_admin": True}, headers=user_headers)
     after = await client.get("/api/v1/users/me", headers=user_headers)

@@ -2,7 +2,17 @@
 
 from fastapi import APIRouter
 
-from app.api.v1.routes import api_keys, auth, items, model_repository, models, predict, predictions, users
+from app.api.v1.routes import (
+    api_keys,
+    auth,
+    items,
+    jobs,
+    model_repository,
+    models,
+    predict,
+    predictions,
+    users,
+)
 
 # Included one by one into the app (app.main), not through an /api/v1 router of routers: each level
 # of included routers is matched again at every request, which cost about 10% of a cached read
@@ -17,4 +27,5 @@ routers: tuple[APIRouter, ...] = (
     predictions.router,
     api_keys.router,
     model_repository.router,
+    jobs.router,
 )

@@ -1,0 +1,496 @@
+"""Running one job: claim it with a lease, read its input back from the database as a stream, score
+it chunk by chunk through the model registry, and commit each chunk's results with the job's
+progress and resume point in one transaction (exactly once: a chunk either is in the results and
+counted, or neither, whatever kills the process).
+
+Between chunks the runner checks that it still holds the job (a cancel, a reaped lease or a
+hand-back ends its work there) and whether its process is stopping (SIGTERM: the job goes back to
+the queue, leased to nobody, and is enqueued again for another worker). A job keeps the model
+version it started with, even if an alias moves; if that version is unloaded under it, the job
+fails with a problem naming the version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from datetime import timedelta
+from typing import IO, Any, BinaryIO, cast
+
+import numpy as np
+import structlog
+
+from app.core.config import Settings
+from app.db.database import Database
+from app.jobs.formats import JobFormat, JobInputError, RowChunk, encode_results, iter_chunks
+from app.ml import errors as ml
+from app.ml.fleet import VersionNotFound
+from app.ml.predictions import ClassPrediction, to_predictions
+from app.ml.registry import ModelRegistry, Served
+from app.models.base import utcnow
+from app.models.job import QUEUED, Job
+from app.observability import metrics
+from app.repositories.jobs import JobRepository
+
+log = structlog.get_logger("app.jobs")
+
+PROBLEM_BASE = "https://fastapi-ml-service.dev/problems/"
+# Model errors that pass: the chunk is tried again after a pause (a queue full, a worker being
+# replaced, a version still loading, a remote server down), up to this many times in a row.
+TRANSIENT = (
+    ml.ModelOverloaded,
+    ml.PredictionTimeout,
+    ml.ModelWorkerCrashed,
+    ml.ModelsNotReady,
+    ml.BackendUnavailable,
+)
+MAX_TRANSIENT_RETRIES = 20
+# Batches of one chunk in the model's queue at once: enough to keep the runtime busy, few enough
+# that online predictions sharing the model are not starved (its queue holds `max_queue`).
+BATCHES_IN_FLIGHT = 8
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def problem(code: str, title: str, status: int, detail: str) -> dict[str, Any]:
+    return {"type": PROBLEM_BASE + code, "title": title, "status": status, "detail": detail}
+
+
+class JobFailed(Exception):
+    def __init__(self, problem: dict[str, Any]) -> None:
+        super().__init__(problem["detail"])
+        self.problem = problem
+
+
+class SegmentStream(io.RawIOBase):
+    """A job's input segments read back as one seekable byte stream, a segment at a time (read in
+    the runner's parsing thread, fetched on the event loop)."""
+
+    def __init__(self, fetch: Callable[[int], bytes | None], sizes: list[int]) -> None:
+        self._fetch = fetch
+        self._starts = [0]
+        for size in sizes:
+            self._starts.append(self._starts[-1] + size)
+        self._pos = 0
+        self._seq = -1
+        self._data = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._starts[-1]}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pos >= self._starts[-1]:
+            return 0
+        seq = next(i for i in range(len(self._starts) - 1) if self._starts[i + 1] > self._pos)
+        if seq != self._seq:
+            data = self._fetch(seq)
+            if data is None:
+                raise OSError(f"input segment {seq} is missing")
+            self._seq, self._data = seq, data
+        offset = self._pos - self._starts[seq]
+        n = min(len(buffer), len(self._data) - offset)
+        buffer[:n] = self._data[offset : offset + n]
+        self._pos += n
+        return n
+
+
+class JobRunner:
+    """Runs jobs on the event loop it is used from, with `registry`'s models."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: ModelRegistry,
+        settings: Settings,
+        *,
+        enqueue: Callable[[int], Awaitable[None]],
+        queue_depth: Callable[[], int] = lambda: 0,
+        worker: str | None = None,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.settings = settings
+        self.enqueue = enqueue
+        self.queue_depth = queue_depth
+        self.worker = worker or worker_name()
+        # Set from a signal handler's thread (SIGTERM) or the lifespan's shutdown.
+        self.stopping = threading.Event()
+        self.running: set[int] = set()
+        self._upkeep: asyncio.Task[None] | None = None
+
+    def start_upkeep(self) -> None:
+        """The reaper of this process (`upkeep_forever`), on the running loop."""
+        self._upkeep = asyncio.get_running_loop().create_task(self.upkeep_forever())
+
+    def stop(self) -> None:
+        """From now on, running jobs hand their chunk back and no new one starts here."""
+        self.stopping.set()
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+
+    def _lease(self) -> Any:
+        return utcnow() + timedelta(seconds=self.settings.jobs_lease_seconds)
+
+    # --- one job -----------------------------------------------------------------------------------
+
+    async def run_job(self, job_id: int) -> None:
+        with structlog.contextvars.bound_contextvars(job_id=job_id, worker=self.worker):
+            if self.stopping.is_set():
+                return  # the task is lost with this process; the reaper enqueues the job again
+            async with self.db.session() as session:
+                job = await JobRepository(session).claim(
+                    job_id, self.worker, self._lease(), self.settings.jobs_max_running_per_user
+                )
+                await session.commit()
+            if job is None:
+                log.debug("job_not_claimed")
+                return
+            self.running.add(job_id)
+            started = time.monotonic()
+            try:
+                outcome = await self._run(job)
+            except JobFailed as failed:
+                outcome = "failed"
+                await self._fail(job, failed.problem)
+            except Exception:
+                # Not the job's fault (the database went away, a bug): the job keeps its lease,
+                # which expires; then it is resumed from its last chunk.
+                log.exception("job_interrupted")
+                return
+            finally:
+                self.running.discard(job_id)
+            elapsed = time.monotonic() - started
+            if outcome in ("succeeded", "failed"):
+                metrics.JOB_DURATION.labels(outcome).observe(elapsed)
+                await self._record(job, outcome, elapsed)
+                await self._next_of_owner(job.owner_id)
+            log.info("job_ended", outcome=outcome, seconds=round(elapsed, 3))
+
+    async def _run(self, job: Job) -> str:
+        served = await self._served(job)
+        spec = served.spec
+        fmt = JobFormat(job.input_format)
+        loop = asyncio.get_running_loop()
+        sizes = await self._segment_sizes(job.id)
+
+        def fetch(seq: int) -> bytes | None:
+            return asyncio.run_coroutine_threadsafe(self._segment(job.id, seq), loop).result()
+
+        stream: IO[bytes]
+        if fmt is JobFormat.PARQUET:
+            stream = await asyncio.to_thread(_spooled, SegmentStream(fetch, sizes))
+        else:
+            stream = io.BufferedReader(SegmentStream(fetch, sizes), buffer_size=1 << 20)
+        try:
+            chunks = iter_chunks(
+                cast(BinaryIO, stream),
+                fmt,
+                spec.feature_names,
+                chunk_rows=self.settings.jobs_chunk_rows,
+                resume_from=job.resume,
+            )
+            seq = job.next_chunk
+            rows_done = job.rows_done
+            while True:
+                if self.stopping.is_set():
+                    return await self._hand_back(job)
+                try:
+                    chunk = await asyncio.to_thread(_next, chunks)
+                except JobInputError as exc:
+                    raise JobFailed(
+                        problem("invalid-job-input", "Invalid Job Input", 422, f"{exc.field}: {exc.detail}")
+                    ) from None
+                if chunk is None:
+                    break
+                if chunk.first_row + chunk.n_rows > self.settings.jobs_max_rows:
+                    raise JobFailed(
+                        problem(
+                            "too-many-rows",
+                            "Too Many Rows",
+                            413,
+                            f"The input has more than {self.settings.jobs_max_rows} rows (JOBS_MAX_ROWS).",
+                        )
+                    )
+                results = await self._score(job, served, chunk)
+                async with self.db.session() as session:
+                    held = await JobRepository(session).commit_chunk(
+                        job.id,
+                        self.worker,
+                        seq=seq,
+                        first_row=chunk.first_row,
+                        n_rows=chunk.n_rows,
+                        n_failed=len(chunk.errors),
+                        data=encode_results(results),
+                        resume=chunk.resume,
+                        lease_until=self._lease(),
+                    )
+                    await session.commit()
+                if not held:
+                    log.info("job_no_longer_held", chunk=seq)  # cancelled, or reaped and resumed elsewhere
+                    return "released"
+                metrics.JOB_ROWS.labels(spec.name).inc(chunk.n_rows)
+                seq += 1
+                rows_done = chunk.first_row + chunk.n_rows
+                log.debug("job_chunk_done", chunk=seq - 1, rows_done=rows_done)
+        finally:
+            stream.close()
+        async with self.db.session() as session:
+            done = await JobRepository(session).succeed(job.id, self.worker, rows_done)
+            await session.commit()
+        return "succeeded" if done else "released"
+
+    async def _served(self, job: Job) -> Served:
+        """The version serving the job: the one it started with, or (first start) the one its
+        alias routes its owner to now, then recorded on the job."""
+        try:
+            if job.version is not None:
+                return self.registry.resolve(job.model, job.version)
+            served = self.registry.resolve(job.model, job.requested_version, job.owner_id)
+        except VersionNotFound as exc:
+            if job.version is not None:
+                raise JobFailed(
+                    problem(
+                        "model-version-gone",
+                        "Model Version Gone",
+                        409,
+                        f"Model {job.model!r} version {job.version!r}, which this job started with, "
+                        "is no longer loaded; submit the job again.",
+                    )
+                ) from None
+            raise JobFailed(
+                problem(
+                    "not-found",
+                    "Not Found",
+                    404,
+                    f"Model {exc.model!r} has no version or alias {exc.ref!r}.",
+                )
+            ) from None
+        except ml.ModelNotFound as exc:
+            raise JobFailed(problem("not-found", "Not Found", 404, f"No model named {exc.name!r}.")) from None
+        async with self.db.session() as session:
+            await JobRepository(session).pin_version(job.id, self.worker, served.spec.version)
+            await session.commit()
+        job.version = served.spec.version
+        return served
+
+    async def _score(self, job: Job, served: Served, chunk: RowChunk) -> list[dict[str, Any]]:
+        """One result row per input row of the chunk, in order."""
+        outputs = await self._outputs(job, served, chunk.rows)
+        predictions = to_predictions(served.spec, outputs) if len(chunk.good) else ()
+        scored = dict(zip(chunk.good, predictions, strict=True))
+        results: list[dict[str, Any]] = []
+        for row in range(chunk.first_row, chunk.first_row + chunk.n_rows):
+            found = scored.get(row)
+            if found is None:
+                results.append({"row": row, "error": chunk.errors.get(row, "not scored")})
+            elif isinstance(found, ClassPrediction):
+                results.append({"row": row, "label": found.label, "probabilities": found.probabilities})
+            else:
+                results.append({"row": row, "value": found.value})
+        return results
+
+    async def _outputs(self, job: Job, served: Served, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.empty((0, 0))
+        size = served.spec.max_batch_size
+        gate = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+
+        async def batch(start: int) -> np.ndarray:
+            async with gate:
+                return await served.batcher.submit(rows[start : start + size])
+
+        for attempt in range(MAX_TRANSIENT_RETRIES + 1):
+            try:
+                parts = await asyncio.gather(*(batch(i) for i in range(0, len(rows), size)))
+                return np.concatenate(parts)
+            except TRANSIENT as exc:
+                if attempt == MAX_TRANSIENT_RETRIES or self.stopping.is_set():
+                    raise JobFailed(
+                        problem("model-unavailable", "Model Unavailable", 503, f"{type(exc).__name__}: {exc}")
+                    ) from None
+                await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+                served = self._still(job, served)
+            except ml.ModelError as exc:
+                raise JobFailed(
+                    problem("prediction-failed", "Prediction Failed", 500, f"The model failed: {exc}")
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _still(self, job: Job, served: Served) -> Served:
+        """The job's version again, as the registry has it now (replaced after a crash)."""
+        try:
+            return self.registry.resolve(job.model, served.spec.version)
+        except VersionNotFound:
+            raise JobFailed(
+                problem(
+                    "model-version-gone",
+                    "Model Version Gone",
+                    409,
+                    f"Model {job.model!r} version {served.spec.version!r}, which this job started "
+                    "with, is no longer loaded; submit the job again.",
+                )
+            ) from None
+
+    async def _hand_back(self, job: Job) -> str:
+        async with self.db.session() as session:
+            handed = await JobRepository(session).hand_back(job.id, self.worker)
+            await session.commit()
+        if handed:
+            log.info("job_handed_back")
+            await self.enqueue(job.id)
+        return "handed-back"
+
+    async def _fail(self, job: Job, failure: dict[str, Any]) -> None:
+        async with self.db.session() as session:
+            await JobRepository(session).fail(job.id, self.worker, failure)
+            await session.commit()
+        log.warning("job_failed", problem=failure["type"].rsplit("/", 1)[-1], detail=failure["detail"])
+
+    async def _record(self, job: Job, outcome: str, elapsed: float) -> None:
+        """The job's one record in its owner's prediction history."""
+        async with self.db.session() as session:
+            repo = JobRepository(session)
+            fresh = await repo.get(job.id, None)
+            if fresh is None:
+                return
+            code = "ok" if outcome == "succeeded" else "job-failed"
+            await repo.record_prediction(
+                user_id=job.owner_id,
+                model=job.model,
+                version=fresh.version or "",
+                rows=fresh.rows_done,
+                latency_ms=elapsed * 1000,
+                outcome=code,
+            )
+            await session.commit()
+
+    async def _next_of_owner(self, owner_id: int) -> None:
+        """A finished job frees a running place of its owner: enqueue their oldest queued job now,
+        not at the next reap."""
+        async with self.db.session(read_only=True) as session:
+            waiting = await JobRepository(session).oldest_of_owner(owner_id, QUEUED)
+        if waiting is not None:
+            await self.enqueue(waiting)
+
+    async def _segment_sizes(self, job_id: int) -> list[int]:
+        async with self.db.session(read_only=True) as session:
+            return await JobRepository(session).segment_sizes(job_id)
+
+    async def _segment(self, job_id: int, seq: int) -> bytes | None:
+        async with self.db.session(read_only=True) as session:
+            return await JobRepository(session).segment(job_id, seq)
+
+    # --- upkeep ------------------------------------------------------------------------------------
+
+    async def reap(self) -> list[int]:
+        """Enqueue again the jobs whose lease expired (their worker died) and queued ones waiting
+        longer than a reap period (their task lost, or their owner's running limit was full)."""
+        before = utcnow() - timedelta(seconds=self.settings.jobs_reap_seconds)
+        async with self.db.session() as session:
+            repo = JobRepository(session)
+            ids = await repo.to_requeue(before)
+            await repo.touch(ids)
+            await session.commit()
+        for job_id in ids:
+            await self.enqueue(job_id)
+        if ids:
+            log.info("jobs_requeued", jobs=ids)
+        return ids
+
+    async def clean(self) -> int:
+        """Delete finished jobs past retention (and uploads abandoned for a day)."""
+        now = utcnow()
+        async with self.db.session() as session:
+            repo = JobRepository(session)
+            ids = await repo.expired(
+                now - timedelta(days=self.settings.jobs_retention_days), now - timedelta(days=1)
+            )
+            for job_id in ids:
+                await repo.delete(job_id)
+            await session.commit()
+        if ids:
+            log.info("jobs_deleted_after_retention", jobs=len(ids))
+        return len(ids)
+
+    async def sample(self) -> None:
+        async with self.db.session(read_only=True) as session:
+            repo = JobRepository(session)
+            counts = await repo.counts_by_state()
+            oldest = await repo.oldest_queued()
+        depth = await asyncio.to_thread(self.queue_depth)
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        metrics.observe_job_states(counts, depth, max(age, 0.0))
+
+    async def maintain(self) -> None:
+        await self.reap()
+        await self.clean()
+        await self.sample()
+
+    async def upkeep_forever(self) -> None:
+        """The reaper of this process, every `jobs_reap_seconds` (the engine's periodic task runs
+        every minute too): a job orphaned by a killed worker resumes within a lease and a period."""
+        while True:
+            try:
+                await self.reap()
+                await self.sample()
+            except Exception:
+                log.exception("jobs_upkeep_failed")
+            await asyncio.sleep(self.settings.jobs_reap_seconds)
+
+
+class LoopHandler:
+    """What the engine's tasks call (app.jobs.engine.JobHandler): the runner's coroutines, run on
+    `loop` from a Huey worker thread, which waits for them."""
+
+    def __init__(self, runner: JobRunner, loop: asyncio.AbstractEventLoop) -> None:
+        self.runner = runner
+        self.loop = loop
+
+    def _wait(self, work: Awaitable[Any]) -> None:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(_awaited(work), self.loop)
+        future.result()
+
+    def run(self, job_id: int) -> None:
+        self._wait(self.runner.run_job(job_id))
+
+    def maintain(self) -> None:
+        self._wait(self.runner.maintain())
+
+
+async def _awaited(work: Awaitable[Any]) -> Any:
+    return await work
+
+
+def _next(chunks: Iterator[RowChunk]) -> RowChunk | None:
+    return next(chunks, None)
+
+
+def _spooled(source: SegmentStream) -> IO[bytes]:
+    """Parquet needs a seekable file with its footer: the segments copied into a temporary file."""
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the runner
+    with io.BufferedReader(source, buffer_size=1 << 20) as reader:
+        while block := reader.read(1 << 20):
+            spool.write(block)
+    spool.seek(0)
+    return spool
