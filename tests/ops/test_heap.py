@@ -16,6 +16,7 @@ from tests.lifespan import lifespan
 async def test_the_heap_is_frozen_while_serving_and_released_at_shutdown(settings: Settings) -> None:
     before = gc.get_threshold()
     assert gc.get_freeze_count() == 0
+    settings = settings.model_copy(update={"gc_freeze": True})  # the suite's settings turn it off
     application = create_app(settings)
     async with lifespan(application):
         # The app's routes, schemas and SQLAlchemy structures: tens of thousands of objects that
