@@ -27,11 +27,20 @@ from tests.lifespan import SERVER_STARTUP_LIMIT_S
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free now that this process has not handed out before: the kernel may give the same
+    ephemeral port to two binds in a row once the first socket is closed (MLServer once got equal
+    HTTP and gRPC ports here, served gRPC, and never became ready)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def server_env(database_url: str, port: int, **overrides: str) -> dict[str, str]:

@@ -123,6 +123,8 @@ def wait_ready(
             raise RuntimeError(
                 f"exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
             )
+        if "address already in use" in log.read_text(errors="replace"):  # alive, never to be ready
+            raise RuntimeError(f"a port was taken:\n{log.read_text(errors='replace')[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
                 return
