@@ -131,16 +131,22 @@ def settings(database_url: str) -> Settings:
 
 
 async def empty_tables(engine: AsyncEngine) -> None:
-    """Delete every row (PostgreSQL: TRUNCATE, ids restarting at 1), children first."""
+    """Delete every row, children first, and restart the ids at 1. DELETE, not TRUNCATE, on
+    PostgreSQL too: the tables hold a test's few rows, and TRUNCATE of them all took 70-200 ms
+    against 7-20 ms (it makes new files for each table), once per test."""
     tables = list(reversed(Base.metadata.sorted_tables))
     async with engine.begin() as conn:
+        for table in tables:
+            await conn.execute(table.delete())
         if engine.dialect.name == "postgresql":
-            names = ", ".join(table.name for table in tables)
-            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            await conn.execute(
+                text(
+                    "SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, 1, false)"
+                    " FROM pg_sequences WHERE schemaname = current_schema()"
+                )
+            )
         else:
-            for table in tables:
-                await conn.execute(table.delete())
-            # Ids restart at 1, as PostgreSQL's RESTART IDENTITY does (the tables say AUTOINCREMENT,
+            # Ids restart at 1 here too (the tables say AUTOINCREMENT,
             # so a DELETE alone would not reset them).
             await conn.execute(text("DELETE FROM sqlite_sequence"))
 
