@@ -18,15 +18,16 @@ job on its own event loop (`asyncio.run_coroutine_threadsafe`).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any, Protocol
 
-from huey import Huey, MemoryHuey, PostgresHuey, SqliteHuey, crontab
-from huey.consumer import Consumer
 from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
@@ -40,6 +41,23 @@ class JobHandler(Protocol):
     def run(self, job_id: int) -> None: ...
 
     def maintain(self) -> None: ...
+
+
+def _huey() -> ModuleType:
+    """Huey, imported when a process first needs it, without redis: Huey imports redis at import
+    (for a Redis storage not used here) and redis 7 imports the OpenTelemetry SDK, which a web
+    worker with tracing off must not load (tests/ops/test_tracing.py). Where redis is in use
+    already (REDIS_URL), it is simply shared."""
+    if "huey" in sys.modules:
+        return sys.modules["huey"]
+    blocked = "redis" not in sys.modules
+    if blocked:
+        sys.modules["redis"] = None  # type: ignore[assignment]  # import redis -> ImportError
+    try:
+        return importlib.import_module("huey")
+    finally:
+        if blocked:
+            del sys.modules["redis"]
 
 
 def queue_file(database_url: str) -> Path | None:
@@ -58,16 +76,18 @@ def _dsn(database_url: str) -> str:
     return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
-def make_huey(settings: Settings) -> Huey:
+def make_huey(settings: Settings) -> Any:
+    """The Huey instance of DATABASE_URL. Its tables (or file) are made by `JobEngine.ready`, at
+    first use, not here: a web process starts while the database is down (and answers 503)."""
+    huey = _huey()
     url = settings.database_url
     options: dict[str, Any] = {"results": False, "utc": True}
     if make_url(url).get_backend_name() == "postgresql":
-        return PostgresHuey(QUEUE_NAME, dsn=_dsn(url), **options)
+        return huey.PostgresHuey(QUEUE_NAME, dsn=_dsn(url), create_tables=False, **options)
     path = queue_file(url)
     if path is None:
-        return MemoryHuey(QUEUE_NAME, **options)  # an in-memory database: nothing outlives the process
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey(QUEUE_NAME, filename=str(path), timeout=30, **options)
+        return huey.MemoryHuey(QUEUE_NAME, **options)  # an in-memory database: nothing outlives the process
+    return huey.SqliteHuey(QUEUE_NAME, filename=str(path), timeout=30, create_tables=False, **options)
 
 
 class JobEngine:
@@ -78,6 +98,8 @@ class JobEngine:
         self.settings = settings
         self.huey = make_huey(settings)
         self.handler: JobHandler | None = None
+        self._schema_lock = threading.Lock()
+        self._schema_made = isinstance(self.huey, _huey().MemoryHuey)
 
         def run_job(job_id: int) -> None:
             self._handler().run(job_id)
@@ -86,7 +108,19 @@ class JobEngine:
             self._handler().maintain()
 
         self._run_job = self.huey.task(name="jobs.run")(run_job)
-        self.huey.periodic_task(crontab(minute="*"), name="jobs.maintain")(maintain)
+        self.huey.periodic_task(_huey().crontab(minute="*"), name="jobs.maintain")(maintain)
+
+    def ready(self) -> None:
+        """The queue's tables (PostgreSQL) or file (SQLite), made once, at first use. Blocking."""
+        if self._schema_made:
+            return
+        with self._schema_lock:
+            if not self._schema_made:
+                path = queue_file(self.settings.database_url)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                self.huey.storage.initialize_schema()
+                self._schema_made = True
 
     def _handler(self) -> JobHandler:
         if self.handler is None:
@@ -95,17 +129,20 @@ class JobEngine:
 
     def enqueue(self, job_id: int) -> None:
         """Blocking (a write to the queue's storage): call it in a thread from async code."""
+        self.ready()
         self._run_job(job_id)
 
     def pending(self) -> int:
         """Tasks waiting in the queue."""
+        self.ready()
         return int(self.huey.pending_count())
 
-    def consumer(self, *, workers: int, on_stop: Callable[[], None] | None = None, signals: bool) -> Consumer:
+    def consumer(self, *, workers: int, on_stop: Callable[[], None] | None = None, signals: bool) -> Any:
         """A consumer with `workers` threads. `signals`: the process's own (the worker process:
         SIGTERM stops it gracefully, `on_stop` first); else none are touched (the web process,
         where uvicorn owns them) and the owner stops it with `stop_consumer`."""
-        return _Consumer(
+        self.ready()
+        return _consumer_class()(
             self.huey,
             workers=workers,
             worker_type="thread",
@@ -122,23 +159,32 @@ class JobEngine:
         self.huey.storage.close()
 
 
-class _Consumer(Consumer):  # type: ignore[misc]  # huey has no type hints
-    def __init__(self, *args: Any, on_stop: Callable[[], None] | None, signals: bool, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_stop = on_stop
-        self.signals = signals
+def _consumer_class() -> type:
+    """Huey's consumer, with the process's signals left alone unless asked for (the web process:
+    uvicorn owns them), and `on_stop` called first on SIGTERM or SIGINT (the worker process)."""
+    base: type = importlib.import_module("huey.consumer").Consumer
 
-    def _set_signal_handlers(self) -> None:
-        if self.signals:
-            super()._set_signal_handlers()
+    class JobConsumer(base):  # type: ignore[misc]  # huey has no type hints
+        def __init__(
+            self, *args: Any, on_stop: Callable[[], None] | None, signals: bool, **kwargs: Any
+        ) -> None:
+            super().__init__(*args, **kwargs)
+            self.on_stop = on_stop
+            self.signals = signals
 
-    def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.on_stop is not None and signum in (signal.SIGTERM, signal.SIGINT):
-            self.on_stop()
-        super()._handle_signal(signum, frame)
+        def _set_signal_handlers(self) -> None:
+            if self.signals:
+                super()._set_signal_handlers()
+
+        def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
+            if self.on_stop is not None and signum in (signal.SIGTERM, signal.SIGINT):
+                self.on_stop()
+            super()._handle_signal(signum, frame)
+
+    return JobConsumer
 
 
-def stop_consumer(consumer: Consumer, timeout_s: float) -> None:
+def stop_consumer(consumer: Any, timeout_s: float) -> None:
     """Stop a consumer started with `start()` (no signals): its threads finish their task first."""
     consumer.stop_flag.set()
     consumer.shutdown_timeout = timeout_s
@@ -152,7 +198,7 @@ class JobQueue:
 
     def __init__(self, engine: JobEngine) -> None:
         self.engine = engine
-        self.consumer: Consumer | None = None
+        self.consumer: Any = None
 
     async def enqueue(self, job_id: int) -> None:
         await asyncio.to_thread(self.engine.enqueue, job_id)

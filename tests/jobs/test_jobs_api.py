@@ -9,7 +9,7 @@ import json
 
 import httpx
 
-from tests.conftest import Headers, assert_problem
+from tests.conftest import Headers, LogLines, assert_problem
 from tests.jobs.conftest import FEATURES, iris_csv, submit_csv, wait_for
 
 
@@ -172,3 +172,20 @@ async def test_results_are_refused_until_the_job_succeeds_and_in_a_format_not_of
         f"/api/v1/jobs/{job['id']}/results", headers={**user_headers, "Accept": "application/xml"}
     )
     assert assert_problem(refused, 406)["errors"][0]["field"] == "Accept"
+
+
+async def test_a_job_is_one_record_of_its_owners_history_and_every_log_line_of_its_work_names_it(
+    client: httpx.AsyncClient, user_headers: Headers, log_lines: LogLines
+) -> None:
+    job = (await submit_csv(client, user_headers, iris_csv(120))).json()
+    await wait_for(client, user_headers, job["id"], "succeeded")
+    history = (await client.get("/api/v1/predictions", headers=user_headers)).json()["items"]
+    assert [(r["model"], r["version"], r["rows"], r["outcome"]) for r in history] == [
+        ("iris", "1.0.0", 120, "ok")
+    ]
+    lines = [line for line in log_lines() if str(line.get("event", "")).startswith("job_")]
+    assert any(line["event"] == "job_ended" for line in lines)
+    assert all(line.get("job_id") == job["id"] for line in lines), lines
+    exposition = (await client.get("/metrics")).text
+    assert 'job_rows_total{model="iris"}' in exposition
+    assert 'jobs{state="succeeded"}' in exposition
