@@ -189,3 +189,26 @@ async def test_a_job_is_one_record_of_its_owners_history_and_every_log_line_of_i
     exposition = (await client.get("/metrics")).text
     assert 'job_rows_total{model="iris"}' in exposition
     assert 'jobs{state="succeeded"}' in exposition
+
+
+async def test_the_list_pages_by_cursor_and_filters_by_state(
+    client: httpx.AsyncClient, user_headers: Headers
+) -> None:
+    ids = [(await submit_csv(client, user_headers, iris_csv(3))).json()["id"] for _ in range(3)]
+    for job_id in ids:
+        await wait_for(client, user_headers, job_id, "succeeded")
+    first = (await client.get("/api/v1/jobs", params={"limit": 2}, headers=user_headers)).json()
+    assert [job["id"] for job in first["items"]] == ids[:2]
+    rest = (
+        await client.get(
+            "/api/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]}, headers=user_headers
+        )
+    ).json()
+    assert [job["id"] for job in rest["items"]] == ids[2:]
+    assert rest["next_cursor"] is None
+    succeeded = await client.get("/api/v1/jobs", params={"state": "succeeded"}, headers=user_headers)
+    assert len(succeeded.json()["items"]) == 3
+    queued = await client.get("/api/v1/jobs", params={"state": "queued"}, headers=user_headers)
+    assert queued.json()["items"] == []
+    bad_state = await client.get("/api/v1/jobs", params={"state": "done"}, headers=user_headers)
+    assert assert_problem(bad_state, 422)["errors"][0]["field"] == "state"
