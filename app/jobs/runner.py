@@ -202,6 +202,8 @@ class JobRunner:
             stream = await asyncio.to_thread(_spooled, SegmentStream(fetch, sizes))
         else:
             stream = io.BufferedReader(SegmentStream(fetch, sizes), buffer_size=1 << 20)
+        # The next chunk is read (in a thread) while this one is scored and written.
+        reading: asyncio.Future[RowChunk | None] | None = None
         try:
             chunks = iter_chunks(
                 cast(BinaryIO, stream),
@@ -212,17 +214,20 @@ class JobRunner:
             )
             seq = job.next_chunk
             rows_done = job.rows_done
+            reading = asyncio.ensure_future(asyncio.to_thread(_next, chunks))
             while True:
                 if self.stopping.is_set():
                     return await self._hand_back(job)
                 try:
-                    chunk = await asyncio.to_thread(_next, chunks)
+                    chunk = await reading
+                    reading = None
                 except JobInputError as exc:
                     raise JobFailed(
                         problem("invalid-job-input", "Invalid Job Input", 422, f"{exc.field}: {exc.detail}")
                     ) from None
                 if chunk is None:
                     break
+                reading = asyncio.ensure_future(asyncio.to_thread(_next, chunks))
                 if chunk.first_row + chunk.n_rows > self.settings.jobs_max_rows:
                     raise JobFailed(
                         problem(
@@ -254,6 +259,10 @@ class JobRunner:
                 rows_done = chunk.first_row + chunk.n_rows
                 log.debug("job_chunk_done", chunk=seq - 1, rows_done=rows_done)
         finally:
+            if reading is not None:  # its thread reads the stream: let it end before closing that
+                await asyncio.wait([reading])
+                if not reading.cancelled():
+                    reading.exception()  # read, so it is not reported as never retrieved
             stream.close()
         async with self.db.session() as session:
             done = await JobRepository(session).succeed(job.id, self.worker, rows_done)
