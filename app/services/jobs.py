@@ -38,6 +38,7 @@ from app.services.pagination import CursorPage, decode_cursor, keyset_page
 SEGMENT_BYTES = 1 << 20
 # How much of an upload check_head reads: a CSV header, a first JSON line, Parquet's magic bytes.
 HEAD_BYTES = 64 << 10
+OCTET_STREAM = "application/octet-stream"
 # Result chunks read per query while streaming results.
 CHUNKS_PER_READ = 8
 _ACCEPT = {
@@ -309,16 +310,21 @@ class JobService:
 
     # --- results -----------------------------------------------------------------------------------
 
-    def result_format(self, accept: str | None, job: Job) -> JobFormat:
-        """The format `Accept` asks for (the first one known, in the order given), else the input's."""
+    def result_format(self, accept: str | None, job: Job) -> tuple[JobFormat, str]:
+        """The format `Accept` asks for (the first one known, in the order given), else the
+        input's; and the media type to send it as (`application/octet-stream`, when asked for:
+        the input's format as plain bytes, what generated clients read a binary answer as)."""
+        own = JobFormat(job.input_format)
         if not accept:
-            return JobFormat(job.input_format)
+            return own, MEDIA_TYPES[own]
         for part in accept.split(","):
             media = part.split(";", 1)[0].strip().lower()
             if media in _ACCEPT:
-                return _ACCEPT[media]
+                return _ACCEPT[media], MEDIA_TYPES[_ACCEPT[media]]
+            if media == OCTET_STREAM:
+                return own, OCTET_STREAM
             if media in {"*/*", "application/*", "text/*", ""}:
-                return JobFormat(job.input_format)
+                return own, MEDIA_TYPES[own]
         raise NotAcceptable(
             f"Results are sent as {', '.join(MEDIA_TYPES.values())}; `Accept` names none of them.",
             errors=[{"field": "Accept", "message": f"one of: {', '.join(MEDIA_TYPES.values())}"}],
@@ -326,13 +332,14 @@ class JobService:
 
     async def results(
         self, caller: Principal, job_id: int, accept: str | None
-    ) -> tuple[Job, JobFormat, AsyncIterator[bytes]]:
-        """The job, the format and the results' bytes as they are read (a page of chunks at a time)."""
+    ) -> tuple[Job, JobFormat, str, AsyncIterator[bytes]]:
+        """The job, the format, its media type and the results' bytes as they are read (a page of
+        chunks at a time)."""
         job = await self.get(caller, job_id)
-        fmt = self.result_format(accept, job)
+        fmt, media_type = self.result_format(accept, job)
         if job.state != SUCCEEDED:
             raise JobNotFinished(f"The job is {job.state}: results are ready once it has succeeded.")
-        return job, fmt, self._stream(job, fmt)
+        return job, fmt, media_type, self._stream(job, fmt)
 
     def _classes(self, job: Job) -> list[str] | None:
         for version in (job.version, None):

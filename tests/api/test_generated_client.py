@@ -3,9 +3,10 @@
 A virtualenv of the test's own gets openapi-python-client from PyPI; it generates a Python client
 from the live /openapi.json of a real server process (models on, rate limits on with small limits),
 and a driver script run by that virtualenv's Python walks the README through with the generated
-client alone: register, log in, create / list / read / update / delete an item, predict with the
-models, make an API key and call the service with it. Every error it meets (403 outside the key's
-scopes, 404, 409, 422, 429 on log-in and on an authenticated route) must come back parsed as the
+client alone: register, log in, create / list / read / update / delete an item, submit a batch job,
+poll it and download its results, predict with the models, make an API key and call the service
+with it. Every error it meets (403 outside the key's scopes, 404, 409, 422, 429 on log-in and on an
+authenticated route) must come back parsed as the
 generated `Problem`, with its status: before the document named `Problem` under the media type the
 server sends, each of them was `parsed=None`.
 """
@@ -29,12 +30,19 @@ pytestmark = pytest.mark.slow
 GENERATOR = "openapi-python-client"
 
 DRIVER = r'''
+import io
 import json
 import sys
+import time
 
 from service_client import AuthenticatedClient, Client
 from service_client.api.api_keys import create_api_key_api_v1_api_keys_post as create_api_key
 from service_client.api.auth import login, register
+from service_client.api.jobs import (
+    job_results_api_v1_jobs_job_id_results_get as job_results,
+    read_job_api_v1_jobs_job_id_get as read_job,
+    submit_job_api_v1_jobs_post as submit_job,
+)
 from service_client.api.items import (
     create_item_api_v1_items_post as create_item,
     delete_item_api_v1_items_item_id_delete as delete_item,
@@ -62,6 +70,7 @@ from service_client.models import (
     ItemCreate,
     ItemPublic,
     ItemUpdate,
+    JobPublic,
     ModelName,
     PredictResponse,
     Problem,
@@ -70,6 +79,7 @@ from service_client.models import (
     UserCreate,
     UserPublic,
 )
+from service_client.types import File
 
 base_url = sys.argv[1]
 anonymous = Client(base_url=base_url)
@@ -119,6 +129,26 @@ problem(read_item.sync_detailed(item.id, client=bob), 404, "not-found")
 deleted = delete_item.sync_detailed(item.id, client=alice)
 assert deleted.status_code == 204 and deleted.content == b"" and "content-type" not in deleted.headers
 problem(read_item.sync_detailed(item.id, client=alice), 404, "not-found")
+
+# A batch job: a CSV file submitted as bytes (its name says the format), polled, its results
+# downloaded (Bob's requests: the per-user limit of 20 a minute leaves room for 15 polls).
+rows_csv = b"sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
+submitted = submit_job.sync_detailed(
+    client=bob,
+    body=File(payload=io.BytesIO(rows_csv), file_name="rows.csv"),
+    model="iris",
+    filename="rows.csv",
+)
+assert submitted.status_code == 202 and isinstance(submitted.parsed, JobPublic), submitted.content
+for _ in range(15):
+    polled = read_job.sync(submitted.parsed.id, client=bob)
+    if str(polled.state) in ("succeeded", "failed"):
+        break
+    time.sleep(1)
+assert str(polled.state) == "succeeded" and polled.rows_done == 2, polled
+downloaded = job_results.sync(submitted.parsed.id, client=bob).payload.read().decode().splitlines()
+assert downloaded[0].startswith("row,label,"), downloaded
+assert [line.split(",")[1] for line in downloaded[1:]] == ["setosa", "virginica"], downloaded
 
 # Invalid fields: a 422 naming each of them.
 invalid = problem(create_item.sync_detailed(client=alice, body=ItemCreate(title="")), 422, "validation-error")
@@ -203,6 +233,7 @@ async def test_a_generated_client_walks_the_readme_and_parses_every_error(tmp_pa
             RATE_LIMIT_ENABLED="true",
             RATE_LIMIT_AUTH_PER_ACCOUNT="3/minute",
             RATE_LIMIT_PER_USER="20/minute",
+            JOBS_EMBEDDED_WORKER="true",  # on PostgreSQL too: the server runs the job itself
         )
         server: Server = await asyncio.to_thread(start_server, env, tmp_path / "server.log", timeout=90)
         try:

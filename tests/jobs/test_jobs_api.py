@@ -52,6 +52,13 @@ async def test_a_csv_job_runs_to_the_end_and_its_results_download_in_each_format
     assert table.column("row").to_pylist() == list(range(120))
     assert table.column("label").to_pylist() == [r["label"] for r in rows]
 
+    # As plain bytes, the input's format (what generated clients read a binary answer as).
+    as_bytes = await client.get(
+        f"/api/v1/jobs/{job['id']}/results", headers={**user_headers, "Accept": "application/octet-stream"}
+    )
+    assert as_bytes.headers["content-type"] == "application/octet-stream"
+    assert as_bytes.content == as_csv.content
+
     # The same answers as /predict gives for these rows.
     first = [float(v) for v in iris_csv(1).decode().splitlines()[1].split(",")]
     online = await client.post("/api/v1/models/iris/predict", json={"rows": [first]}, headers=user_headers)

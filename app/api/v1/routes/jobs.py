@@ -40,8 +40,9 @@ SUBMIT_BODY: dict[str, Any] = {
 }
 RESULTS: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "One row per input row, in input order.",
-        "content": dict.fromkeys(MEDIA_TYPES.values(), _BINARY),
+        "description": "One row per input row, in input order. `application/octet-stream` (listed "
+        "first: generated clients then read the answer as bytes) is the input's format, when asked for.",
+        "content": dict.fromkeys(("application/octet-stream", *MEDIA_TYPES.values()), _BINARY),
     }
 }
 
@@ -158,11 +159,11 @@ async def job_results(
     `application/vnd.apache.parquet`). Each row: `row` (its index in the input), then the
     prediction (`label` and the probabilities, or `value`), or its `error`. 409 until the job has
     succeeded."""
-    job, fmt, body = await jobs.results(caller, job_id, accept)
+    job, fmt, media_type, body = await jobs.results(caller, job_id, accept)
     suffix = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[fmt.value]
     return StreamingResponse(
         body,
-        media_type=MEDIA_TYPES[fmt],
+        media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="job-{job.id}-results.{suffix}"'},
     )
 
