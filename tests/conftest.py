@@ -66,6 +66,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ["TEST_DATABASE_URL"] = _SHARED_DATABASE_URL
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """TEST_ONLY_DATABASE=1 (the PostgreSQL pass of .ci/run, beside the SQLite pass that runs
+    everything): only the tests that can go differently on the database named by TEST_DATABASE_URL
+    and on Redis: those that use the `database_url` fixture (the app fixtures, `settings`, ...) and
+    those marked `database` (they read TEST_DATABASE_URL or TEST_REDIS_URL themselves, such as
+    through `private_database`; tests/unit/test_test_selection.py keeps that marking complete).
+    The others (model runtimes, the model tier on its own SQLite files, pure functions) run the same
+    code in both passes."""
+    if not os.environ.get("TEST_ONLY_DATABASE"):
+        return
+    keep: list[pytest.Item] = []
+    other: list[pytest.Item] = []
+    for item in items:
+        uses = "database_url" in getattr(item, "fixturenames", ()) or item.get_closest_marker("database")
+        (keep if uses else other).append(item)
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = keep
+
+
 async def admin_sql(database_url: str | URL, statement: str) -> None:
     """One statement on a PostgreSQL server outside any transaction (CREATE/DROP DATABASE)."""
     import asyncpg

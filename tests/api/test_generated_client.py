@@ -25,7 +25,7 @@ import pytest
 
 from tests.faults.server import Server, free_port, private_database, server_env, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.database]
 
 GENERATOR = "openapi-python-client"
 

@@ -23,6 +23,7 @@ from tests.faults.server import TcpProxy, free_port, private_database, server_en
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.database,
     pytest.mark.skipif(
         not os.environ.get("TEST_DATABASE_URL"),
         reason="needs a network database (TEST_DATABASE_URL, PostgreSQL): a SQLite file cannot go away",

@@ -25,7 +25,7 @@ from tests.conftest import PASSWORD, make_settings
 from tests.faults.server import ROOT, Server, free_port, private_database, server_env, start_server
 from tests.jobs.conftest import WAIT_LIMIT_S, iris_csv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.database]
 
 ROWS = 60_000
 COMMON = {

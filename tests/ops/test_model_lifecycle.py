@@ -29,6 +29,7 @@ from tests.steady_load import SteadyLoad, post_json
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.database,
     pytest.mark.skipif(
         not os.environ.get("TEST_DATABASE_URL"),
         reason="needs TEST_DATABASE_URL (replicas share one PostgreSQL database)",

@@ -20,6 +20,7 @@ from tests.faults.server import free_port, private_database, server_env, start_s
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.database,
     pytest.mark.skipif(
         not (os.environ.get("TEST_DATABASE_URL") and os.environ.get("TEST_REDIS_URL")),
         reason="needs TEST_DATABASE_URL and TEST_REDIS_URL (the PostgreSQL + Redis run of .ci/run)",

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import PASSWORD
 from tests.faults.server import Server, free_port, private_database, server_env, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.database]
 
 GRACE_SECONDS = 10
 

@@ -23,7 +23,7 @@ from tests.faults.server import Server, free_port, private_database, server_env,
 from tests.ml.conftest import MakeModelDir, model_entry
 from tests.ops.test_serve import _metric
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.database]
 
 HEAVY = "breast_cancer"
 ROW = [10.0] * 30
