@@ -63,6 +63,17 @@ class JobRepository:
         )
         return int(found or 0)
 
+    async def count_waiting(self, owner_id: int, but: int | None = None) -> int:
+        """The owner's jobs queued or still uploading (a place in the queue each), `but` one."""
+        query = (
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == owner_id, Job.state.in_((QUEUED, UPLOADING)))
+        )
+        if but is not None:
+            query = query.where(Job.id != but)
+        return int(await self.session.scalar(query) or 0)
+
     async def get(self, job_id: int, owner_id: int | None) -> Job | None:
         """The job, if `owner_id` owns it (None: any owner, for admins); never one still uploading."""
         query = select(Job).where(Job.id == job_id, Job.state != UPLOADING)

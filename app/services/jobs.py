@@ -167,13 +167,17 @@ class JobService:
         except ml.ModelsNotReady:
             raise _invalid("model", "models are not loaded in this service") from None
 
-    async def _room_for_one_more(self, caller: Principal) -> None:
+    async def _room_for_one_more(self, caller: Principal, but: int | None = None) -> None:
+        """Refused (429) when the caller's queued jobs and uploads in progress, `but` this one,
+        fill JOBS_MAX_QUEUED_PER_USER. Checked before the body is read, and again once the job's
+        row is committed: two submits at once then each see the other, and never both take the
+        last place (both may be refused; Retry-After says when to try again)."""
         async with self.db.session(read_only=True) as session:
-            queued = await JobRepository(session).count(caller.id, QUEUED)
+            queued = await JobRepository(session).count_waiting(caller.id, but)
         most = self.settings.jobs_max_queued_per_user
         if queued >= most:
             raise JobLimitReached(
-                f"You have {queued} jobs queued, the most allowed (JOBS_MAX_QUEUED_PER_USER); "
+                f"You have {queued} jobs queued or uploading, the most allowed (JOBS_MAX_QUEUED_PER_USER); "
                 "submit more when some have started.",
                 headers={"Retry-After": str(max(1, self.settings.jobs_reap_seconds))},
             )
@@ -201,6 +205,7 @@ class JobService:
             job = await JobRepository(session).add(caller.id, model, version, fmt.value)
             await session.commit()
         try:
+            await self._room_for_one_more(caller, but=job.id)
             size = await self._segments(job.id, fmt, spec, body, limit)
             async with self.db.session() as session:
                 await JobRepository(session).queue(job.id, size)

@@ -1,0 +1,58 @@
+"""Batch jobs attacked from outside (issue 23 review): races between a user's own requests,
+results read while their job goes away, and the answers a client gets when the database does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+
+from tests.conftest import Headers, assert_problem
+from tests.jobs.conftest import iris_csv
+from tests.jobs.test_limits import job_settings
+from tests.ops.conftest import running_app, user
+
+
+async def _slow_upload(client: httpx.AsyncClient, headers: Headers, go: asyncio.Event) -> httpx.Response:
+    """An upload whose body waits for `go` after its first bytes: it has passed the checks made
+    before the body is read, and is still uploading."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield iris_csv(3)
+        await go.wait()
+
+    return await client.post(
+        "/api/v1/jobs",
+        params={"model": "iris"},
+        content=body(),
+        headers={**headers, "Content-Type": "text/csv"},
+    )
+
+
+async def test_uploads_sent_at_once_do_not_pass_the_queued_limit_together(database_url: str) -> None:
+    # No worker: what is submitted stays queued, so the limit of one queued job is the last place.
+    settings = job_settings(jobs_embedded_worker=False, jobs_max_queued_per_user=1)
+    async with running_app(database_url, **settings) as (_, client):
+        headers = await user(client)
+        go = asyncio.Event()
+        uploads = [asyncio.create_task(_slow_upload(client, headers, go)) for _ in range(3)]
+        await asyncio.sleep(0.5)  # every upload is in, its body not finished
+        go.set()
+        answers = await asyncio.gather(*uploads)
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses.count(202) <= 1, [answer.text for answer in answers]
+        for answer in answers:
+            if answer.status_code != 202:
+                assert assert_problem(answer, 429)["type"].endswith("/job-limit")
+        listed = (await client.get("/api/v1/jobs", headers=headers)).json()["items"]
+        assert len(listed) == statuses.count(202)
+        # The place is taken: a later submit is refused too.
+        later = await client.post(
+            "/api/v1/jobs",
+            params={"model": "iris"},
+            content=iris_csv(3),
+            headers={**headers, "Content-Type": "text/csv"},
+        )
+        if listed:
+            assert_problem(later, 429)
