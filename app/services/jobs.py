@@ -76,6 +76,11 @@ class JobNotFinished(Conflict):
     code = "job-not-finished"
 
 
+class ResultsGone(RuntimeError):
+    """The job was deleted while its results were being sent: the answer (its status already
+    sent) is broken off, so that the client sees a failed download, not a short file."""
+
+
 def _invalid(field: str, message: str, detail: str | None = None) -> ValidationFailed:
     return ValidationFailed(detail or f"{field}: {message}", errors=[{"field": field, "message": message}])
 
@@ -377,4 +382,8 @@ class JobService:
                 seq = chunk.seq + 1
             async with self.db.session(read_only=True) as session:
                 chunks = await JobRepository(session).result_chunks(job.id, seq, CHUNKS_PER_READ)
+        if seq != job.next_chunk:  # deleted (by its owner, or retention) while being read
+            raise ResultsGone(
+                f"job {job.id}: results deleted after {seq} of {job.next_chunk} chunks were sent"
+            )
         yield writer.finish()

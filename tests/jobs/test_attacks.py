@@ -7,9 +7,15 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
+from fastapi import FastAPI
 
+from app.http.state import state_of
+from app.jobs.formats import JobFormat
+from app.repositories.jobs import JobRepository
+from app.services.jobs import JobService, ResultsGone
 from tests.conftest import Headers, assert_problem
-from tests.jobs.conftest import iris_csv
+from tests.jobs.conftest import iris_csv, submit_csv, wait_for
 from tests.jobs.test_limits import job_settings
 from tests.ops.conftest import running_app, user
 
@@ -56,3 +62,24 @@ async def test_uploads_sent_at_once_do_not_pass_the_queued_limit_together(databa
         )
         if listed:
             assert_problem(later, 429)
+
+
+async def test_results_of_a_job_deleted_while_they_download_end_in_an_error_not_a_short_file(
+    app: FastAPI, client: httpx.AsyncClient, user_headers: Headers
+) -> None:
+    # 2,000 rows in chunks of 50: 40 stored chunks, read a page of them at a time.
+    job = (await submit_csv(client, user_headers, iris_csv(2_000))).json()
+    await wait_for(client, user_headers, job["id"], "succeeded")
+    state = state_of(app)
+    resources = state.resources
+    service = JobService(resources.db, resources.registry, state.settings, resources.jobs.enqueue)
+    async with resources.db.session(read_only=True) as session:
+        stored = await JobRepository(session).get(job["id"], None)
+    assert stored is not None
+    body = service._stream(stored, JobFormat.CSV)
+    received = [await anext(body), await anext(body)]  # the header and the first chunk's rows
+    assert (await client.delete(f"/api/v1/jobs/{job['id']}", headers=user_headers)).status_code == 204
+    # The download cannot end as if it were whole: the server breaks it off (the client sees a
+    # connection closed before the end of the body), never a well-formed CSV of the first rows.
+    with pytest.raises(ResultsGone):
+        received.extend([piece async for piece in body])
