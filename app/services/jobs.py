@@ -13,6 +13,8 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import structlog
+
 from app.core.config import Settings
 from app.core.errors import AppError, Conflict, NotFound, PayloadTooLarge, TooManyRequests, ValidationFailed
 from app.core.security import Principal
@@ -34,6 +36,8 @@ from app.ml.registry import ModelRegistry
 from app.models.job import FINISHED, QUEUED, RUNNING, SUCCEEDED, Job
 from app.repositories.jobs import JobRepository
 from app.services.pagination import CursorPage, decode_cursor, keyset_page
+
+log = structlog.get_logger(__name__)
 
 SEGMENT_BYTES = 1 << 20
 # How much of an upload check_head reads: a CSV header, a first JSON line, Parquet's magic bytes.
@@ -223,7 +227,12 @@ class JobService:
             raise
         if stored is None:  # deleted in between (the owner deleted)
             raise JobNotFound
-        await self.enqueue(job.id)
+        try:
+            await self.enqueue(job.id)
+        except Exception:
+            # The job is stored and queued, and the reaper gives it a task within a reap period:
+            # an error here would only make the client submit it a second time.
+            log.warning("job_enqueue_failed", job_id=job.id, exc_info=True)
         return stored
 
     async def _segments(

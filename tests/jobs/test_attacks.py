@@ -83,3 +83,22 @@ async def test_results_of_a_job_deleted_while_they_download_end_in_an_error_not_
     # connection closed before the end of the body), never a well-formed CSV of the first rows.
     with pytest.raises(ResultsGone):
         received.extend([piece async for piece in body])
+
+
+async def test_a_job_whose_task_cannot_be_queued_is_accepted_and_run_by_the_reaper(
+    app: FastAPI, client: httpx.AsyncClient, user_headers: Headers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The queue's storage (Huey's tables: its own psycopg connection on PostgreSQL, its own file
+    # on SQLite) refuses the task after the job's row is committed.
+    queue = state_of(app).resources.jobs
+
+    async def unreachable(job_id: int) -> None:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(queue, "enqueue", unreachable)
+    submitted = await submit_csv(client, user_headers, iris_csv(5))
+    assert submitted.status_code == 202, submitted.text
+    monkeypatch.undo()
+    # The job is stored and queued: the reaper (every JOBS_REAP_SECONDS) gives it a task again.
+    done = await wait_for(client, user_headers, submitted.json()["id"], "succeeded", "failed")
+    assert done["state"] == "succeeded"
