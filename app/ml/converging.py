@@ -39,12 +39,15 @@ class Converger:
         self._pinned: dict[Key, tuple[float, int]] = {}
         self._undesired_since: dict[Key, float] = {}
         self._lock = asyncio.Lock()
+        self._applied: int | None = None
         self.ready = False
 
     @property
     def revision(self) -> int | None:
-        desired = self.router.desired
-        return desired.revision if desired is not None else None
+        """The revision of the last state whose routes this process applied: not the one it is
+        still loading versions for (`router.desired`), so a reader of /readyz who sees it move
+        finds the new routes answering."""
+        return self._applied
 
     @property
     def pending(self) -> bool:
@@ -79,6 +82,7 @@ class Converger:
         self.loader.start_backends()
         router.desired = state
         router.set_routes(state)
+        self._applied = state.revision
         self.ready = True
         log.info(
             "models ready: %s (%.1f s)",
@@ -165,6 +169,7 @@ class Converger:
             if not self.ready:
                 return
             router.set_routes(state)
+            self._applied = state.revision
             await self._unload_unrouted(state)
 
     async def _unload_unrouted(self, state: FleetState) -> None:

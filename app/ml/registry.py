@@ -63,7 +63,7 @@ class ModelRegistry:
 
     @property
     def revision(self) -> int | None:
-        """The revision of the desired state this process has converged on (None before start)."""
+        """The revision of the last state whose routes this process applied (None before start)."""
         return self._lifecycle.revision
 
     @property

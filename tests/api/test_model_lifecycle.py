@@ -1144,3 +1144,41 @@ async def test_a_process_that_cannot_read_the_state_at_start_serves_the_seed_and
 
             await eventually(converged, 60.0, "the second app converging once it can read the state")
             assert await served_version(client_b, admin) == "2.0.0"
+
+
+async def test_readyz_reports_a_revision_only_once_this_process_serves_it(
+    database_url: str, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that is still loading the versions of a new state keeps reporting (and serving)
+    the revision it had: `model_state_revision` moving means the routes moved. It used to move
+    as soon as the state was read, before the load (a test waiting for the revision then found
+    the old version still answering)."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    build = converging_module.Loader.build
+    slowed: list[Any] = []  # the loader of the second app, whose loads wait for `release`
+
+    async def slow_build(self: Any, spec: Any) -> Any:
+        if self in slowed:
+            entered.set()
+            await release.wait()
+        return await build(self, spec)
+
+    monkeypatch.setattr(converging_module.Loader, "build", slow_build)
+    async with lifecycle_app(database_url, model_dir) as (app_a, client_a):
+        admin = await make_user(app_a, client_a, "admin@example.com", admin=True)
+        async with lifecycle_app(database_url, model_dir, model_state_poll_seconds=0.2) as (app_b, client_b):
+            slowed.append(state_of(app_b).resources.registry._lifecycle.loader)
+            await load(client_a, admin, "2.0.0")  # revision 1
+            ok(await set_alias(client_a, admin, "default", {"version": "2.0.0"}))  # revision 2
+            await asyncio.wait_for(entered.wait(), 60)
+            readiness = ok(await client_b.get("/readyz"))
+            assert readiness["model_versions"] == {"iris": ["1.0.0"]}
+            assert readiness["model_state_revision"] == 0
+            assert await served_version(client_b, admin) == "1.0.0"
+            release.set()
+
+            async def converged() -> bool:
+                return bool(ok(await client_b.get("/readyz"))["model_state_revision"] == 2)
+
+            await eventually(converged, 60.0, "the second app converging once its load finishes")
+            assert await served_version(client_b, admin) == "2.0.0"
