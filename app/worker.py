@@ -30,6 +30,19 @@ from app.services.model_fleet import ModelFleet
 
 log = structlog.get_logger("app.worker")
 
+# Rows per runtime call of a job here (the manifest's ceiling of `max_batch_size`): a worker serves
+# no online request, so its jobs hand the runtime whole chunks, up to this (bench/analysis.md, jobs).
+JOB_BATCH_ROWS = 4096
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """The worker's settings: its model processes at nice 0 unless ML_PROCESS_WORKER_NICE is set.
+    Nice 19 keeps a web worker's event loop ahead of its models; here the models are the work, and
+    at nice 19 they starved beside the job's own parsing (bench/analysis.md, jobs)."""
+    if "ml_process_worker_nice" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"ml_process_worker_nice": 0})
+
 
 class WorkerLoop:
     """The worker's event loop, in a thread, and what it holds."""
@@ -71,13 +84,21 @@ class WorkerLoop:
 
 
 def run_worker(settings: Settings) -> int:
+    settings = worker_settings(settings)
     engine = JobEngine(settings)
     worker = WorkerLoop(settings)
 
     async def enqueue(job_id: int) -> None:
         await asyncio.to_thread(engine.enqueue, job_id)
 
-    runner = JobRunner(worker.db, worker.registry, settings, enqueue=enqueue, queue_depth=engine.pending)
+    runner = JobRunner(
+        worker.db,
+        worker.registry,
+        settings,
+        enqueue=enqueue,
+        queue_depth=engine.pending,
+        batch_rows=min(settings.jobs_chunk_rows, JOB_BATCH_ROWS),
+    )
     worker.start(runner)
     engine.handler = LoopHandler(runner, worker.loop)
     consumer = engine.consumer(

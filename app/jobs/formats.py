@@ -839,6 +839,58 @@ def encode_results(rows: Sequence[ResultRow]) -> bytes:
     return _PACKED_RESULTS + zlib.compress(packed, 1)
 
 
+def encode_outputs(chunk: RowChunk, labels: Sequence[str] | None, outputs: np.ndarray) -> bytes | None:
+    """What encode_results stores for a chunk's rows, made from the runtime's outputs as arrays,
+    without a dict per row (a job's hot path: bench/analysis.md, jobs). `outputs` has a line per
+    row of `chunk.good` (increasing); `labels` names a classifier's columns (None: a regressor's
+    one value). None where the rows are not of the packed shapes (then build the rows and use
+    encode_results)."""
+    first_row, n_rows, good, errors = chunk.first_row, chunk.n_rows, chunk.good, chunk.errors
+    if not len(good) or not np.isfinite(outputs).all():
+        return None
+    at = np.asarray(good, dtype=np.int64) - first_row
+    if at[0] < 0 or at[-1] >= n_rows or (np.diff(at) <= 0).any():
+        return None
+    kinds = np.full(n_rows, _OTHER, dtype=np.uint8)
+    values = np.empty(0, dtype=np.float64)
+    label_of = np.empty(0, dtype=np.int32)
+    probabilities = np.empty(0, dtype=np.float64)
+    if labels is None:
+        kinds[at] = _VALUE
+        values = np.ascontiguousarray(outputs[:, 0], dtype=np.float64)
+        classes: list[str] | None = None
+    else:
+        if len(set(labels)) != len(labels) or outputs.shape[1] != len(labels):
+            return None
+        kinds[at] = _CLASS
+        label_of = outputs.argmax(axis=1).astype(np.int32)
+        probabilities = np.ascontiguousarray(outputs, dtype=np.float64)
+        classes = list(labels)
+    good_set = set(good)
+    others = [
+        {"row": row, "error": errors.get(row, "not scored")}
+        for row in range(first_row, first_row + n_rows)
+        if row not in good_set
+    ]
+    header = json.dumps(
+        {"n": n_rows, "classes": classes, "labels": classes or [], "others": others},
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()
+    packed = b"".join(
+        [
+            len(header).to_bytes(4, "little"),
+            header,
+            np.arange(first_row, first_row + n_rows, dtype=np.int64).tobytes(),
+            kinds.tobytes(),
+            label_of.tobytes(),
+            probabilities.tobytes(),
+            values.tobytes(),
+        ]
+    )
+    return _PACKED_RESULTS + zlib.compress(packed, 1)
+
+
 def _pack_results(rows: Sequence[ResultRow]) -> bytes | None:
     classes: tuple[str, ...] | None = None
     labels: dict[str, int] = {}
