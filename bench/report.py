@@ -119,9 +119,10 @@ def model_targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | N
     rows = [(r["metric"], r["target"], r["measured"], r.get("met")) for r in models.get("targets", [])]
     tier = results.get("tier") or {}
     swap = results.get("swap") or {}
+    jobs = results.get("jobs") or {}
     rows += [
         (r["metric"], r["target"], f"{r['value']} ({r['figures']})", r["met"])
-        for r in (*tier.get("targets", []), *swap.get("targets", []))
+        for r in (*tier.get("targets", []), *swap.get("targets", []), *jobs.get("targets", []))
     ]
     if not rows:
         rows.append(
@@ -452,6 +453,14 @@ def render(results: dict[str, Any]) -> str:
             "## Predictions while a model version is swapped (bench/bench_swap.py)",
             "",
             swap.get("markdown") or f"*bench_swap failed: {swap.get('error')}*",
+            "",
+        ]
+    jobs = results.get("jobs")
+    if jobs:
+        out += [
+            "## Batch jobs (bench/bench_jobs.py)",
+            "",
+            jobs.get("markdown") or f"*bench_jobs failed: {jobs.get('error')}*",
             "",
         ]
     if ANALYSIS.exists():

@@ -17,7 +17,9 @@ In one run, on this machine:
    the app's turnstile, asyncpg's pool, SQLAlchemy's pool alone; about 3 minutes, `--no-pool` skips
    it); then the model-serving figures (bench/bench_serving.py, bench/bench_models.py) and the two
    tiers' (bench/bench_tier.py: the model server and remote-only web workers), and predictions
-   while a model version is swapped (bench/bench_swap.py: p99 against steady, failed requests).
+   while a model version is swapped (bench/bench_swap.py: p99 against steady, failed requests);
+   batch jobs (bench/bench_jobs.py: a job on a worker process against requests and the runtime
+   alone, memory on a 1 GB CSV, submit to first row, SIGKILL mid-job; `--no-jobs` skips it).
 5. The container (bench/bench_container.py: builds the image with scripts/image.sh): its size, cold
    start from `run` to ready beside the bare process's, memory inside it; skipped, saying why,
    where there is no docker or podman (`--no-container` skips it).
@@ -279,6 +281,14 @@ def run_swap_bench(quick: bool) -> dict[str, Any]:
     return _runner("swap", "bench.bench_swap", flags, RESULTS / "swap.json", any_status=True)
 
 
+def run_jobs_bench(quick: bool) -> dict[str, Any]:
+    """Batch jobs' figures (`python -m bench.bench_jobs`: a job on a worker process against 64-row
+    requests and the runtime alone, the worker's memory on a 1 GB CSV, submit to first row, rows
+    after a SIGKILL on SQLite and PostgreSQL): bench/results/jobs.json."""
+    flags = ["--quick"] if quick else []
+    return _runner("jobs", "bench.bench_jobs", flags, RESULTS / "jobs.json")
+
+
 def run_pool_compare(profile: Profile) -> dict[str, Any]:
     """The hot paths' connection hand-out three ways, side by side (`python -m bench.pool_compare`,
     its own server per variant and round, its own database): bench/results/pool.json."""
@@ -304,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-swap", action="store_true", help="skip bench/bench_swap.py (predictions during a model swap)"
     )
+    parser.add_argument("--no-jobs", action="store_true", help="skip bench/bench_jobs.py (batch jobs)")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     profile = Profile.make(args.quick)
@@ -336,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         results["tier"] = run_tier_bench(args.quick)
     if not args.no_swap:
         results["swap"] = run_swap_bench(args.quick)
+    if not args.no_jobs:
+        results["jobs"] = run_jobs_bench(args.quick)
     results["elapsed_s"] = round(time.perf_counter() - began, 1)
     out = args.out or RESULTS / "latest.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
