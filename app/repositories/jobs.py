@@ -27,6 +27,7 @@ from app.models.job import (
     JobResultChunk,
 )
 from app.models.prediction import PredictionRecord
+from app.models.user import User
 
 
 class JobRepository:
@@ -123,6 +124,13 @@ class JobRepository:
         """Take the job for `worker` if it is queued (or running under an expired lease) and its
         owner runs fewer than `max_running` jobs; None otherwise."""
         now = utcnow()
+        # The owner's row held until the caller commits, before anything is read: two workers
+        # claiming two of one owner's jobs at once would otherwise both count the running ones
+        # before either is running, and both pass the last place. A write that changes nothing,
+        # as UserRepository.lock: it locks on every backend (the row on PostgreSQL, the database
+        # on SQLite, where it is the transaction's first statement and so waits, not fails).
+        owner = select(Job.owner_id).where(Job.id == job_id).scalar_subquery()
+        await self.session.execute(update(User).where(User.id == owner).values(updated_at=User.updated_at))
         job = await self.session.scalar(select(Job).where(Job.id == job_id))
         if job is None:
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -102,3 +103,29 @@ async def test_a_job_whose_task_cannot_be_queued_is_accepted_and_run_by_the_reap
     # The job is stored and queued: the reaper (every JOBS_REAP_SECONDS) gives it a task again.
     done = await wait_for(client, user_headers, submitted.json()["id"], "succeeded", "failed")
     assert done["state"] == "succeeded"
+
+
+async def test_two_workers_claiming_at_once_do_not_pass_the_running_limit_together(
+    app: FastAPI, client: httpx.AsyncClient, user_headers: Headers
+) -> None:
+    # Two of the user's jobs queued (no task run: stored directly), claimed by two workers at once.
+    db = state_of(app).resources.db
+    owner = (await client.get("/api/v1/users/me", headers=user_headers)).json()["id"]
+    async with db.session() as session:
+        repo = JobRepository(session)
+        ids = [(await repo.add(owner, "iris", None, "csv")).id for _ in range(2)]
+        for job_id in ids:
+            await repo.queue(job_id, 1)
+        await session.commit()
+    lease = datetime(2999, 1, 1, tzinfo=UTC)
+
+    async def claim(job_id: int, worker: str) -> bool:
+        async with db.session() as session:
+            claimed = await JobRepository(session).claim(job_id, worker, lease, max_running=1)
+            await session.commit()
+        return claimed is not None
+
+    claimed = await asyncio.gather(claim(ids[0], "a"), claim(ids[1], "b"))
+    assert sorted(claimed) == [False, True]
+    async with db.session(read_only=True) as session:
+        assert await JobRepository(session).count(owner, "running") == 1
