@@ -85,6 +85,25 @@ class ResultsGone(RuntimeError):
     sent) is broken off, so that the client sees a failed download, not a short file."""
 
 
+def _by_preference(accept: str) -> list[str]:
+    """The media ranges of an `Accept` header, highest `q` first (in the order given among
+    equals), those with q=0 ("not this one") and those with a malformed `q` left out."""
+    ranked: list[tuple[float, str]] = []
+    for part in accept.split(","):
+        media, *params = (item.strip() for item in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if 0.0 < quality <= 1.0:
+            ranked.append((quality, media.lower()))
+    return [media for _, media in sorted(ranked, key=lambda pair: -pair[0])]
+
+
 def _invalid(field: str, message: str, detail: str | None = None) -> ValidationFailed:
     return ValidationFailed(detail or f"{field}: {message}", errors=[{"field": field, "message": message}])
 
@@ -336,8 +355,7 @@ class JobService:
         own = JobFormat(job.input_format)
         if not accept:
             return own, MEDIA_TYPES[own]
-        for part in accept.split(","):
-            media = part.split(";", 1)[0].strip().lower()
+        for media in _by_preference(accept):
             if media in _ACCEPT:
                 return _ACCEPT[media], MEDIA_TYPES[_ACCEPT[media]]
             if media == OCTET_STREAM:

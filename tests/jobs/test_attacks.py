@@ -129,3 +129,25 @@ async def test_two_workers_claiming_at_once_do_not_pass_the_running_limit_togeth
     assert sorted(claimed) == [False, True]
     async with db.session(read_only=True) as session:
         assert await JobRepository(session).count(owner, "running") == 1
+
+
+async def test_results_follow_the_accept_headers_preferences(
+    client: httpx.AsyncClient, user_headers: Headers
+) -> None:
+    job = (await submit_csv(client, user_headers, iris_csv(3))).json()
+    await wait_for(client, user_headers, job["id"], "succeeded")
+    url = f"/api/v1/jobs/{job['id']}/results"
+    # The highest quality wins, wherever it is listed.
+    preferred = await client.get(
+        url, headers={**user_headers, "Accept": "application/x-ndjson;q=0.1, text/csv"}
+    )
+    assert preferred.headers["content-type"].startswith("text/csv")
+    weighted = await client.get(
+        url, headers={**user_headers, "Accept": "text/csv;q=0.5, application/vnd.apache.parquet;q=0.9"}
+    )
+    assert weighted.headers["content-type"] == "application/vnd.apache.parquet"
+    # q=0 is "not this one" (RFC 9110, 12.4.2).
+    refused = await client.get(url, headers={**user_headers, "Accept": "text/csv;q=0"})
+    assert assert_problem(refused, 406)["errors"][0]["field"] == "Accept"
+    other = await client.get(url, headers={**user_headers, "Accept": "text/csv;q=0, application/x-ndjson"})
+    assert other.headers["content-type"].startswith("application/x-ndjson")
