@@ -181,10 +181,10 @@ class JobRunner:
             self.running.add(job_id)
             started = time.monotonic()
             try:
-                outcome = await self._run(job)
+                outcome = await self._run(job, started)
             except JobFailed as failed:
                 outcome = "failed"
-                await self._fail(job, failed.problem)
+                await self._fail(job, failed.problem, started)
             except Exception:
                 # Not the job's fault (the database went away, a bug): the job keeps its lease,
                 # which expires; then it is resumed from its last chunk.
@@ -195,11 +195,10 @@ class JobRunner:
             elapsed = time.monotonic() - started
             if outcome in ("succeeded", "failed"):
                 metrics.JOB_DURATION.labels(outcome).observe(elapsed)
-                await self._record(job, outcome, elapsed)
                 await self._next_of_owner(job.owner_id)
             log.info("job_ended", outcome=outcome, seconds=round(elapsed, 3))
 
-    async def _run(self, job: Job) -> str:
+    async def _run(self, job: Job, started: float) -> str:
         served = await self._served(job)
         spec = served.spec
         fmt = JobFormat(job.input_format)
@@ -278,8 +277,14 @@ class JobRunner:
                 if not reading.cancelled():
                     reading.exception()  # read, so it is not reported as never retrieved
             stream.close()
+        return await self._succeed(job, rows_done, started)
+
+    async def _succeed(self, job: Job, rows_done: int, started: float) -> str:
         async with self.db.session() as session:
-            done = await JobRepository(session).succeed(job.id, self.worker, rows_done)
+            repo = JobRepository(session)
+            done = await repo.succeed(job.id, self.worker, rows_done)
+            if done:
+                await self._record(repo, job, "ok", rows_done, started)
             await session.commit()
         return "succeeded" if done else "released"
 
@@ -368,29 +373,26 @@ class JobRunner:
             await self.enqueue(job.id)
         return "handed-back"
 
-    async def _fail(self, job: Job, failure: dict[str, Any]) -> None:
+    async def _fail(self, job: Job, failure: dict[str, Any], started: float) -> None:
         async with self.db.session() as session:
-            await JobRepository(session).fail(job.id, self.worker, failure)
+            repo = JobRepository(session)
+            if await repo.fail(job.id, self.worker, failure):
+                fresh = await repo.get(job.id, None)
+                await self._record(repo, job, "job-failed", fresh.rows_done if fresh else 0, started)
             await session.commit()
         log.warning("job_failed", problem=failure["type"].rsplit("/", 1)[-1], detail=failure["detail"])
 
-    async def _record(self, job: Job, outcome: str, elapsed: float) -> None:
-        """The job's one record in its owner's prediction history."""
-        async with self.db.session() as session:
-            repo = JobRepository(session)
-            fresh = await repo.get(job.id, None)
-            if fresh is None:
-                return
-            code = "ok" if outcome == "succeeded" else "job-failed"
-            await repo.record_prediction(
-                user_id=job.owner_id,
-                model=job.model,
-                version=fresh.version or "",
-                rows=fresh.rows_done,
-                latency_ms=elapsed * 1000,
-                outcome=code,
-            )
-            await session.commit()
+    async def _record(self, repo: JobRepository, job: Job, outcome: str, rows: int, started: float) -> None:
+        """The job's one record in its owner's prediction history, written in the transaction that
+        ends the job: a client that reads the job finished finds the record too."""
+        await repo.record_prediction(
+            user_id=job.owner_id,
+            model=job.model,
+            version=job.version or "",
+            rows=rows,
+            latency_ms=(time.monotonic() - started) * 1000,
+            outcome=outcome,
+        )
 
     async def _next_of_owner(self, owner_id: int) -> None:
         """A finished job frees a running place of its owner: enqueue their oldest queued job now,

@@ -3,12 +3,16 @@ download in each format, per-row errors, malformed uploads, limits, other users'
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+from typing import Any
 
 import httpx
+import pytest
 
+from app.repositories.jobs import JobRepository
 from tests.conftest import Headers, LogLines, assert_problem
 from tests.jobs.conftest import FEATURES, iris_csv, submit_csv, wait_for
 
@@ -182,8 +186,15 @@ async def test_results_are_refused_until_the_job_succeeds_and_in_a_format_not_of
 
 
 async def test_a_job_is_one_record_of_its_owners_history_and_every_log_line_of_its_work_names_it(
-    client: httpx.AsyncClient, user_headers: Headers, log_lines: LogLines
+    client: httpx.AsyncClient, user_headers: Headers, log_lines: LogLines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    record = JobRepository.record_prediction
+
+    async def slow_record(self: JobRepository, **values: Any) -> None:
+        await asyncio.sleep(0.5)  # a slow write: the job must not read succeeded before it is done
+        await record(self, **values)
+
+    monkeypatch.setattr(JobRepository, "record_prediction", slow_record)
     job = (await submit_csv(client, user_headers, iris_csv(120))).json()
     await wait_for(client, user_headers, job["id"], "succeeded")
     history = (await client.get("/api/v1/predictions", headers=user_headers)).json()["items"]

@@ -108,6 +108,9 @@ async def test_a_job_over_the_row_limit_fails_naming_the_limit(database_url: str
         assert failed["state"] == "failed"
         assert failed["error"]["type"].endswith("/too-many-rows")
         assert "100" in failed["error"]["detail"]
+        # The failed job is in its owner's history as soon as it reads failed, with the rows it did.
+        history = (await client.get("/api/v1/predictions", headers=headers)).json()["items"]
+        assert [(r["model"], r["rows"], r["outcome"]) for r in history] == [("iris", 90, "job-failed")]
         within = (await submit_csv(client, headers, iris_csv(100))).json()
         assert (await wait_for(client, headers, within["id"], "failed", "succeeded"))["state"] == "succeeded"
         too_many = await client.post(
