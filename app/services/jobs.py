@@ -325,11 +325,12 @@ class JobService:
             job = await repo.get(job_id, caller.id)
             if job is None:
                 raise JobNotFound
-            if job.state in FINISHED:
+            # Finished when read, or between the read and the write (its worker's commit won).
+            if job.state in FINISHED or not await repo.cancel(job_id, caller.id):
+                await session.refresh(job)
                 raise JobNotFinished(
                     f"The job has already {job.state}; only a queued or running job is cancelled."
                 )
-            await repo.cancel(job_id, caller.id)
             await session.commit()
             await session.refresh(job)
         return job

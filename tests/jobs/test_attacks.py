@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import update
 
 from app.http.state import state_of
 from app.jobs.formats import JobFormat
+from app.models.job import Job
 from app.repositories.jobs import JobRepository
 from app.services.jobs import JobService, ResultsGone
 from tests.conftest import Headers, assert_problem
@@ -151,3 +153,48 @@ async def test_results_follow_the_accept_headers_preferences(
     assert assert_problem(refused, 406)["errors"][0]["field"] == "Accept"
     other = await client.get(url, headers={**user_headers, "Accept": "text/csv;q=0, application/x-ndjson"})
     assert other.headers["content-type"].startswith("application/x-ndjson")
+
+
+async def _write_elsewhere(app: FastAPI, job_id: int, **values: object) -> None:
+    """A write committed by another connection (a worker's), now."""
+    async with state_of(app).resources.db.engine.begin() as conn:
+        await conn.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+async def test_a_cancel_that_loses_the_race_with_the_jobs_end_is_a_409_naming_its_state(
+    app: FastAPI, client: httpx.AsyncClient, user_headers: Headers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = (await submit_csv(client, user_headers, iris_csv(3))).json()
+    await wait_for(client, user_headers, job["id"], "succeeded")
+    await _write_elsewhere(app, job["id"], state="running", finished_at=None)  # as it was a moment ago
+    cancel = JobRepository.cancel
+
+    async def worker_finishes_first(self: JobRepository, job_id: int, owner_id: int) -> bool:
+        await _write_elsewhere(app, job_id, state="succeeded", finished_at=datetime.now(UTC))
+        return await cancel(self, job_id, owner_id)
+
+    monkeypatch.setattr(JobRepository, "cancel", worker_finishes_first)
+    answer = await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=user_headers)
+    assert "succeeded" in assert_problem(answer, 409)["detail"]
+
+
+async def test_a_finished_job_is_deleted_while_other_jobs_commit_their_work(
+    app: FastAPI, client: httpx.AsyncClient, user_headers: Headers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine, busy = [(await submit_csv(client, user_headers, iris_csv(3))).json() for _ in range(2)]
+    for job in (mine, busy):
+        await wait_for(client, user_headers, job["id"], "succeeded")
+    get = JobRepository.get
+
+    async def another_job_commits_a_chunk(
+        self: JobRepository, job_id: int, owner_id: int | None
+    ) -> Job | None:
+        found = await get(self, job_id, owner_id)
+        await _write_elsewhere(app, busy["id"], updated_at=datetime.now(UTC))
+        return found
+
+    monkeypatch.setattr(JobRepository, "get", another_job_commits_a_chunk)
+    deleted = await client.delete(f"/api/v1/jobs/{mine['id']}", headers=user_headers)
+    assert deleted.status_code == 204, deleted.text
+    monkeypatch.undo()
+    assert_problem(await client.get(f"/api/v1/jobs/{mine['id']}", headers=user_headers), 404)
