@@ -201,7 +201,12 @@ async def test_a_job_is_one_record_of_its_owners_history_and_every_log_line_of_i
     assert [(r["model"], r["version"], r["rows"], r["outcome"]) for r in history] == [
         ("iris", "1.0.0", 120, "ok")
     ]
-    lines = [line for line in log_lines() if str(line.get("event", "")).startswith("job_")]
+    lines: list[dict[str, Any]] = []
+    for _ in range(100):  # job_ended is logged just after the commit a client sees
+        lines += [line for line in log_lines() if str(line.get("event", "")).startswith("job_")]
+        if any(line["event"] == "job_ended" for line in lines):
+            break
+        await asyncio.sleep(0.05)
     assert any(line["event"] == "job_ended" for line in lines)
     assert all(line.get("job_id") == job["id"] for line in lines), lines
     exposition = (await client.get("/metrics")).text
