@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.http.state import state_of
+from app.jobs.runner import JobRunner
 from tests.conftest import Headers, assert_problem
 from tests.jobs.conftest import WAIT_LIMIT_S, iris_csv, submit_csv, wait_for
 from tests.ml.conftest import MakeModelDir, make_model_dir, model_entry  # noqa: F401 - the fixture
@@ -89,20 +91,35 @@ async def started(client: httpx.AsyncClient, headers: Headers, job_id: int) -> d
 
 
 async def test_an_alias_moved_mid_job_leaves_the_job_on_its_version(
-    served: tuple[FastAPI, httpx.AsyncClient],
+    served: tuple[FastAPI, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app, client = served
     admin = await admin_of(app, client)
     assert (await client.post(f"{REPOSITORY}/versions/2.0.0/load", headers=admin)).status_code == 200
     await point(client, admin, "1.0.0")
-    job = (await submit_csv(client, admin, iris_csv(ROWS), version="production")).json()
+    # The job's second chunk waits until the alias has moved: the rest of the job runs after it.
+    moved = threading.Event()
+    outputs = JobRunner._outputs
+    calls = 0
+
+    async def after_the_move(self: JobRunner, job: Any, served: Any, rows: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            assert await asyncio.to_thread(moved.wait, WAIT_LIMIT_S)
+        return await outputs(self, job, served, rows)
+
+    monkeypatch.setattr(JobRunner, "_outputs", after_the_move)
+    job = (await submit_csv(client, admin, iris_csv(200), version="production")).json()
     assert job["requested_version"] == "production"
     running = await started(client, admin, job["id"])
     assert running["version"] == "1.0.0"
     await point(client, admin, "2.0.0")
     before = requests_to(app, "2.0.0")
     moved_at = (await client.get(f"/api/v1/jobs/{job['id']}", headers=admin)).json()
-    assert moved_at["state"] == "running"  # the rest of the job runs after the move
+    assert moved_at["state"] == "running"
+    assert moved_at["rows_done"] < 200
+    moved.set()
     done = await wait_for(client, admin, job["id"], "succeeded", "failed")
     assert done["state"] == "succeeded", done
     assert done["version"] == "1.0.0"

@@ -24,10 +24,11 @@ from app.db.engine import create_engine
 from tests.conftest import PASSWORD, make_settings
 from tests.faults.server import ROOT, Server, free_port, private_database, server_env, start_server
 from tests.jobs.conftest import WAIT_LIMIT_S, iris_csv
+from tests.ml.conftest import MakeModelDir, make_model_dir  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.database]
 
-ROWS = 60_000
+ROWS = 12_000  # 120 chunks: a job runs for seconds, so a signal after its 500th row lands mid-job
 COMMON = {
     "ML_ENABLED": "true",
     "JOBS_EMBEDDED_WORKER": "false",
@@ -35,6 +36,12 @@ COMMON = {
     "JOBS_REAP_SECONDS": "1",
     "LOG_LEVEL": "INFO",
 }
+
+
+@pytest.fixture
+def common(make_model_dir: MakeModelDir) -> dict[str, str]:  # noqa: F811 - the fixture
+    """The settings of every process here; the jobs score iris, the only model each one loads."""
+    return {**COMMON, "ML_MODEL_DIR": str(make_model_dir(only=("iris",)))}
 
 
 @contextmanager
@@ -50,8 +57,10 @@ def processes() -> Iterator[list[Server | subprocess.Popen[bytes]]]:
                 popen.wait(timeout=30)
 
 
-def start_worker(database_url: str, log: Path, **overrides: str) -> subprocess.Popen[bytes]:
-    env = server_env(database_url, free_port(), **COMMON, **overrides)
+def start_worker(
+    database_url: str, log: Path, common: dict[str, str], **overrides: str
+) -> subprocess.Popen[bytes]:
+    env = server_env(database_url, free_port(), **{**common, **overrides})
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker"],
@@ -123,20 +132,21 @@ async def attempts(database_url: str, job_id: int) -> int:
 
 
 async def test_a_worker_killed_mid_job_is_resumed_by_another_with_every_row_exactly_once(
-    tmp_path: Path,
+    tmp_path: Path, common: dict[str, str]
 ) -> None:
     async with private_database(tmp_path) as url:
         with processes() as started:
-            web_a = start_server(server_env(url, free_port(), **COMMON), tmp_path / "web-a.log")
+            web_a = start_server(server_env(url, free_port(), **common), tmp_path / "web-a.log")
             started.append(web_a)
-            web_b = start_server(server_env(url, free_port(), **COMMON), tmp_path / "web-b.log")
+            # The worker starts beside the second web process (the first one has migrated).
+            doomed = start_worker(url, tmp_path / "worker-1.log", common, JOBS_LEASE_SECONDS="3")
+            started.append(doomed)
+            web_b = start_server(server_env(url, free_port(), **common), tmp_path / "web-b.log")
             started.append(web_b)
             alice = login(web_a.base_url, "alice@example.com")
             bob = login(web_b.base_url, "bob@example.com")
             first = submit(web_a.base_url, alice)  # to one web process
             second = submit(web_b.base_url, bob)  # to the other
-            doomed = start_worker(url, tmp_path / "worker-1.log", JOBS_LEASE_SECONDS="3")
-            started.append(doomed)
             running = wait(web_a.base_url, alice, first, lambda j: j["rows_done"] >= 500, "got going")
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(timeout=30)
@@ -147,7 +157,9 @@ async def test_a_worker_killed_mid_job_is_resumed_by_another_with_every_row_exac
             # Two workers now: one takes the job still queued at once, the other (or the first,
             # once free) the killed worker's job once its lease has expired.
             for n in (2, 3):
-                started.append(start_worker(url, tmp_path / f"worker-{n}.log", JOBS_LEASE_SECONDS="3"))
+                started.append(
+                    start_worker(url, tmp_path / f"worker-{n}.log", common, JOBS_LEASE_SECONDS="3")
+                )
             for base_url, headers, job_id in ((web_a.base_url, alice, first), (web_b.base_url, bob, second)):
                 done = wait(
                     base_url,
@@ -163,19 +175,23 @@ async def test_a_worker_killed_mid_job_is_resumed_by_another_with_every_row_exac
 
 
 async def test_a_worker_stopped_with_sigterm_hands_its_job_back_and_exits_in_its_grace_period(
-    tmp_path: Path,
+    tmp_path: Path, common: dict[str, str]
 ) -> None:
     async with private_database(tmp_path) as url:
         with processes() as started:
-            web = start_server(server_env(url, free_port(), **COMMON), tmp_path / "web.log")
+            web = start_server(server_env(url, free_port(), **common), tmp_path / "web.log")
             started.append(web)
-            alice = login(web.base_url, "alice@example.com")
-            job_id = submit(web.base_url, alice)
             # A lease far longer than the test: only a hand-back lets another worker resume it.
             stopping = start_worker(
-                url, tmp_path / "worker-1.log", JOBS_LEASE_SECONDS="3600", TIMEOUT_GRACEFUL_SHUTDOWN="10"
+                url,
+                tmp_path / "worker-1.log",
+                common,
+                JOBS_LEASE_SECONDS="3600",
+                TIMEOUT_GRACEFUL_SHUTDOWN="10",
             )
             started.append(stopping)
+            alice = login(web.base_url, "alice@example.com")
+            job_id = submit(web.base_url, alice)
             wait(web.base_url, alice, job_id, lambda j: j["rows_done"] >= 500, "got going")
             stopping.send_signal(signal.SIGTERM)
             assert stopping.wait(timeout=10 + 20) == 0  # the grace period, and a margin for start-up's cost
@@ -185,7 +201,7 @@ async def test_a_worker_stopped_with_sigterm_hands_its_job_back_and_exits_in_its
             log = (tmp_path / "worker-1.log").read_text()
             assert "job_handed_back" in log
             assert f'"job_id": {job_id}' in log
-            started.append(start_worker(url, tmp_path / "worker-2.log", JOBS_LEASE_SECONDS="3600"))
+            started.append(start_worker(url, tmp_path / "worker-2.log", common, JOBS_LEASE_SECONDS="3600"))
             done = wait(
                 web.base_url, alice, job_id, lambda j: j["state"] not in {"queued", "running"}, "ended"
             )
