@@ -122,6 +122,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # process, whose heap holds every test module: 2-3 minutes of a suite run); a server does
         # it once. tests/ops/test_heap.py switches it on to test it.
         "gc_freeze": False,
+        # The embedded job worker (SQLite's default) costs 40-70 ms of CPU at each app's start and
+        # polls its queue; tests/jobs switches it on where a job must run.
+        "jobs_embedded_worker": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
