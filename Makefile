@@ -18,7 +18,7 @@ endif
 VENV_STAMP := .venv/.synced
 
 .PHONY: help install run serve model-server migrate create-admin model-add models test lint typecheck \
-        check-deploy pytest mlserver-venv image image-test bench bench-quick fuzz clean
+        check-deploy pytest test-venvs image image-test bench bench-quick fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -75,8 +75,8 @@ pytest: $(VENV_STAMP) ## The test suite with coverage of app/ (TEST_DATABASE_URL
 
 test: lint typecheck check-deploy pytest ## Everything CI checks
 
-mlserver-venv: $(VENV_STAMP) ## The MLServer virtualenv tests/tier runs MLServer from (.cache/; made by the tests when missing)
-	$(UV) run --no-sync python -c "from tests.tier.conftest import mlserver_venv; print(mlserver_venv())"
+test-venvs: $(VENV_STAMP) ## The virtualenvs of MLServer and openapi-python-client the tests run (.cache/; made by the tests when missing)
+	$(UV) run --no-sync python -m tests.venvs
 
 image: ## Build the container image (docker or podman; a Debian base made here with mmdebstrap): docs/deployment.md
 	bash scripts/image.sh build

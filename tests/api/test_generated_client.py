@@ -1,12 +1,12 @@
 """The OpenAPI document as a contract, proven by a client generated from it.
 
-A virtualenv of the test's own gets openapi-python-client from PyPI; it generates a Python client
-from the live /openapi.json of a real server process (models on, rate limits on with small limits),
-and a driver script run by that virtualenv's Python walks the README through with the generated
-client alone: register, log in, create / list / read / update / delete an item, submit a batch job,
-poll it and download its results, predict with the models, make an API key and call the service
-with it. Every error it meets (403 outside the key's scopes, 404, 409, 422, 429 on log-in and on an
-authenticated route) must come back parsed as the
+openapi-python-client, pinned, from PyPI into a virtualenv of its own (made once under .cache/ by
+tests/venvs.py), generates a Python client from the live /openapi.json of a real server process
+(models on, rate limits on with small limits), and a driver script run by that virtualenv's Python
+walks the README through with the generated client alone: register, log in, create / list / read /
+update / delete an item, submit a batch job, poll it and download its results, predict with the
+models, make an API key and call the service with it. Every error it meets (403 outside the key's
+scopes, 404, 409, 422, 429 on log-in and on an authenticated route) must come back parsed as the
 generated `Problem`, with its status: before the document named `Problem` under the media type the
 server sends, each of them was `parsed=None`.
 """
@@ -17,17 +17,18 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.faults.server import Server, free_port, private_database, server_env, start_server
+from tests.venvs import cached_venv
 
 pytestmark = [pytest.mark.slow, pytest.mark.database]
 
 GENERATOR = "openapi-python-client"
+GENERATOR_PIN = f"{GENERATOR}==0.29.1"
 
 DRIVER = r'''
 import io
@@ -206,22 +207,19 @@ def _run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[st
     return result  # type: ignore[no-any-return]
 
 
-def _generated_client_venv(root: Path, document: Path) -> Path:
-    """A virtualenv with openapi-python-client, and the client it generated from `document`
-    installed into it (a .pth file: the client needs nothing the generator did not bring)."""
-    venv = root / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)])
-    python = venv / "bin" / "python"
-    # pip's cache in the test's own directory: nothing is kept outside it.
-    env = {**os.environ, "PIP_CACHE_DIR": str(root / "pip-cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    _run([str(python), "-m", "pip", "install", "--quiet", GENERATOR], env=env)
+def generator_venv() -> Path:
+    """openapi-python-client in a virtualenv of its own, made once (tests/venvs.py)."""
+    return cached_venv("openapi-client", (GENERATOR_PIN,), GENERATOR)
+
+
+def _generated_client(root: Path, document: Path) -> Path:
+    """The client generated from `document`; the folder to put on the driver's PYTHONPATH (the
+    client needs nothing the generator's virtualenv does not have)."""
     package = root / "generated" / "service_client"
-    # `--meta none`: the package alone (no pyproject), so installing it downloads nothing more.
+    # `--meta none`: the package alone (no pyproject), nothing to install.
     generate = ["generate", "--path", str(document), "--output-path", str(package), "--meta", "none"]
-    _run([str(venv / "bin" / GENERATOR), *generate], env=env)
-    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
-    (Path(site) / "service_client.pth").write_text(str(package.parent) + "\n")
-    return python
+    _run([str(generator_venv() / "bin" / GENERATOR), *generate])
+    return package.parent
 
 
 async def test_a_generated_client_walks_the_readme_and_parses_every_error(tmp_path: Path) -> None:
@@ -240,10 +238,14 @@ async def test_a_generated_client_walks_the_readme_and_parses_every_error(tmp_pa
             document = tmp_path / "openapi.json"
             async with httpx.AsyncClient(base_url=server.base_url) as http:
                 document.write_bytes((await http.get("/openapi.json")).content)
-            python = await asyncio.to_thread(_generated_client_venv, tmp_path, document)
+            client_path = await asyncio.to_thread(_generated_client, tmp_path, document)
             (tmp_path / "driver.py").write_text(DRIVER)
+            python = generator_venv() / "bin" / "python"
             driven = await asyncio.to_thread(
-                _run, [str(python), str(tmp_path / "driver.py"), server.base_url], cwd=tmp_path
+                _run,
+                [str(python), str(tmp_path / "driver.py"), server.base_url],
+                cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(client_path)},
             )
         finally:
             server.stop()

@@ -3,19 +3,16 @@ cached under `.cache/`), this service's model server (`python -m app.cli model-s
 apps whose manifest points their models at either with `"executor": "remote"`.
 
 MLServer pins an older FastAPI, so it never shares the project's environment; its inference-pool
-workers need uvloop below 0.22 here (docs/models.md). The virtualenv's folder name carries a hash of
-every pin, so the second pytest pass of CI (and every later run) reuses it.
+workers need uvloop below 0.22 here (docs/models.md). Its virtualenv is made once (tests/venvs.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from importlib.metadata import version
@@ -31,6 +28,7 @@ from app.main import create_app
 from tests.conftest import PASSWORD, empty_database, make_settings
 from tests.faults.server import ROOT, Server, free_port, server_env, start_server
 from tests.lifespan import SERVER_STARTUP_LIMIT_S, lifespan
+from tests.venvs import cached_venv
 
 MODEL_DIR = ROOT / "ml_models"
 MODEL_SERVER_TOKEN = "model-server-test-token-" + "t" * 24
@@ -47,56 +45,9 @@ MLSERVER_PINS = (
 FOREST = "breast_cancer"
 
 
-def _uv() -> str | None:
-    found = shutil.which("uv")
-    if found:
-        return found
-    local = ROOT / ".tools" / "bin" / "uv"
-    return str(local) if local.exists() else None
-
-
 def mlserver_venv() -> Path:
-    """`.cache/mlserver-venv-<hash of the pins>`, made once (atomically: built aside, then renamed)."""
-    key = hashlib.sha256("\n".join((sys.version.split()[0], *MLSERVER_PINS)).encode()).hexdigest()[:12]
-    venv = ROOT / ".cache" / f"mlserver-venv-{key}"
-    if (venv / "bin" / "mlserver").exists():
-        return venv
-    building = venv.with_name(f"{venv.name}.building-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    building.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT"}}
-    env["UV_PYTHON_DOWNLOADS"] = "never"
-    uv = _uv()
-    if uv is not None:
-        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(building)], check=True, env=env)
-        install = [uv, "pip", "install", "-q", "--python", str(building / "bin" / "python")]
-    else:
-        subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
-        install = [
-            str(building / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-        ]
-    # Only PyPI: no extra index, no local wheels.
-    subprocess.run([*install, "--index-url", "https://pypi.org/simple", *MLSERVER_PINS], check=True, env=env)
-    # The scripts' shebangs name the folder they were installed in: fix them for the final name.
-    for script in (building / "bin").iterdir():
-        if script.is_file() and not script.is_symlink():
-            with contextlib.suppress(UnicodeDecodeError):
-                text = script.read_text()
-                if str(building) in text:
-                    script.write_text(text.replace(str(building), str(venv)))
-    (building / "pyvenv.cfg").write_text(
-        (building / "pyvenv.cfg").read_text().replace(str(building), str(venv))
-    )
-    try:
-        building.rename(venv)
-    except OSError:  # another run finished first
-        shutil.rmtree(building, ignore_errors=True)
-    return venv
+    """`.cache/mlserver-venv-<hash of the pins>` (tests/venvs.py)."""
+    return cached_venv("mlserver", MLSERVER_PINS, "mlserver")
 
 
 def save_forest_joblib(folder: Path) -> Path:
