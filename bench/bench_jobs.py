@@ -54,6 +54,7 @@ from bench.harness import (
     Server,
     cores,
     free_port,
+    judged,
     migrate,
     post_script,
     postgres_url,
@@ -494,12 +495,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{k['rows']:,} rows, killed at {k['rows_done_when_killed']:,}; {k['lost']} lost, "
             f"{k['duplicated']} duplicated",
         ))  # fmt: skip
-    out = []
-    for metric, value, target, figures in rows:
-        limit = float(target.split()[-1])
-        met = value <= limit if target.startswith("<=") else value >= limit
-        out.append({"metric": metric, "value": value, "target": target, "met": met, "figures": figures})
-    return out
+    return judged(rows)
 
 
 def markdown(results: dict[str, Any]) -> str:

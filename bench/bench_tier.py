@@ -49,6 +49,7 @@ from bench.harness import (
     cores,
     descendants,
     free_port,
+    judged,
     light_run,
     memory_of,
     migrate,
@@ -249,12 +250,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
          f"({LIGHT_RATE} req/s, {HEAVY_CLIENTS} heavy clients)",
          ratio(loaded, idle), "<= 1.5", f"{loaded:.2f} / {idle:.2f} ms"),
     ]  # fmt: skip
-    out = []
-    for metric, value, target, figures in rows:
-        limit = float(target.split()[-1])
-        met = value <= limit if target.startswith("<=") else value >= limit
-        out.append({"metric": metric, "value": value, "target": target, "met": met, "figures": figures})
-    return out
+    return judged(rows)
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -794,6 +794,16 @@ class ResultsFile:
         return results
 
 
+def judged(rows: list[tuple[str, float, str, str]]) -> list[dict[str, Any]]:
+    """(metric, value, target such as ">= 5" or "<= 1.5", figures) rows, each judged met or not."""
+    out = []
+    for metric, value, target, figures in rows:
+        limit = float(target.split()[-1])
+        met = value <= limit if target.startswith("<=") else value >= limit
+        out.append({"metric": metric, "value": value, "target": target, "met": met, "figures": figures})
+    return out
+
+
 def targets_table(targets: list[dict[str, Any]]) -> list[str]:
     """The markdown table of `targets` rows with a value and figures (bench_swap, bench_tier)."""
     return [

@@ -41,6 +41,8 @@ from typing import Any, BinaryIO, cast
 
 import numpy as np
 
+from app.ml.inputs import json_type
+
 # Every model takes float32: a finite float64 beyond this range would silently become infinity.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # A CSV or JSON line longer than this is a row error, not a reason to hold the line in memory.
@@ -566,7 +568,7 @@ def _json_items(value: object, features: Sequence[str]) -> str | Sequence[object
         if len(value) != len(features):
             return f"expected {len(features)} values in this order: {', '.join(features)}; got {len(value)}"
         return value
-    return f"not an object keyed by feature name or an array in feature order, got {_json_type(value)}"
+    return f"not an object keyed by feature name or an array in feature order, got {json_type(value)}"
 
 
 def _json_values(value: object, features: Sequence[str]) -> tuple[str | None, list[float] | None]:
@@ -577,7 +579,7 @@ def _json_values(value: object, features: Sequence[str]) -> tuple[str | None, li
     for name, item in zip(features, items, strict=True):
         kind = type(item)
         if kind is not float and kind is not int:
-            what = "missing value" if item is None else f"must be a number, got {_json_type(item)}"
+            what = "missing value" if item is None else f"must be a number, got {json_type(item)}"
             return f"{name}: {what}", None
         try:
             number = float(item)  # type: ignore[arg-type]  # int or float, checked above
@@ -588,20 +590,6 @@ def _json_values(value: object, features: Sequence[str]) -> tuple[str | None, li
             return problem, None
         out.append(number)
     return None, out
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    return "an array"
 
 
 def _skip_to(stream: BinaryIO, offset: int) -> None:

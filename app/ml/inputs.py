@@ -68,10 +68,10 @@ def _number(value: object) -> float | str:
         return "must be a number, got null"
     if isinstance(value, str):
         return "must be a number, got a string"
-    return f"must be a number, got {_json_type(value)}"
+    return f"must be a number, got {json_type(value)}"
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
     """The JSON name of a value's type, for messages."""
     if value is None:
         return "null"
@@ -125,7 +125,7 @@ def _fill_row(spec: ModelSpec, row: object, path: str, out: np.ndarray, errors: 
     errors.add(
         path,
         f"must be an array of {len(names)} numbers in feature order or an object keyed by feature "
-        f"name, got {_json_type(row)}; expected: {_expected(spec)}",
+        f"name, got {json_type(row)}; expected: {_expected(spec)}",
     )
 
 
@@ -159,7 +159,7 @@ def validate_rows(spec: ModelSpec, rows: object, *, field: str = "rows") -> np.n
     if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Sequence):
         raise InvalidInput(
             spec.name,
-            [(field, f"must be an array of rows, got {_json_type(rows)}")],
+            [(field, f"must be an array of rows, got {json_type(rows)}")],
             spec.feature_names,
         )
     if not rows:
