@@ -22,7 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from app.jobs import formats
 from app.jobs.formats import (
     MEDIA_TYPES,
     JobFormat,
@@ -312,6 +315,72 @@ def test_csv_read_in_any_block_size_gives_the_same_chunks_and_resume_points(
     small = read_all(INPUTS[JobFormat.CSV], JobFormat.CSV, chunk_rows=6)
     assert _signature(small) == _signature(whole)
     assert [c.resume for c in small] == [c.resume for c in whole]
+
+
+# Cells a CSV may hold: numbers as people and programs write them, and every way a value goes wrong.
+_CELLS = [
+    "5.1", "-0.25", "3", "+4.5", ".5", "7.", "1e3", "2.5E-3", "-0", "0.1000000000000000055511151231257827",
+    "3.4028235e38", "3.5e38", "1e-320", "1e400", "-1e400", "nan", "NaN", "inf", "-Infinity", "",
+    " 5.1", "5.1 ", "\t2", "1_000", "0x10", "abc", "5,1", '"5.1"', '"4.9"', '"a ""quoted"" note"',
+    '"line\nbreak"', "\u0665", "é", "N/A", "NULL", "#N/A", "true", "1.5f", "--1", "1e", "\x0c",
+]  # fmt: skip
+
+
+@st.composite
+def _csv_inputs(draw: st.DrawFn) -> tuple[bytes, int]:
+    """A header (features among other columns, in any order) and rows of any cells, row widths,
+    blank lines and line ends; mostly good rows, so that many chunks are plain."""
+    columns = draw(st.permutations([*FEATURES, "id"]))
+    newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    good = st.floats(-1e6, 1e6, allow_nan=False).map(repr)
+    lines = [",".join(columns)]
+    for _ in range(draw(st.integers(0, 30))):
+        kind = draw(st.integers(0, 9))
+        if kind == 0:
+            lines.append("")
+            continue
+        width = len(columns) if kind != 1 else draw(st.integers(1, len(columns) + 1))
+        cell = st.sampled_from(_CELLS) if kind == 2 else good
+        lines.append(",".join(draw(cell) for _ in range(width)))
+    text = newline.join(lines) + draw(st.sampled_from(["", newline, newline * 2]))
+    return text.encode(), draw(st.integers(1, 7))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_csv_inputs())
+def test_csv_chunks_are_the_same_parsed_by_pyarrow_or_by_csv_reader(case: tuple[bytes, int]) -> None:
+    """A seekable input's plain chunks are parsed by pyarrow, the rest by csv.reader (which a
+    stream that cannot seek always gets): the rows, errors and resume points are the same."""
+    data, chunk_rows = case
+
+    def read(stream: Any) -> str | list[Any]:
+        try:
+            chunks = list(iter_chunks(stream, JobFormat.CSV, FEATURES, chunk_rows=chunk_rows))
+        except JobInputError as exc:
+            return str(exc)
+        return [(*signature, c.resume) for c, signature in zip(chunks, _signature(chunks), strict=True)]
+
+    assert read(io.BytesIO(data)) == read(pipe(data))
+
+
+def test_plain_chunks_are_parsed_by_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The property above would hold with csv.reader alone: this one shows pyarrow takes the plain
+    chunks and csv.reader only the one holding a quoted field."""
+    taken: list[bool] = []
+    real = formats._PlainCsv.chunk
+
+    def spy(self: Any, data: bytes, row: int, at: int) -> RowChunk | None:
+        chunk = real(self, data, row, at)
+        taken.append(chunk is not None)
+        return chunk
+
+    monkeypatch.setattr(formats._PlainCsv, "chunk", spy)
+    text = as_csv(iris_matrix(12)).decode().splitlines()
+    text[6] = '"5.5",1,2,3'  # row 5, in the second chunk of 4
+    chunks = read_all(("\n".join(text) + "\n").encode(), JobFormat.CSV, chunk_rows=4)
+    assert taken == [True, False, True]
+    assert [(c.first_row, c.n_rows) for c in chunks] == [(0, 4), (4, 4), (8, 4)]
+    assert scored(chunks)[5] == [5.5, 1.0, 2.0, 3.0]
 
 
 # --- JSON Lines ---------------------------------------------------------------------------------
