@@ -23,6 +23,7 @@ from app.db.engine import create_engine
 from app.db.migrations import upgrade_to_head
 from app.http.state import registry_settings
 from app.jobs.engine import JobEngine
+from app.jobs.formats import load_readers
 from app.jobs.runner import JobRunner, LoopHandler
 from app.ml.registry import ModelRegistry
 from app.observability.metrics import observe_model_batch
@@ -68,6 +69,7 @@ class WorkerLoop:
             await upgrade_to_head(self.db.engine)
         if self.settings.ml_enabled:
             await self.fleet.start()
+        load_readers()
         # Jobs orphaned by a worker that died are enqueued again at once, then every period.
         runner.start_upkeep()
 

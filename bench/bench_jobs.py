@@ -8,9 +8,10 @@ a web process (`python -m app.cli serve`, the embedded worker off) and a job wor
 PostgreSQL (a `mlservice_bench_jobs` database, re-created every run).
 
 Measured:
-1. Rows per second of one job on the worker, submit (upload included) to `succeeded`, against the
-   same rows sent as 64-row requests to `POST /api/v1/models/{name}/predict` over 8 connections
-   (wrk), iris (ONNX, threads) and the forest (breast_cancer, the process pool).
+1. Rows per second of one job on the worker, submit (upload included) to `succeeded`, after a
+   warm-up job of one chunk (as the requests get a warm-up run and the runtime alone a warm-up
+   call), against the same rows sent as 64-row requests to `POST /api/v1/models/{name}/predict`
+   over 8 connections (wrk), iris (ONNX, threads) and the forest (breast_cancer, the process pool).
 2. The same job against the runtime alone scoring the same rows in process (a registry built as
    the worker builds it, `runtime.run` in batches of the job's size, one after the other), in a
    process pinned to the server core.
@@ -333,6 +334,9 @@ def throughput_rows(profile: Profile, load: Load, pin: list[str], workdir: Path)
         for model in MODELS:
             rows = model_rows(model, profile.rows, seed=1)
             body = csv_bytes(model, rows)
+            # Warmed up as the runtime alone and the requests are: a job of one chunk first.
+            warm = CHUNK_ROWS
+            job_throughput(web.port, token, model, csv_bytes(model, rows[:warm]), warm)
             entry: dict[str, Any] = {"job": job_throughput(web.port, token, model, body, profile.rows)}
             entry["requests"] = request_throughput(load, web.port, token, model, profile.wrk_s)
             entry["runtime"] = runtime_alone(model, rows, workdir, env_for(url, free_port()), pin)
