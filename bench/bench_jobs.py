@@ -1,6 +1,7 @@
 """Batch jobs' figures of `make bench` (issue 23's targets), in one run, against real processes.
 
-`uv run python -m bench.bench_jobs [--quick] [--out PATH]`
+`uv run python -m bench.bench_jobs [--quick] [--out PATH]`; with `--cpu-split`, only one forest
+job's CPU split by process (bench/analysis.md, jobs).
 
 Processes, each pinned to the server core (load generators on the other, as bench/run.py does):
 a web process (`python -m app.cli serve`, the embedded worker off) and a job worker
@@ -513,12 +514,71 @@ def markdown(results: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
+# --------------------------------------------------------------------------- where the time goes
+
+
+def _process_tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(
+                int(stat.parent.name)
+            )
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of one process so far (/proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_split(rows: int, runs: int) -> None:
+    """`--cpu-split`: one forest job's time, split by process (bench/analysis.md, jobs): the web
+    process's upload, the worker's own CPU, its model process's, against the runtime alone."""
+    pin, _ = cores()
+    model = "breast_cancer"
+    x = model_rows(model, rows, seed=1)
+    body = csv_bytes(model, x)
+    with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'jobs.db'}"
+        with stack(url, pin, "split") as (web, worker, token):
+            job_throughput(web.port, token, model, csv_bytes(model, x[:CHUNK_ROWS]), CHUNK_ROWS)
+            processes = [web.pid, *_process_tree(worker.pid)]
+            for _ in range(runs):
+                before = {pid: _cpu_s(pid) for pid in processes}
+                started = time.perf_counter()
+                job_id = submit(web.port, token, model, body)
+                uploaded = time.perf_counter()
+                wait_job(web.port, token, job_id, ended, every=0.2)
+                ended_at = time.perf_counter()
+                used = {pid: round(_cpu_s(pid) - before[pid], 2) for pid in processes}
+                print(
+                    f"{rows:,} rows in {ended_at - started:.2f} s (upload {uploaded - started:.2f} s); "
+                    f"CPU s: web {used.pop(web.pid)}, worker {used.pop(worker.pid)}, "
+                    f"its model processes {sorted(v for v in used.values() if v)}",
+                    flush=True,
+                )
+            runtime_alone(model, x, Path(tmp), env_for(url, free_port()), pin)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_jobs", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rows, a 100 MB CSV (about 3 minutes)")
     parser.add_argument("--kill-db", default="sqlite,postgresql", help="databases of the SIGKILL row")
     parser.add_argument("--out", type=Path, default=RESULTS / "jobs.json")
+    parser.add_argument("--cpu-split", action="store_true", help="only one forest job's CPU by process")
     args = parser.parse_args(argv)
+    if args.cpu_split:
+        cpu_split(200_000, 3)
+        return 0
     profile = Profile.make(args.quick)
     server_pin, load_pin = cores()
     results_file = ResultsFile("bench.bench_jobs", args.quick, profile, server_pin, load_pin)
