@@ -53,6 +53,7 @@ MAX_LINE_CHARS = 1 << 20
 # How much of a bad value a row error quotes.
 _QUOTE_CHARS = 40
 _BOM = "\ufeff"
+_BOM_BYTES = _BOM.encode()
 _PARQUET_MAGIC = b"PAR1"
 # Marks a line that was too long in the CSV line stream (NUL cannot start a real line we accept).
 _OVERLONG = "\x00overlong"
@@ -385,7 +386,28 @@ class _CsvLines:
                     yield self._enter([_OVERLONG + "\n"], size)
                 continue
             complete, carry = data[:cut], data[cut:]
-            yield self._enter(_split_lines(complete), _utf8_size(complete))
+            lines = _split_lines(complete)
+            if len(complete) > MAX_LINE_CHARS and any(len(line) > MAX_LINE_CHARS for line in lines):
+                yield from self._marking_overlong(lines)
+            else:
+                yield self._enter(lines, _utf8_size(complete))
+
+    def _marking_overlong(self, lines: list[str]) -> Iterator[list[str]]:
+        """A line longer than MAX_LINE_CHARS whose end came in the same read becomes the marker
+        too, so that a line's fate is its own, not that of where the reading started (a resume or
+        a chunk read again). The marker in a block of its own, sized by the line's real bytes: the
+        offsets stay exact."""
+        run: list[str] = []
+        for line in lines:
+            if len(line.rstrip("\r\n")) > MAX_LINE_CHARS:
+                if run:
+                    yield self._enter(run, _utf8_size("".join(run)))
+                    run = []
+                yield self._enter([_OVERLONG + "\n"], _utf8_size(line))
+            else:
+                run.append(line)
+        if run:
+            yield self._enter(run, _utf8_size("".join(run)))
 
     def _skip_line(self, start: str) -> int:
         """Read past the end of an overlong line; its size in bytes, line end included."""
@@ -418,9 +440,14 @@ def _utf8_size(text: str) -> int:
 def _csv_chunks(
     stream: BinaryIO, features: list[str], chunk_rows: int, offset: int, row: int
 ) -> Iterator[RowChunk]:
-    if stream.seekable():
+    if stream.seekable() and chunk_rows >= _PLAIN_MIN_ROWS:
         return _csv_chunks_seeking(stream, features, chunk_rows, offset, row)
     return _csv_chunks_reading(stream, features, chunk_rows, offset, row)
+
+
+# Chunks of fewer rows are read by csv.reader: a call of pyarrow's reader costs ~0.3 ms whatever
+# it reads (2,000 chunks of one row: 0.73 s against 0.09).
+_PLAIN_MIN_ROWS = 32
 
 
 def _csv_chunks_reading(
@@ -541,52 +568,57 @@ class _ByteLines:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
-        self._carry = b""
+        self._held = b""  # read, and handed out up to self._at
+        self._at = 0
         self._eof = False
 
     def take(self, n: int) -> bytes | None:
         """The next `n` lines (fewer at the end), line ends included; None when the input has
         ended, or when a line runs past _plain_line_bytes() (csv.reader then reads it, and bounds it)."""
-        parts = [self._carry]
-        count = _count_line_ends(self._carry)
-        size = len(self._carry)
-        last_end = self._carry.rfind(b"\n")  # offset of the last line end within what is held
-        while count < n and not self._eof:
-            block = self._stream.read(_PLAIN_BLOCK_BYTES)
-            if not block:
-                self._eof = True
-                break
-            found = _count_line_ends(block)
-            if found:
-                last_end = size + block.rfind(b"\n")
-            count += found
-            parts.append(block)
-            size += len(block)
-            if size - last_end - 1 > _plain_line_bytes():
-                return None  # an overlong line: held no further
-        data = b"".join(parts) if len(parts) > 1 else parts[0]
-        if not data:
-            return None
-        if count <= n:
-            if count < n and not self._eof:
-                return None
-            if self._eof or data.endswith(b"\n"):
-                self._carry = b""
-                return data
-        cut = _nth_line_end(data, n)
-        self._carry = data[cut:]
-        return data[:cut]
+        held, at = self._held, self._at
+        cut = _line_end_after(held, at, n)
+        if cut < 0:  # fewer than n lines held: read on
+            rest = held[at:]
+            parts = [rest]
+            count, size = _count_line_ends(rest), len(rest)
+            last_end = rest.rfind(b"\n")  # offset of the last line end within what is held
+            while count < n and not self._eof:
+                block = self._stream.read(_PLAIN_BLOCK_BYTES)
+                if not block:
+                    self._eof = True
+                    break
+                found = _count_line_ends(block)
+                if found:
+                    last_end = size + block.rfind(b"\n")
+                count += found
+                parts.append(block)
+                size += len(block)
+                if size - last_end - 1 > _plain_line_bytes():
+                    return None  # an overlong line: held no further
+            held, at = (b"".join(parts) if len(parts) > 1 else rest), 0
+            cut = _line_end_after(held, 0, n) if count >= n else len(held)
+        self._held, self._at = held, cut
+        return held[at:cut] if cut > at else None
+
+
+def _line_end_after(data: bytes, start: int, n: int) -> int:
+    """The offset just past the n-th line end of data at or after `start`; -1 if it holds fewer."""
+    if n <= 64:  # a few C searches; a chunk of many lines takes one array scan instead
+        end = start - 1
+        for _ in range(n):
+            end = data.find(b"\n", end + 1)
+            if end < 0:
+                return -1
+        return end + 1
+    if start >= len(data):
+        return -1
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, offset=start) == _LF)
+    return start + int(ends[n - 1]) + 1 if len(ends) >= n else -1
 
 
 def _count_line_ends(data: bytes) -> int:
     # numpy: 4x faster than bytes.count for one byte (0.15 against 0.67 ms a megabyte here).
     return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == _LF))
-
-
-def _nth_line_end(data: bytes, n: int) -> int:
-    """The offset just past the n-th b"\n" of data (which holds at least n)."""
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == _LF)
-    return int(ends[n - 1]) + 1
 
 
 def _plain_line_bytes() -> int:
@@ -634,6 +666,8 @@ class _PlainCsv:
         matrix = np.empty((n, len(self._features)), dtype=np.float64)
         for j, column in enumerate(table.columns):
             matrix[:, j] = column.to_numpy()
+        if np.isnan(matrix).any():
+            return None  # pyarrow reads `nan(...)`, which float() refuses: csv.reader names it
         return _assemble(
             matrix,
             list(range(row, row + n)),
@@ -645,11 +679,11 @@ class _PlainCsv:
 
 
 def _plain_lines(data: bytes) -> int | None:
-    """The number of lines of data if they are plain: no quote, NUL, blank line or lone carriage
-    return, none longer than _plain_line_bytes(). Array scans, not bytes.count and 2-byte searches
-    (3.7 ms a chunk of forest rows, as much as pyarrow's parse)."""
-    if b'"' in data or b"\x00" in data:
-        return None
+    """The number of lines of data if they are plain: no quote, NUL, leading BOM, blank line or
+    lone carriage return, none longer than _plain_line_bytes(). Array scans, not bytes.count and
+    2-byte searches (3.7 ms a chunk of forest rows, as much as pyarrow's parse)."""
+    if b'"' in data or b"\x00" in data or data.startswith(_BOM_BYTES):
+        return None  # (pyarrow skips a BOM at its input's start: csv.reader keeps it in the value)
     raw = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(raw == _LF)
     lengths = np.diff(ends, prepend=-1)  # each line's, its line end included

@@ -323,6 +323,7 @@ _CELLS = [
     "3.4028235e38", "3.5e38", "1e-320", "1e400", "-1e400", "nan", "NaN", "inf", "-Infinity", "",
     " 5.1", "5.1 ", "\t2", "1_000", "0x10", "abc", "5,1", '"5.1"', '"4.9"', '"a ""quoted"" note"',
     '"line\nbreak"', "\u0665", "é", "N/A", "NULL", "#N/A", "true", "1.5f", "--1", "1e", "\x0c",
+    "\ufeff5.1", "nan(ind)", "-nan()", "x\ry", "\x00",
 ]  # fmt: skip
 
 
@@ -346,21 +347,70 @@ def _csv_inputs(draw: st.DrawFn) -> tuple[bytes, int]:
     return text.encode(), draw(st.integers(1, 7))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_csv_inputs())
-def test_csv_chunks_are_the_same_parsed_by_pyarrow_or_by_csv_reader(case: tuple[bytes, int]) -> None:
-    """A seekable input's plain chunks are parsed by pyarrow, the rest by csv.reader (which a
-    stream that cannot seek always gets): the rows, errors and resume points are the same."""
-    data, chunk_rows = case
+def _both_readers(data: bytes, chunk_rows: int, features: Sequence[str] = FEATURES) -> tuple[Any, Any]:
+    """What a seekable stream (pyarrow where it can) and a pipe (csv.reader) give for `data`."""
 
     def read(stream: Any) -> str | list[Any]:
         try:
-            chunks = list(iter_chunks(stream, JobFormat.CSV, FEATURES, chunk_rows=chunk_rows))
+            chunks = list(iter_chunks(stream, JobFormat.CSV, features, chunk_rows=chunk_rows))
         except JobInputError as exc:
             return str(exc)
         return [(*signature, c.resume) for c, signature in zip(chunks, _signature(chunks), strict=True)]
 
-    assert read(io.BytesIO(data)) == read(pipe(data))
+    return read(io.BytesIO(data)), read(pipe(data))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_csv_inputs(), st.sampled_from([1, 5, 64, 1 << 20]))
+def test_csv_chunks_are_the_same_parsed_by_pyarrow_or_by_csv_reader(
+    case: tuple[bytes, int], block_bytes: int
+) -> None:
+    """A seekable input's plain chunks are parsed by pyarrow, the rest by csv.reader (which a
+    stream that cannot seek always gets): the rows, errors and resume points are the same, however
+    the bytes are read (blocks of `block_bytes`: lines cut across reads)."""
+    data, chunk_rows = case
+    defaults = formats._PLAIN_BLOCK_BYTES, formats._PLAIN_MIN_ROWS
+    formats._PLAIN_BLOCK_BYTES, formats._PLAIN_MIN_ROWS = block_bytes, 1
+    try:
+        seekable, piped = _both_readers(data, chunk_rows)
+    finally:
+        formats._PLAIN_BLOCK_BYTES, formats._PLAIN_MIN_ROWS = defaults
+    assert seekable == piped
+
+
+@pytest.mark.parametrize(
+    ("data", "row", "says"),
+    [
+        # pyarrow skips a BOM at the start of what it is given: every chunk, not only the file's.
+        (b"a,b\n1,2\n\xef\xbb\xbf3,4\n", 1, "a: must be a number, got '\\ufeff3'"),
+        # pyarrow reads nan(...); float() does not.
+        (b"a,b\n1,2\n3,nan(ind)\n", 1, "b: must be a number, got 'nan(ind)'"),
+    ],
+)
+def test_what_pyarrow_would_take_and_csv_reader_refuses_is_refused(
+    monkeypatch: pytest.MonkeyPatch, data: bytes, row: int, says: str
+) -> None:
+    monkeypatch.setattr("app.jobs.formats._PLAIN_MIN_ROWS", 1)
+    seekable, piped = _both_readers(data, 1, ["a", "b"])
+    assert seekable == piped
+    assert errors(read_all(data, JobFormat.CSV, chunk_rows=1, features=["a", "b"])) == {row: says}
+
+
+@pytest.mark.parametrize("block_chars", [16, 50, 1000])
+def test_a_line_over_the_limit_is_a_row_error_wherever_the_reading_started(
+    monkeypatch: pytest.MonkeyPatch, block_chars: int
+) -> None:
+    """Whether a long line is refused depends on the line alone: not on how the text was cut into
+    reads, which differs between a whole read, a resume, and a chunk read again by csv.reader."""
+    monkeypatch.setattr("app.jobs.formats.MAX_LINE_CHARS", 64)
+    monkeypatch.setattr("app.jobs.formats._BLOCK_CHARS", block_chars)
+    monkeypatch.setattr("app.jobs.formats._PLAIN_MIN_ROWS", 1)
+    data = b"a,b\n1,22222222\n1," + b"2" * 67 + b"\n5,6\n"
+    seekable, piped = _both_readers(data, 1, ["a", "b"])
+    assert seekable == piped
+    chunks = read_all(data, JobFormat.CSV, chunk_rows=1, features=["a", "b"])
+    assert errors(chunks) == {1: "the row is longer than 64 characters"}
+    assert {row for chunk in chunks for row in chunk.good} == {0, 2}
 
 
 def test_plain_chunks_are_parsed_by_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -375,6 +425,7 @@ def test_plain_chunks_are_parsed_by_pyarrow(monkeypatch: pytest.MonkeyPatch) -> 
         return chunk
 
     monkeypatch.setattr(formats._PlainCsv, "chunk", spy)
+    monkeypatch.setattr(formats, "_PLAIN_MIN_ROWS", 1)
     text = as_csv(iris_matrix(12)).decode().splitlines()
     text[6] = '"5.5",1,2,3'  # row 5, in the second chunk of 4
     chunks = read_all(("\n".join(text) + "\n").encode(), JobFormat.CSV, chunk_rows=4)
