@@ -13,6 +13,7 @@ fails with a problem naming the version.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import io
 import os
 import socket
@@ -81,7 +82,9 @@ class JobFailed(Exception):
 
 class SegmentStream(io.RawIOBase):
     """A job's input segments read back as one seekable byte stream, a segment at a time (read in
-    the runner's parsing thread, fetched on the event loop)."""
+    the runner's parsing thread, fetched on the event loop). The last two segments fetched are
+    kept: a CSV chunk read again by csv.reader seeks back into the segment before the one its
+    read-ahead reached, chunk after chunk."""
 
     def __init__(self, fetch: Callable[[int], bytes | None], sizes: list[int]) -> None:
         self._fetch = fetch
@@ -89,8 +92,7 @@ class SegmentStream(io.RawIOBase):
         for size in sizes:
             self._starts.append(self._starts[-1] + size)
         self._pos = 0
-        self._seq = -1
-        self._data = b""
+        self._kept: dict[int, bytes] = {}  # seq -> data, the last two fetched
 
     def readable(self) -> bool:
         return True
@@ -109,15 +111,18 @@ class SegmentStream(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self._pos >= self._starts[-1]:
             return 0
-        seq = next(i for i in range(len(self._starts) - 1) if self._starts[i + 1] > self._pos)
-        if seq != self._seq:
+        seq = bisect.bisect_right(self._starts, self._pos) - 1
+        data = self._kept.get(seq)
+        if data is None:
             data = self._fetch(seq)
             if data is None:
                 raise OSError(f"input segment {seq} is missing")
-            self._seq, self._data = seq, data
+            if len(self._kept) >= 2:
+                del self._kept[next(iter(self._kept))]
+            self._kept[seq] = data
         offset = self._pos - self._starts[seq]
-        n = min(len(buffer), len(self._data) - offset)
-        buffer[:n] = self._data[offset : offset + n]
+        n = min(len(buffer), len(data) - offset)
+        buffer[:n] = memoryview(data)[offset : offset + n]
         self._pos += n
         return n
 

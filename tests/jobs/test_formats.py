@@ -38,6 +38,7 @@ from app.jobs.formats import (
     format_for,
     iter_chunks,
 )
+from app.jobs.runner import SegmentStream
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -778,3 +779,27 @@ def test_parquet_results_of_no_rows_are_a_valid_empty_file() -> None:
     table = pq.read_table(io.BytesIO(writer.start() + writer.finish()))
     assert table.num_rows == 0
     assert table.column_names == ["row", "value", "error"]
+
+
+# --- the worker's stream of stored segments ---------------------------------------------------------
+
+
+def test_a_csv_read_again_chunk_by_chunk_fetches_each_stored_segment_about_once() -> None:
+    """The worker reads an upload back from its stored segments (app.jobs.runner.SegmentStream):
+    chunks that csv.reader reads again (here every one: a quoted column) seek back into the segment
+    before the one the read-ahead reached; each segment is still fetched from the database about
+    once, and the rows are those of the whole file."""
+    lines = [",".join(["note", *FEATURES])] + [f'"n{i}",5.1,3.5,1.4,0.2' for i in range(60_000)]
+    data = ("\n".join(lines) + "\n").encode()
+    segments = [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+    fetched: list[int] = []
+
+    def fetch(seq: int) -> bytes:
+        fetched.append(seq)
+        return segments[seq]
+
+    stream = io.BufferedReader(SegmentStream(fetch, [len(s) for s in segments]), buffer_size=1 << 20)
+    chunks = list(iter_chunks(stream, JobFormat.CSV, FEATURES, chunk_rows=4096))
+    assert sum(len(c.good) for c in chunks) == 60_000
+    assert len(segments) >= 2
+    assert len(fetched) <= len(segments) + 2, fetched
