@@ -57,7 +57,21 @@ def _children_of(pid: int) -> list[tuple[int, str]]:
 
 
 @pytest.mark.asyncio
-async def test_killed_worker_fails_its_requests_and_is_replaced(registry: ModelRegistry) -> None:
+async def test_killed_worker_fails_its_requests_and_is_replaced(make_model_dir: MakeModelDir) -> None:
+    # The queued requests wait for the replacement worker to start: within 10 s, not the
+    # manifest's 2 s, which a loaded machine once missed (PredictionTimeout in a CI rehearsal).
+    def patient(manifest: dict[str, Any]) -> None:
+        model_entry(manifest, HEAVY)["timeout_ms"] = 10_000
+
+    registry = ModelRegistry(settings_for(make_model_dir(patient, only=(HEAVY,))))
+    await registry.start()
+    try:
+        await _killed_worker_fails_its_requests_and_is_replaced(registry)
+    finally:
+        await registry.close()
+
+
+async def _killed_worker_fails_its_requests_and_is_replaced(registry: ModelRegistry) -> None:
     (pid,) = registry.worker_pids(HEAVY)
     os.kill(pid, signal.SIGSTOP)
     in_flight = asyncio.create_task(registry.predict_one(HEAVY, ROW))
