@@ -361,7 +361,7 @@ def _both_readers(data: bytes, chunk_rows: int, features: Sequence[str] = FEATUR
     return read(io.BytesIO(data)), read(pipe(data))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_csv_inputs(), st.sampled_from([1, 5, 64, 1 << 20]))
 def test_csv_chunks_are_the_same_parsed_by_pyarrow_or_by_csv_reader(
     case: tuple[bytes, int], block_bytes: int
