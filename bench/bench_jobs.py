@@ -55,11 +55,13 @@ from bench.harness import (
     ResultsFile,
     Server,
     cores,
+    descendants,
     free_port,
     judged,
     migrate,
     post_script,
     postgres_url,
+    proc_cpu,
     register_and_login,
     service_env,
     status_field,
@@ -517,29 +519,6 @@ def markdown(results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- where the time goes
 
 
-def _process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(
-                int(stat.parent.name)
-            )
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += children.get(found[-1], [])
-    return found
-
-
-def _cpu_s(pid: int) -> float:
-    """User and system CPU seconds of one process so far (/proc/<pid>/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_split(rows: int, runs: int) -> None:
     """`--cpu-split`: one forest job's time, split by process (bench/analysis.md, jobs): the web
     process's upload, the worker's own CPU, its model process's, against the runtime alone."""
@@ -551,15 +530,15 @@ def cpu_split(rows: int, runs: int) -> None:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'jobs.db'}"
         with stack(url, pin, "split") as (web, worker, token):
             job_throughput(web.port, token, model, csv_bytes(model, x[:CHUNK_ROWS]), CHUNK_ROWS)
-            processes = [web.pid, *_process_tree(worker.pid)]
+            processes = [web.pid, worker.pid, *descendants(worker.pid)]
             for _ in range(runs):
-                before = {pid: _cpu_s(pid) for pid in processes}
+                before = {pid: proc_cpu(pid) for pid in processes}
                 started = time.perf_counter()
                 job_id = submit(web.port, token, model, body)
                 uploaded = time.perf_counter()
                 wait_job(web.port, token, job_id, ended, every=0.2)
                 ended_at = time.perf_counter()
-                used = {pid: round(_cpu_s(pid) - before[pid], 2) for pid in processes}
+                used = {pid: round(proc_cpu(pid) - before[pid], 2) for pid in processes}
                 print(
                     f"{rows:,} rows in {ended_at - started:.2f} s (upload {uploaded - started:.2f} s); "
                     f"CPU s: web {used.pop(web.pid)}, worker {used.pop(worker.pid)}, "

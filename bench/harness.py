@@ -469,7 +469,8 @@ def route_exists(port: int, token: str, method: str, path: str) -> bool:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int) -> float:
+    """User and system CPU seconds of one process so far (/proc/<pid>/stat); 0 once it is gone."""
     with contextlib.suppress(OSError, IndexError, ValueError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -486,11 +487,11 @@ def cpu_snapshot(server_pid: int | None) -> dict[str, float]:
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 if (entry / "comm").read_text().strip() == "postgres":
-                    postgres += _proc_cpu(int(entry.name))
+                    postgres += proc_cpu(int(entry.name))
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "busy": busy,
-        "server": _proc_cpu(server_pid) if server_pid else 0.0,
+        "server": proc_cpu(server_pid) if server_pid else 0.0,
         "postgres": postgres,
         "load": children.ru_utime + children.ru_stime,
         "t": time.perf_counter(),
