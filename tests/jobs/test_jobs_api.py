@@ -142,6 +142,106 @@ async def test_malformed_submissions_are_4xx_problems_naming_the_field(
     assert listed.json()["items"] == []
 
 
+async def test_a_file_sent_as_a_form_runs_as_the_same_file_sent_as_the_body(
+    client: httpx.AsyncClient, user_headers: Headers
+) -> None:
+    """`curl -F model=iris -F file=@rows.csv`: the form's fields name the model, the file part's
+    media type (or, when generic, its name) the format."""
+    data = iris_csv(70, bad={5: "5.1,abc,1.4,0.2"})
+    as_body = (await submit_csv(client, user_headers, data)).json()
+    as_form = await client.post(
+        "/api/v1/jobs",
+        data={"model": "iris", "version": "default"},
+        files={"file": ("rows.csv", data, "text/csv")},
+        headers=user_headers,
+    )
+    assert as_form.status_code == 202, as_form.text
+    assert as_form.json()["input_format"] == "csv"
+    # A Parquet file, its part typed only as bytes: its name says the format; the model in the query.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({name: [5.1 + i / 10 for i in range(30)] for name in FEATURES})
+    parquet = io.BytesIO()
+    pq.write_table(table, parquet)
+    as_parquet = await client.post(
+        "/api/v1/jobs",
+        params={"model": "iris"},
+        files={"file": ("rows.parquet", parquet.getvalue(), "application/octet-stream")},
+        headers=user_headers,
+    )
+    assert as_parquet.status_code == 202, as_parquet.text
+    assert as_parquet.json()["input_format"] == "parquet"
+
+    results = []
+    for job in (as_body, as_form.json(), as_parquet.json()):
+        done = await wait_for(client, user_headers, job["id"], "succeeded", "failed")
+        assert done["state"] == "succeeded", done
+        answer = await client.get(
+            f"/api/v1/jobs/{job['id']}/results", headers={**user_headers, "Accept": "application/x-ndjson"}
+        )
+        results.append([json.loads(line) for line in answer.text.splitlines()])
+    assert results[1] == results[0]
+    assert len(results[0]) == 70
+    assert "error" in results[1][5]
+    assert len(results[2]) == 30
+    assert all("label" in row for row in results[2])
+
+
+async def test_malformed_forms_are_4xx_problems_naming_the_field(
+    client: httpx.AsyncClient, user_headers: Headers
+) -> None:
+    data = iris_csv(3)
+    boundary = "b0undary"
+
+    def form(*parts: tuple[str, str | None, bytes], end: bool = True) -> bytes:
+        body = b""
+        for name, filename, content in parts:
+            disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+            body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+        return body + (f"--{boundary}--\r\n".encode() if end else b"")
+
+    async def post(
+        body: bytes, content_type: str = f"multipart/form-data; boundary={boundary}", **params: str
+    ):
+        return await client.post(
+            "/api/v1/jobs",
+            params=params,
+            content=body,
+            headers={**user_headers, "Content-Type": content_type},
+        )
+
+    no_file = assert_problem(await post(form(("model", None, b"iris"))), 422)
+    assert no_file["errors"][0]["field"] == "file"
+    late = assert_problem(await post(form(("file", "rows.csv", data), ("model", None, b"iris"))), 422)
+    assert late["errors"][0]["field"] == "model"
+    assert "before" in late["detail"]
+    twice = assert_problem(
+        await post(form(("model", None, b"iris"), ("file", "r.csv", data)), model="heavy"), 422
+    )
+    assert twice["errors"][0]["field"] == "model"
+    bad_name = assert_problem(await post(form(("model", None, b"../iris"), ("file", "r.csv", data))), 422)
+    assert bad_name["errors"][0]["field"] == "model"
+    two_files = assert_problem(
+        await post(form(("model", None, b"iris"), ("file", "a.csv", data), ("file", "b.csv", data))), 422
+    )
+    assert two_files["errors"][0]["field"] == "file"
+    unnamed_format = assert_problem(await post(form(("model", None, b"iris"), ("file", "rows", data))), 415)
+    assert unnamed_format["errors"][0]["field"] == "file"
+    cut_short = assert_problem(
+        await post(form(("model", None, b"iris"), ("file", "r.csv", data), end=False)), 400
+    )
+    assert cut_short["errors"][0]["field"] == "file"
+    assert "closing boundary" in cut_short["detail"]
+    assert_problem(await post(b"--nope\r\n\r\n", content_type="multipart/form-data"), 400)
+    garbage = assert_problem(await post(b"\x00" * 64 + form(("file", "r.csv", data))), 400)
+    assert garbage["errors"][0]["field"] == "file"
+    huge_field = assert_problem(await post(form(("model", None, b"x" * 5000), ("file", "r.csv", data))), 422)
+    assert huge_field["errors"][0]["field"] == "model"
+    # Nothing of the refused forms is left behind.
+    assert (await client.get("/api/v1/jobs", headers=user_headers)).json()["items"] == []
+
+
 async def test_another_users_job_is_not_found_and_admins_list_every_job(
     client: httpx.AsyncClient, user_headers: Headers, other_headers: Headers, admin_headers: Headers
 ) -> None:

@@ -58,6 +58,25 @@ async def test_an_upload_past_the_limit_is_refused_while_it_streams(database_url
             headers={**headers, "Content-Type": "text/csv"},
         )
         assert_problem(declared, 413)
+        # A form's file part is held to the same limit as it streams.
+        sent = 0
+
+        async def endless_form() -> AsyncIterator[bytes]:
+            nonlocal sent
+            yield b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\niris\r\n'
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="r.csv"\r\n\r\n'
+            yield iris_csv(1)
+            while sent < 50_000_000:
+                sent += 64 << 10
+                yield b"5.1,3.5,1.4,0.2\n" * 4096
+
+        as_form = await client.post(
+            "/api/v1/jobs",
+            content=endless_form(),
+            headers={**headers, "Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert assert_problem(as_form, 413)["errors"][0]["field"] == "file"
+        assert sent < 1_000_000
         assert (await client.get("/api/v1/jobs", headers=headers)).json()["items"] == []
 
 

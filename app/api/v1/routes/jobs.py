@@ -5,6 +5,8 @@ rows in a JSON body; poll the job; download its results; cancel it; delete it.""
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
@@ -14,7 +16,8 @@ from pydantic import ValidationError
 
 from app.api.deps import CursorQuery, JobReader, JobServiceDep, JobWriter, PageLimit
 from app.api.v1 import PREFIX
-from app.core.errors import PayloadTooLarge
+from app.core.errors import PayloadTooLarge, ValidationFailed
+from app.http.multipart import file_part
 from app.http.state import state_of
 from app.jobs.formats import MEDIA_TYPES
 from app.ml.names import MODEL_NAME_PATTERN, VERSION_PATTERN
@@ -25,14 +28,43 @@ from app.schemas.job import JobCreate, JobPage, JobPublic, JobState, public
 router = APIRouter(prefix=f"{PREFIX}/jobs", tags=["jobs"], responses=problem_responses(*AUTHENTICATED_ERRORS))
 
 JobId = Path(ge=1, le=2**31 - 1, description="The job's id.")
+_OCTETS = "application/octet-stream"
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "A file to score, as the body itself (`model` and `version` in the query), "
-        "or a JSON object with the rows (`model`, `version` and `rows`, for small jobs).",
+        "description": "A file to score: the body itself (`model` and `version` in the query), or "
+        "a form's `file` part (`model` and `version` as fields before it, or in the query: "
+        "`curl -F model=iris -F file=@rows.csv`); or a JSON object with the rows (`model`, `version` "
+        "and `rows`, for small jobs).",
         "content": {
             "application/json": {"schema": JobCreate.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "title": "JobUpload",
+                    "required": ["file"],
+                    "properties": {
+                        "model": {
+                            "type": "string",
+                            "pattern": MODEL_NAME_PATTERN,
+                            "description": "The model (or `model` in the query).",
+                        },
+                        "version": {
+                            "type": "string",
+                            "pattern": VERSION_PATTERN,
+                            "description": "A version or alias (default: `default`).",
+                        },
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The rows: CSV, JSON Lines or Parquet, by the part's "
+                            "media type or else its file name. The last part of the form.",
+                        },
+                    },
+                },
+                "encoding": {"file": {"contentType": ", ".join((*MEDIA_TYPES.values(), _OCTETS))}},
+            },
             **dict.fromkeys(MEDIA_TYPES.values(), _BINARY),
             "application/octet-stream": _BINARY,
         },
@@ -88,9 +120,17 @@ async def submit_job(
     `succeeded`, then read `/results`. The file's first bytes are checked here (a CSV header that
     lacks a feature, a first JSON line that is not JSON, a file that is not Parquet: 422 naming
     `file`); a row that cannot be scored gets its own error in the results instead."""
-    if (content_type or "").split(";", 1)[0].strip().lower() == "application/json":
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json":
         body = await _json_body(request, state_of(request).settings.max_request_body_bytes)
         return _created(await jobs.submit_rows(caller, body.model, body.version, body.rows), response)
+    stream: AsyncIterator[bytes] = request.stream()
+    if media == "multipart/form-data":
+        form = await file_part(content_type or "", stream)
+        model = _one_of(form.fields, "model", model, MODEL_NAME_PATTERN)
+        version = _one_of(form.fields, "version", version, VERSION_PATTERN)
+        filename, content_type, stream = form.filename, form.content_type, form.body
+        content_length = None  # the form's, not the file's: the limit is checked as it streams
     job = await jobs.submit_upload(
         caller,
         model=model,
@@ -98,9 +138,28 @@ async def submit_job(
         content_type=content_type,
         filename=filename,
         declared_length=content_length,
-        body=request.stream(),
+        body=stream,
     )
     return _created(job, response)
+
+
+def _one_of(fields: dict[str, str], name: str, query: str | None, pattern: str) -> str | None:
+    """A form field (checked as the query's is), or the same name in the query; both, if they
+    differ, are a 422."""
+    sent = fields.get(name)
+    if sent is None:
+        return query
+    if not re.fullmatch(pattern, sent):
+        raise ValidationFailed(
+            f"{name}: {sent!r} does not match {pattern}",
+            errors=[{"field": name, "message": f"must match {pattern}"}],
+        )
+    if query is not None and query != sent:
+        raise ValidationFailed(
+            f"{name}: sent twice, as {query!r} in the query and {sent!r} in the form",
+            errors=[{"field": name, "message": "sent twice with different values"}],
+        )
+    return sent
 
 
 async def _json_body(request: Request, limit: int) -> JobCreate:
