@@ -11,6 +11,7 @@ expires, then another worker (or this one restarted) resumes it from its last ch
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -34,6 +35,12 @@ log = structlog.get_logger("app.worker")
 # Rows per runtime call of a job here (the manifest's ceiling of `max_batch_size`): a worker serves
 # no online request, so its jobs hand the runtime whole chunks, up to this (bench/analysis.md, jobs).
 JOB_BATCH_ROWS = 4096
+# The interpreter's switch interval here. A job's reading thread (parsing the next chunk) and the
+# event loop (handing the chunk being scored to the model process, committing the one before)
+# share the GIL; at Python's default of 5 ms the loop waited for it at each hand-over, and the
+# model process idled: a 200,000-row forest job on two cores took 2.0-2.3 s at 5 ms, 1.6-1.8 s
+# at 0.5 ms (bench/analysis.md, jobs). A web worker keeps the default.
+SWITCH_INTERVAL_S = 0.0005
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -87,6 +94,7 @@ class WorkerLoop:
 
 def run_worker(settings: Settings) -> int:
     settings = worker_settings(settings)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     engine = JobEngine(settings)
     worker = WorkerLoop(settings)
 

@@ -218,8 +218,13 @@ class JobRunner:
             stream = await asyncio.to_thread(_spooled, SegmentStream(fetch, sizes))
         else:
             stream = io.BufferedReader(SegmentStream(fetch, sizes), buffer_size=1 << 20)
-        # The next chunk is read (in a thread) while this one is scored and written.
+        # A pipeline of three: the next chunk is read (in a thread) and this one scored (in the
+        # runtime's threads or processes) while the one before is packed and committed.
         reading: asyncio.Future[RowChunk | None] | None = None
+        scoring: asyncio.Future[np.ndarray] | None = None
+        scored: tuple[RowChunk, np.ndarray] | None = None  # its outputs back, not yet committed
+        seq = job.next_chunk
+        rows_done = job.rows_done
         try:
             chunks = iter_chunks(
                 cast(BinaryIO, stream),
@@ -228,61 +233,90 @@ class JobRunner:
                 chunk_rows=self.settings.jobs_chunk_rows,
                 resume_from=job.resume,
             )
-            seq = job.next_chunk
-            rows_done = job.rows_done
-            reading = asyncio.ensure_future(asyncio.to_thread(_next, chunks))
+            reading = upcoming = asyncio.ensure_future(asyncio.to_thread(_next, chunks))
             while True:
                 if self.stopping.is_set():
+                    await self._keep(job, served, seq, scored)  # its work is done
                     return await self._hand_back(job)
                 try:
-                    chunk = await reading
-                    reading = None
-                except JobInputError as exc:
-                    raise JobFailed(
-                        problem("invalid-job-input", "Invalid Job Input", 422, f"{exc.field}: {exc.detail}")
-                    ) from None
-                if chunk is None:
+                    chunk = await self._read(upcoming)
+                except JobFailed:
+                    await self._keep(job, served, seq, scored)  # the rows before the failure
+                    raise
+                reading = None
+                if chunk is not None:
+                    reading = upcoming = asyncio.ensure_future(asyncio.to_thread(_next, chunks))
+                    scoring = asyncio.ensure_future(self._outputs(job, served, chunk.rows))
+                if scored is not None:
+                    if not await self._commit(job, served, seq, *scored):
+                        return "released"  # cancelled, or reaped and resumed elsewhere
+                    seq += 1
+                    rows_done = scored[0].first_row + scored[0].n_rows
+                    scored = None
+                if chunk is None or scoring is None:
                     break
-                reading = asyncio.ensure_future(asyncio.to_thread(_next, chunks))
-                if chunk.first_row + chunk.n_rows > self.settings.jobs_max_rows:
-                    raise JobFailed(
-                        problem(
-                            "too-many-rows",
-                            "Too Many Rows",
-                            413,
-                            f"The input has more than {self.settings.jobs_max_rows} rows (JOBS_MAX_ROWS).",
-                        )
-                    )
-                outputs = await self._outputs(job, served, chunk.rows)
-                # Building and packing the results (17 ms per 8,192 rows) off the event loop.
-                data = await asyncio.to_thread(_encoded, served, chunk, outputs)
-                async with self.db.session() as session:
-                    held = await JobRepository(session).commit_chunk(
-                        job.id,
-                        self.worker,
-                        seq=seq,
-                        first_row=chunk.first_row,
-                        n_rows=chunk.n_rows,
-                        n_failed=len(chunk.errors),
-                        data=data,
-                        resume=chunk.resume,
-                        lease_until=self._lease(),
-                    )
-                    await session.commit()
-                if not held:
-                    log.info("job_no_longer_held", chunk=seq)  # cancelled, or reaped and resumed elsewhere
-                    return "released"
-                metrics.JOB_ROWS.labels(spec.name).inc(chunk.n_rows)
-                seq += 1
-                rows_done = chunk.first_row + chunk.n_rows
-                log.debug("job_chunk_done", chunk=seq - 1, rows_done=rows_done)
+                scored = (chunk, await scoring)
+                scoring = None
         finally:
+            if scoring is not None:  # the commit before it failed or found the job gone
+                scoring.cancel()
+                await _settled(scoring)
             if reading is not None:  # its thread reads the stream: let it end before closing that
-                await asyncio.wait([reading])
-                if not reading.cancelled():
-                    reading.exception()  # read, so it is not reported as never retrieved
+                await _settled(reading)
             stream.close()
         return await self._succeed(job, rows_done, started)
+
+    async def _read(self, reading: Awaitable[RowChunk | None]) -> RowChunk | None:
+        """The next chunk, or None at the input's end; a problem with the whole input, or more
+        rows than JOBS_MAX_ROWS, fails the job."""
+        try:
+            chunk = await reading
+        except JobInputError as exc:
+            raise JobFailed(
+                problem("invalid-job-input", "Invalid Job Input", 422, f"{exc.field}: {exc.detail}")
+            ) from None
+        most = self.settings.jobs_max_rows
+        if chunk is not None and chunk.first_row + chunk.n_rows > most:
+            raise JobFailed(
+                problem(
+                    "too-many-rows",
+                    "Too Many Rows",
+                    413,
+                    f"The input has more than {most} rows (JOBS_MAX_ROWS).",
+                )
+            )
+        return chunk
+
+    async def _keep(
+        self, job: Job, served: Served, seq: int, scored: tuple[RowChunk, np.ndarray] | None
+    ) -> None:
+        """Commit a chunk already scored, if there is one, before the job stops here."""
+        if scored is not None:
+            await self._commit(job, served, seq, *scored)
+
+    async def _commit(self, job: Job, served: Served, seq: int, chunk: RowChunk, outputs: np.ndarray) -> bool:
+        """The chunk's results packed (off the event loop: 17 ms per 8,192 rows) and committed with
+        the job's progress, if the job is still this worker's (False: cancelled, or reaped)."""
+        data = await asyncio.to_thread(_encoded, served, chunk, outputs)
+        async with self.db.session() as session:
+            held = await JobRepository(session).commit_chunk(
+                job.id,
+                self.worker,
+                seq=seq,
+                first_row=chunk.first_row,
+                n_rows=chunk.n_rows,
+                n_failed=len(chunk.errors),
+                data=data,
+                resume=chunk.resume,
+                lease_until=self._lease(),
+            )
+            await session.commit()
+        if not held:
+            log.info("job_no_longer_held", chunk=seq)
+            return False
+        metrics.JOB_ROWS.labels(served.spec.name).inc(chunk.n_rows)
+        log.debug("job_chunk_done", chunk=seq, rows_done=chunk.first_row + chunk.n_rows)
+        return True
 
     async def _succeed(self, job: Job, rows_done: int, started: float) -> str:
         async with self.db.session() as session:
@@ -490,6 +524,13 @@ class LoopHandler:
 
     def maintain(self) -> None:
         self._wait(self.runner.maintain())
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait for `future` to end, its outcome read (so it is not reported as never retrieved)."""
+    await asyncio.wait([future])
+    if not future.cancelled():
+        future.exception()
 
 
 async def _awaited(work: Awaitable[Any]) -> Any:
