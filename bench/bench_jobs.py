@@ -14,8 +14,11 @@ Measured:
    call), against the same rows sent as 64-row requests to `POST /api/v1/models/{name}/predict`
    over 8 connections (wrk), iris (ONNX, threads) and the forest (breast_cancer, the process pool).
 2. The same job against the runtime alone scoring the same rows in process (a registry built as
-   the worker builds it, `runtime.run` in batches of the job's size, one after the other), in a
-   process pinned to the server core.
+   the worker builds it, `runtime.run` in batches of the job's size, one after the other), each
+   given both cores (a second web process and worker, unpinned): a worker reads, scores and commits
+   at once, in a thread, its model process and its event loop. The runtime alone is taken at its
+   best, on the server core or on both (on both, its process pool pays a wake-up across cores per
+   batch). The ratio with everything on the server core is in the row's detail.
 3. The worker's peak RSS (VmHWM, and VmRSS sampled every 0.1 s) while it scores a CSV of 1 GB
    (`--quick`: 100 MB) of forest rows, generated to a temporary file, against its RSS idle.
 4. Submit to first row scored (the first chunk committed: `rows_done` > 0), idle service, one
@@ -355,6 +358,17 @@ def throughput_rows(profile: Profile, load: Load, pin: list[str], workdir: Path)
             firsts.append(round(time.perf_counter() - started, 3))
         out["first_row_s"] = firsts
         print(f"  submit to first row scored: {firsts} s", flush=True)
+    # The job against the runtime alone again, each given both cores: the worker reads, scores and
+    # commits at once in a thread, its model process and its event loop, as deployed.
+    url = f"sqlite+aiosqlite:///{workdir / 'jobs-two-cores.db'}"
+    with stack(url, [], "two-cores") as (web, _worker, token):
+        for model in MODELS:
+            rows = model_rows(model, profile.rows, seed=1)
+            job_throughput(web.port, token, model, csv_bytes(model, rows[:CHUNK_ROWS]), CHUNK_ROWS)
+            out[model]["two_cores"] = {
+                "job": job_throughput(web.port, token, model, csv_bytes(model, rows), profile.rows),
+                "runtime": runtime_alone(model, rows, workdir, env_for(url, free_port()), []),
+            }
     return out
 
 
@@ -478,11 +492,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio(job_rps, req_rps), ">= 5", f"{job_rps:,.0f} / {req_rps:,.0f} rows/s",
         ))  # fmt: skip
     for model in MODELS:
-        job_rps, alone = t[model]["job"]["rows_per_s"], t[model]["runtime"]["rows_per_s"]
+        both = t[model]["two_cores"]
+        job_rps = both["job"]["rows_per_s"]
+        # The runtime alone at its best: given both cores, its process pool pays a wake-up on the
+        # other core per batch and may be slower than on one.
+        alone = max(both["runtime"]["rows_per_s"], t[model]["runtime"]["rows_per_s"])
+        one_core = ratio(t[model]["job"]["rows_per_s"], t[model]["runtime"]["rows_per_s"])
+        pinned, unpinned = t[model]["runtime"]["rows_per_s"], both["runtime"]["rows_per_s"]
         rows.append((
-            f"{model}: rows/s of one job / the runtime alone in process, batches of "
-            f"{t[model]['runtime']['batch']}",
-            ratio(job_rps, alone), ">= 0.5", f"{job_rps:,.0f} / {alone:,.0f} rows/s",
+            f"{model}: rows/s of one job given both cores / the runtime alone in process at its "
+            f"best (one core or both), batches of {both['runtime']['batch']}",
+            ratio(job_rps, alone), ">= 0.5",
+            f"{job_rps:,.0f} / {alone:,.0f} rows/s (the runtime alone: {pinned:,.0f} on one core, "
+            f"{unpinned:,.0f} on both); everything on one core: {one_core}",
         ))  # fmt: skip
     peak = max(m["peak_hwm_mb"] or 0, m["peak_rss_sampled_mb"])
     rows.append((
@@ -510,7 +532,8 @@ def markdown(results: dict[str, Any]) -> str:
         *targets_table(results["targets"]),
         "",
         f"Command: `{results['command']}`; web process and worker on core {results['pinning']['server']}, "
-        f"load on core {results['pinning']['load']}; JOBS_CHUNK_ROWS {CHUNK_ROWS}; load average "
+        f"load on core {results['pinning']['load']} (the runtime-alone rows: both cores each); "
+        f"JOBS_CHUNK_ROWS {CHUNK_ROWS}; load average "
         f"{results['load_average'][0]:.2f} before, {results['load_average'][1]:.2f} after; "
         f"{results['elapsed_s']:.0f} s.",
     ])  # fmt: skip
