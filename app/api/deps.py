@@ -20,6 +20,7 @@ from app.http.ratelimit import limit_caller, limit_refused_key
 from app.http.state import state_of
 from app.services.api_keys import ApiKeyService, MissingScope
 from app.services.auth import AuthService, authenticate, read_access_token
+from app.services.feedback import FeedbackService
 from app.services.inference import InferenceService
 from app.services.items import ItemService
 from app.services.jobs import JobService
@@ -109,6 +110,7 @@ CurrentUser = Annotated[Principal, Depends(Bearer())]
 Predictor = Annotated[Principal, _caller(Scope.PREDICT)]
 ModelReader = Annotated[Principal, _caller(Scope.MODELS_READ)]
 PredictionReader = Annotated[Principal, _caller(Scope.PREDICTIONS_READ)]
+FeedbackWriter = Annotated[Principal, _caller(Scope.FEEDBACK_WRITE)]
 # The item routes' caller, checked by the item service itself (see `Bearer`).
 ItemReader = Annotated[Principal, _caller(Scope.ITEMS_READ, checked_by_the_service=True)]
 ItemWriter = Annotated[Principal, _caller(Scope.ITEMS_WRITE, checked_by_the_service=True)]
@@ -188,6 +190,16 @@ async def get_prediction_history(request: Request) -> PredictionHistory:
 
 
 PredictionHistoryDep = Annotated[PredictionHistory, Depends(get_prediction_history)]
+
+
+async def get_feedback(request: Request) -> FeedbackService:
+    state = state_of(request)
+    return FeedbackService(
+        state.resources.db, state.resources.registry, state.settings.prediction_log_flush_ms / 1000
+    )
+
+
+FeedbackServiceDep = Annotated[FeedbackService, Depends(get_feedback)]
 
 
 async def get_inference(request: Request) -> InferenceService:

@@ -186,6 +186,7 @@ async def _infer(
         model_name=result.model,
         model_version=result.version,
         id=body.id,
+        parameters=None if result.prediction_id is None else {"prediction_id": str(result.prediction_id)},
         outputs=[available[n] for n in wanted],
     )
 

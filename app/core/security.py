@@ -84,6 +84,7 @@ class Scope(StrEnum):
     ITEMS_READ = "items:read"
     ITEMS_WRITE = "items:write"
     PREDICTIONS_READ = "predictions:read"
+    FEEDBACK_WRITE = "feedback:write"
     JOBS_READ = "jobs:read"
     JOBS_WRITE = "jobs:write"
     ADMIN = "admin"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,9 @@ class PredictionResult:
     task: Task
     predictions: tuple[Prediction, ...]
     elapsed_ms: float  # queue wait + inference, as seen by the registry
+    # The id of the answer's record in the prediction log (set by the service that logs it; None
+    # where nothing is logged: the model server).
+    prediction_id: uuid.UUID | None = None
 
 
 def to_predictions(spec: ModelSpec, outputs: np.ndarray) -> tuple[Prediction, ...]:

@@ -5,7 +5,7 @@ from app.models.base import Base
 from app.models.item import Item
 from app.models.job import Job, JobInputSegment, JobResultChunk
 from app.models.model_state import ModelState, ModelStateChange
-from app.models.prediction import PredictionRecord
+from app.models.prediction import PredictionFeedback, PredictionRecord
 from app.models.user import AuthSession, RefreshToken, User
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "JobResultChunk",
     "ModelState",
     "ModelStateChange",
+    "PredictionFeedback",
     "PredictionRecord",
     "RefreshToken",
     "User",

@@ -1,11 +1,13 @@
-"""The prediction log: one row per prediction request, written in batches off the request path."""
+"""The prediction log: one row per prediction request, written in batches off the request path;
+and the truths sent back for them later (feedback), one row per scored input row."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import IDS_NEVER_REUSED, Base, UTCDateTime, utcnow
@@ -13,10 +15,16 @@ from app.models.base import IDS_NEVER_REUSED, Base, UTCDateTime, utcnow
 
 class PredictionRecord(Base):
     __tablename__ = "prediction_records"
-    # The one listing: a user's records, newest first, by id.
-    __table_args__ = (Index("ix_prediction_records_user_id_id", "user_id", "id"), IDS_NEVER_REUSED)
+    __table_args__ = (
+        # The one listing: a user's records, newest first, by id.
+        Index("ix_prediction_records_user_id_id", "user_id", "id"),
+        Index("ix_prediction_records_prediction_id", "prediction_id", unique=True),
+        IDS_NEVER_REUSED,
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The id the answer carried (app.core.ids); None for records older than it, and for jobs'.
+    prediction_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     model: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(50))
@@ -26,4 +34,35 @@ class PredictionRecord(Base):
     outcome: Mapped[str] = mapped_column(String(50))
     # Only where the model's manifest allows storing inputs (`log_inputs`).
     inputs: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    # What the model answered, per row: its probabilities in label order (classifiers) or its
+    # value (regressors); what feedback is scored against. None for a failed prediction.
+    outputs: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PredictionFeedback(Base):
+    """One row's truth, sent once, scored against what was answered when it arrives: the figures
+    of live quality are sums over these rows by model and version."""
+
+    __tablename__ = "prediction_feedback"
+    __table_args__ = (
+        UniqueConstraint("record_id", "row", name="uq_prediction_feedback_record_id_row"),
+        Index("ix_prediction_feedback_model_version_id", "model", "version", "id"),
+        IDS_NEVER_REUSED,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[int] = mapped_column(ForeignKey("prediction_records.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(50))
+    row: Mapped[int] = mapped_column(Integer)
+    # Classifiers: the true label, whether the answer's label was it, and -ln(p) of it.
+    label: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    correct: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    log_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Regressors: the true value and the answer's error (absolute; squared for RMSE).
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    abs_error: Mapped[float | None] = mapped_column(Float, nullable=True)
+    predicted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import PredictionRecord
+from app.models import PredictionFeedback, PredictionRecord
 
 
 class PredictionRepository:
@@ -30,3 +31,17 @@ class PredictionRepository:
             query = query.where(PredictionRecord.id < before_id)
         rows = await self.session.scalars(query.order_by(PredictionRecord.id.desc()).limit(limit))
         return rows.all()
+
+    async def by_prediction_id(self, prediction_id: uuid.UUID) -> PredictionRecord | None:
+        return await self.session.scalar(
+            select(PredictionRecord).where(PredictionRecord.prediction_id == prediction_id)
+        )
+
+    async def has_feedback(self, record_id: int) -> bool:
+        found = await self.session.scalar(
+            select(PredictionFeedback.id).where(PredictionFeedback.record_id == record_id).limit(1)
+        )
+        return found is not None
+
+    async def add_feedback(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self.session.execute(insert(PredictionFeedback), list(rows))

@@ -77,6 +77,12 @@ class InferenceResponse(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="`prediction_id`: this answer's record in the prediction log, for sending the "
+        "truth later (`POST /api/v1/predictions/{prediction_id}/feedback`); the protocol's `id` "
+        "echoes the request's.",
+    )
     outputs: list[ResponseOutput]
 
 

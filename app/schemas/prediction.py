@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 
 from app.ml.manifest import Executor
-from app.ml.predictions import ClassPrediction, Prediction
+from app.ml.predictions import ClassPrediction, Prediction, PredictionResult
 from app.schemas.common import RequestModel, ResponseModel
 
 # Inputs are checked by the model layer against the model's own features (count, names, finite
@@ -65,15 +66,32 @@ def row_fields(prediction: Prediction) -> dict[str, Any]:
     return {"prediction": prediction.value}
 
 
+_PREDICTION_ID = Field(
+    description="This answer's record in the prediction log: send the truth for it later to "
+    "`POST /api/v1/predictions/{prediction_id}/feedback`."
+)
+
+
 class PredictResponse(RowPrediction):
     model: str
     version: str
+    prediction_id: uuid.UUID = _PREDICTION_ID
 
 
 class BatchPredictResponse(BaseModel):
     predictions: list[RowPrediction]
     model: str
     version: str
+    prediction_id: uuid.UUID = _PREDICTION_ID
+
+
+def batch_response(result: PredictionResult) -> BatchPredictResponse:
+    return BatchPredictResponse(
+        predictions=[RowPrediction(**row_fields(p)) for p in result.predictions],
+        model=result.model,
+        version=result.version,
+        prediction_id=result.prediction_id,
+    )
 
 
 class FeatureInfo(BaseModel):
@@ -108,6 +126,9 @@ class ModelInfo(BaseModel):
 
 class PredictionRecordPublic(ResponseModel):
     id: int
+    prediction_id: uuid.UUID | None = Field(
+        description="The id its answer carried (none for a job's record, or one older than ids)."
+    )
     user_id: int
     model: str
     version: str
@@ -121,3 +142,67 @@ class PredictionRecordPublic(ResponseModel):
 class PredictionRecordPage(BaseModel):
     items: list[PredictionRecordPublic]
     next_cursor: str | None
+
+
+# --- feedback: the truth for a prediction, sent later ----------------------------------------------
+
+Truth = Annotated[
+    StrictStr | StrictFloat | StrictInt,
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "number"}],
+            "description": "A classifier's true label, or a regressor's true value.",
+        }
+    ),
+]
+
+
+class FeedbackCreate(RequestModel):
+    truth: list[Truth] = Field(
+        min_length=1,
+        max_length=10_000,
+        description="One per row of the prediction, in its rows' order: the true label (classifiers) "
+        "or value (regressors).",
+    )
+
+
+class FeedbackItem(FeedbackCreate):
+    prediction_id: uuid.UUID = Field(description="The `prediction_id` of the answer.")
+
+
+class BulkFeedbackCreate(RequestModel):
+    items: list[FeedbackItem] = Field(min_length=1, max_length=1000)
+
+
+class RowFeedback(BaseModel):
+    row: int
+    truth: str | float
+    prediction: str | float = Field(description="What the model answered for the row.")
+    correct: bool | None = Field(None, description="Whether the answered label was the truth (classifiers).")
+    log_loss: float | None = Field(
+        None, description="-ln of the probability answered for the truth (classifiers)."
+    )
+    abs_error: float | None = Field(None, description="|answered - truth| (regressors).")
+
+
+class FeedbackPublic(BaseModel):
+    prediction_id: uuid.UUID
+    model: str
+    version: str
+    rows: list[RowFeedback]
+
+
+class FeedbackRefused(BaseModel):
+    """One item of a bulk form that was not recorded, as the single form's problem would say."""
+
+    index: int = Field(description="Its place in `items`.")
+    prediction_id: uuid.UUID
+    status: int
+    type: str
+    detail: str
+    errors: list[dict[str, str]] | None = None
+
+
+class BulkFeedbackResult(BaseModel):
+    recorded: list[FeedbackPublic]
+    refused: list[FeedbackRefused]

@@ -7,6 +7,7 @@ Every model-layer failure is translated here, once, into the service's error typ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,10 +21,11 @@ from app.core.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
+from app.core.ids import new_prediction_id
 from app.ml import errors as ml
 from app.ml.fleet import Alias, StateConflict, VersionNotFound
 from app.ml.manifest import ModelSpec
-from app.ml.predictions import PredictionResult
+from app.ml.predictions import ClassPrediction, PredictionResult
 from app.ml.registry import ModelRegistry, Served
 from app.observability import metrics
 from app.services.prediction_log import PredictionEvent, PredictionLog
@@ -242,6 +244,7 @@ class InferenceService:
             raise error from None
         if self.log is None:
             return result
+        prediction_id = new_prediction_id()
         self.log.record(
             PredictionEvent(
                 user_id=user_id,
@@ -251,9 +254,11 @@ class InferenceService:
                 latency_ms=round(result.elapsed_ms, 3),
                 outcome="ok",
                 inputs=(inputs if batch else [inputs]) if spec.log_inputs else None,
+                prediction_id=prediction_id,
+                outputs=logged_outputs(result),
             )
         )
-        return result
+        return dataclasses.replace(result, prediction_id=prediction_id)
 
     async def _unless_caller_gone(self, name: str, work: Awaitable[PredictionResult]) -> PredictionResult:
         """`work`, unless the caller goes away first: then this request's task is cancelled where
@@ -274,6 +279,15 @@ class InferenceService:
             raise
         finally:
             watcher.cancel()
+
+
+def logged_outputs(result: PredictionResult) -> list[Any]:
+    """What the log keeps of an answer, per row: a classifier's probabilities in label order (its
+    label is the first highest), a regressor's value: what feedback is scored against."""
+    return [
+        list(p.probabilities.values()) if isinstance(p, ClassPrediction) else p.value
+        for p in result.predictions
+    ]
 
 
 async def _cancel_when(gone: Callable[[], Awaitable[object]], request: asyncio.Task[Any]) -> None:

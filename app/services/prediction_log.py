@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +39,8 @@ class PredictionEvent:
     latency_ms: float
     outcome: str
     inputs: Any | None = None
+    prediction_id: uuid.UUID | None = None
+    outputs: Any | None = None
 
 
 class PredictionLog:

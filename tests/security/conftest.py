@@ -24,7 +24,9 @@ from tests.conftest import empty_database
 from tests.lifespan import lifespan
 
 # Path/query parameters that name an object belonging to one user (checked for BOLA).
-OWNED_ID_PARAMS = frozenset({"item_id", "user_id", "key_id", "job_id"})
+# A prediction id that names no prediction (a version-7 UUID of 2024), for routes that take one.
+SOME_PREDICTION_ID = "0190a000-0000-7000-8000-000000000000"
+OWNED_ID_PARAMS = frozenset({"item_id", "user_id", "key_id", "job_id", "prediction_id"})
 # Path parameters that name something shared by every user: the model catalogue (a model, its
 # versions and its aliases).
 PUBLIC_PATH_PARAMS = frozenset({"name", "version", "alias"})

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from app.core.security import API_KEY_PREFIX, Scope
 from app.http.state import state_of
 from tests.conftest import Headers, MakeUser, assert_problem
-from tests.security.conftest import RouteInfo, api_routes
+from tests.security.conftest import SOME_PREDICTION_ID, RouteInfo, api_routes
 
 VALID_BODIES: dict[str, dict[str, Any]] = {
     "POST /api/v1/items": {"title": "written with a bad key"},
@@ -110,6 +110,7 @@ async def test_every_key_route_refuses_a_bad_key(
             user_id=owner_id,
             key_id=made["id"],
             job_id=1,
+            prediction_id=SOME_PREDICTION_ID,
             name="iris",
             version="1.0.0",
             alias="production",
@@ -138,6 +139,7 @@ async def test_every_key_route_refuses_a_key_without_its_scope(
             user_id=admin_id,
             key_id=1,
             job_id=1,
+            prediction_id=SOME_PREDICTION_ID,
             name="iris",
             version="1.0.0",
             alias="production",

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from app.core.config import Settings
 from tests.conftest import PASSWORD, TEST_SECRET_KEY, Headers, MakeUser, assert_problem, make_settings
-from tests.security.conftest import api_routes, serve
+from tests.security.conftest import SOME_PREDICTION_ID, api_routes, serve
 
 ME = "/api/v1/users/me"
 
@@ -283,6 +283,7 @@ async def test_every_authenticated_route_refuses_a_token_whose_login_ended(
             user_id=user_id,
             key_id=1,
             job_id=1,
+            prediction_id=SOME_PREDICTION_ID,
             name="iris",
             version="1.0.0",
             alias="production",

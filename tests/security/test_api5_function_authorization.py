@@ -11,7 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from tests.conftest import Headers, MakeUser, assert_problem
-from tests.security.conftest import api_routes
+from tests.security.conftest import SOME_PREDICTION_ID, api_routes
 
 
 async def test_every_admin_route_refuses_a_user_token_with_403(
@@ -31,7 +31,14 @@ async def test_every_admin_route_refuses_a_user_token_with_403(
     }
     for route in admin_routes:
         url = route.url(
-            user_id=victim_id, item_id=1, key_id=1, job_id=1, name="x", version="1.0.0", alias="production"
+            user_id=victim_id,
+            item_id=1,
+            key_id=1,
+            job_id=1,
+            prediction_id=SOME_PREDICTION_ID,
+            name="x",
+            version="1.0.0",
+            alias="production",
         )
         body = {} if route.has_json_body else None
         refused = await client.request(route.method, url, json=body, headers=user_headers)
@@ -48,7 +55,14 @@ async def test_every_admin_route_refuses_a_user_token_with_403(
     assert (await client.get("/api/v1/users/me", headers=victim)).status_code == 200
     for route in admin_routes:
         url = route.url(
-            user_id=victim_id, item_id=1, key_id=1, job_id=1, name="x", version="1.0.0", alias="production"
+            user_id=victim_id,
+            item_id=1,
+            key_id=1,
+            job_id=1,
+            prediction_id=SOME_PREDICTION_ID,
+            name="x",
+            version="1.0.0",
+            alias="production",
         )
         body = {} if route.has_json_body else None
         response = await client.request(route.method, url, json=body, headers=admin_headers)
@@ -75,7 +89,14 @@ async def test_a_user_cannot_make_themself_admin_by_any_route(
     for route in api_routes(app):
         if route.method in ("PATCH", "POST", "PUT") and route.has_json_body:
             url = route.url(
-                user_id=me["id"], item_id=1, key_id=1, job_id=1, name="x", version="1.0.0", alias="production"
+                user_id=me["id"],
+                item_id=1,
+                key_id=1,
+                job_id=1,
+                prediction_id=SOME_PREDICTION_ID,
+                name="x",
+                version="1.0.0",
+                alias="production",
             )
             await client.request(route.method, url, json={"is_admin": True}, headers=user_headers)
     after = await client.get("/api/v1/users/me", headers=user_headers)

@@ -18,8 +18,7 @@ from app.schemas.prediction import (
     BatchPredictResponse,
     FeatureInfo,
     ModelInfo,
-    RowPrediction,
-    row_fields,
+    batch_response,
 )
 from app.services.inference import InferenceService
 
@@ -74,11 +73,7 @@ async def predict_rows(
     """Rows as arrays in feature order or objects keyed by feature name; at most the model's
     `max_batch_size` rows (413 beyond). Concurrent requests are batched together by the server."""
     result = await inference.predict_rows(user.id, name, body.rows)
-    return BatchPredictResponse(
-        predictions=[RowPrediction(**row_fields(p)) for p in result.predictions],
-        model=result.model,
-        version=result.version,
-    )
+    return batch_response(result)
 
 
 @router.post(
@@ -96,11 +91,7 @@ async def predict_version(
     """As `/models/{name}/predict`, for one version loaded side by side with others, or for an
     alias (`production`, a canary split): `version` in the answer names the one that served."""
     result = await inference.predict_rows(user.id, name, body.rows, version=version)
-    return BatchPredictResponse(
-        predictions=[RowPrediction(**row_fields(p)) for p in result.predictions],
-        model=result.model,
-        version=result.version,
-    )
+    return batch_response(result)
 
 
 @router.get("/{name}/aliases", summary="A model's aliases", responses=problem_responses(404, 422))

@@ -18,7 +18,9 @@ ERRORS = problem_responses(*JSON_BODY_ERRORS, 500, 504)
 
 def one_row(result: PredictionResult) -> PredictResponse:
     (row,) = result.predictions
-    return PredictResponse(**row_fields(row), model=result.model, version=result.version)
+    return PredictResponse(
+        **row_fields(row), model=result.model, version=result.version, prediction_id=result.prediction_id
+    )
 
 
 @router.post("/predict", summary="Predict with the default model (thread pool)", responses=ERRORS)
