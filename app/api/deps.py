@@ -26,6 +26,7 @@ from app.services.items import ItemService
 from app.services.jobs import JobService
 from app.services.model_fleet import FleetRepository, ModelFleet, ModelRepository
 from app.services.prediction_log import PredictionHistory
+from app.services.quality import QualityService
 from app.services.users import UserService
 
 # The largest page any list returns (`limit`), and the furthest an offset page reaches.
@@ -200,6 +201,13 @@ async def get_feedback(request: Request) -> FeedbackService:
 
 
 FeedbackServiceDep = Annotated[FeedbackService, Depends(get_feedback)]
+
+
+async def get_quality(request: Request) -> QualityService:
+    return QualityService(state_of(request).resources.db)
+
+
+QualityServiceDep = Annotated[QualityService, Depends(get_quality)]
 
 
 async def get_inference(request: Request) -> InferenceService:

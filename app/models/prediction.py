@@ -47,7 +47,9 @@ class PredictionFeedback(Base):
     __tablename__ = "prediction_feedback"
     __table_args__ = (
         UniqueConstraint("record_id", "row", name="uq_prediction_feedback_record_id_row"),
+        # Live quality's windows: a version's newest rows, or those predicted in a time range.
         Index("ix_prediction_feedback_model_version_id", "model", "version", "id"),
+        Index("ix_prediction_feedback_model_version_predicted_at", "model", "version", "predicted_at"),
         IDS_NEVER_REUSED,
     )
 

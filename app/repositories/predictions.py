@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import PredictionFeedback, PredictionRecord
@@ -45,3 +46,42 @@ class PredictionRepository:
 
     async def add_feedback(self, rows: Sequence[dict[str, Any]]) -> None:
         await self.session.execute(insert(PredictionFeedback), list(rows))
+
+    async def feedback_versions(self, model: str) -> list[str]:
+        """The versions of `model` that have feedback (one index range per version, not a scan)."""
+        versions = await self.session.scalars(
+            select(PredictionFeedback.version).where(PredictionFeedback.model == model).distinct()
+        )
+        return sorted(versions.all())
+
+    async def feedback_sums(
+        self,
+        model: str,
+        version: str,
+        *,
+        last: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[Any, ...]:
+        """Over one version's feedback rows (its newest `last`, or those predicted in [since, until)):
+        how many, how many correct, and the sums of log loss, absolute and squared error."""
+        window = select(
+            PredictionFeedback.correct, PredictionFeedback.log_loss, PredictionFeedback.abs_error
+        ).where(PredictionFeedback.model == model, PredictionFeedback.version == version)
+        if since is not None:
+            window = window.where(PredictionFeedback.predicted_at >= since)
+        if until is not None:
+            window = window.where(PredictionFeedback.predicted_at < until)
+        if last is not None:
+            window = window.order_by(PredictionFeedback.id.desc()).limit(last)
+        rows = window.subquery()
+        query = select(
+            func.count(),
+            func.count(rows.c.correct),
+            func.sum(rows.c.correct),
+            func.sum(rows.c.log_loss),
+            func.count(rows.c.abs_error),
+            func.sum(rows.c.abs_error),
+            func.sum(rows.c.abs_error * rows.c.abs_error),
+        )
+        return tuple((await self.session.execute(query)).one())

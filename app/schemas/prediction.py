@@ -206,3 +206,24 @@ class FeedbackRefused(BaseModel):
 class BulkFeedbackResult(BaseModel):
     recorded: list[FeedbackPublic]
     refused: list[FeedbackRefused]
+
+
+# --- live quality -----------------------------------------------------------------------------------
+
+
+class VersionQualityPublic(BaseModel):
+    version: str
+    labelled: int = Field(description="Rows with a truth behind the figures (in the window).")
+    accuracy: float | None = Field(None, description="Share of labels that were the truth (classifiers).")
+    log_loss: float | None = Field(
+        None, description="Mean -ln of the probability given the truth (classifiers)."
+    )
+    mae: float | None = Field(None, description="Mean absolute error (regressors).")
+    rmse: float | None = Field(None, description="Root mean squared error (regressors).")
+
+
+class ModelQuality(BaseModel):
+    model: str
+    task: Literal["classification", "regression"]
+    window: str = Field(description="`last N labelled`, or the time range of the predictions.")
+    versions: list[VersionQualityPublic]

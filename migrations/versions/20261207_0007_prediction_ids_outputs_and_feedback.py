@@ -44,6 +44,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('prediction_feedback', schema=None) as batch_op:
         batch_op.create_index('ix_prediction_feedback_model_version_id', ['model', 'version', 'id'], unique=False)
+        batch_op.create_index(
+            'ix_prediction_feedback_model_version_predicted_at', ['model', 'version', 'predicted_at'], unique=False
+        )
 
     with op.batch_alter_table('prediction_records', schema=None) as batch_op:
         batch_op.add_column(sa.Column('prediction_id', sa.Uuid(), nullable=True))
@@ -62,6 +65,7 @@ def downgrade() -> None:
         batch_op.drop_column('prediction_id')
 
     with op.batch_alter_table('prediction_feedback', schema=None) as batch_op:
+        batch_op.drop_index('ix_prediction_feedback_model_version_predicted_at')
         batch_op.drop_index('ix_prediction_feedback_model_version_id')
 
     op.drop_table('prediction_feedback')

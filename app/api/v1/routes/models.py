@@ -3,9 +3,12 @@ alias), and the aliases admins point."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, status
+from datetime import datetime
+from typing import Annotated
 
-from app.api.deps import AdminUser, FleetDep, InferenceDep, ModelReader, Predictor
+from fastapi import APIRouter, Path, Query, status
+
+from app.api.deps import AdminUser, FleetDep, InferenceDep, ModelReader, Predictor, QualityServiceDep
 from app.api.v1 import PREFIX
 from app.ml.fleet import ALIAS_PATTERN
 from app.ml.manifest import ModelSpec
@@ -18,9 +21,14 @@ from app.schemas.prediction import (
     BatchPredictResponse,
     FeatureInfo,
     ModelInfo,
+    ModelQuality,
+    VersionQualityPublic,
     batch_response,
 )
 from app.services.inference import InferenceService
+
+# The window of `GET /models/{name}/quality` that names none: each version's newest labelled rows.
+DEFAULT_QUALITY_WINDOW = 1000
 
 router = APIRouter(
     prefix=f"{PREFIX}/models", tags=["models"], responses=problem_responses(*AUTHENTICATED_ERRORS)
@@ -60,6 +68,44 @@ async def list_models(_user: ModelReader, inference: InferenceDep) -> list[Model
 @router.get("/{name}", summary="A model's metadata and input schema", responses=problem_responses(404, 422))
 async def read_model(_user: ModelReader, inference: InferenceDep, name: str = ModelName) -> ModelInfo:
     return model_info(inference, inference.model(name))
+
+
+@router.get(
+    "/{name}/quality",
+    summary="Live quality of each version (admins)",
+    responses=problem_responses(403, 404, 422),
+)
+async def model_quality(
+    *,
+    _admin: AdminUser,
+    inference: InferenceDep,
+    quality: QualityServiceDep,
+    name: str = ModelName,
+    last: Annotated[
+        int | None,
+        Query(ge=1, le=1_000_000, description="The newest N labelled rows of each version (default 1,000)."),
+    ] = None,
+    since: Annotated[datetime | None, Query(description="Rows predicted at or after this time.")] = None,
+    until: Annotated[datetime | None, Query(description="Rows predicted before this time.")] = None,
+) -> ModelQuality:
+    """For each version loaded here (and each that has feedback), what the truths sent back for its
+    answers say (`POST /api/v1/predictions/{prediction_id}/feedback`): accuracy and log loss for a
+    classifier, MAE and RMSE for a regressor, with the number of labelled rows behind them. The
+    window: the newest `last` labelled rows of each version, or those predicted in [`since`,
+    `until`); a figure with no labelled row in it is null."""
+    spec = inference.model(name)
+    if last is None and since is None and until is None:
+        last = DEFAULT_QUALITY_WINDOW
+    versions = await quality.quality(spec, inference.versions(spec.name), last=last, since=since, until=until)
+    window = (
+        f"last {last} labelled" if last is not None else f"predicted in [{since or '...'}, {until or '...'})"
+    )
+    return ModelQuality(
+        model=spec.name,
+        task=spec.task,
+        window=window,
+        versions=[VersionQualityPublic.model_validate(v, from_attributes=True) for v in versions],
+    )
 
 
 @router.post(

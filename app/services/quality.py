@@ -1,0 +1,68 @@
+"""Live quality per model version (issue 24): what the truths sent back say of each version's
+answers, summed by SQL over `prediction_feedback` (app.services.feedback scores each row as its
+truth arrives), never by loading the log into memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.core.errors import ValidationFailed
+from app.db.database import Database
+from app.ml.manifest import ModelSpec
+from app.repositories.predictions import PredictionRepository
+
+
+@dataclass(frozen=True, slots=True)
+class VersionQuality:
+    version: str
+    labelled: int  # feedback rows behind the figures
+    accuracy: float | None = None
+    log_loss: float | None = None
+    mae: float | None = None
+    rmse: float | None = None
+
+
+class QualityService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def quality(
+        self,
+        spec: ModelSpec,
+        versions: list[str],
+        *,
+        last: int | None,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> list[VersionQuality]:
+        """Each of `versions` (with those that have feedback) over the window: its newest `last`
+        labelled rows, or the rows predicted in [since, until)."""
+        if last is not None and (since is not None or until is not None):
+            raise ValidationFailed(
+                "last: a window is the newest `last` labelled rows or a time range, not both",
+                errors=[{"field": "last", "message": "not with since or until"}],
+            )
+        if since is not None and until is not None and since >= until:
+            raise ValidationFailed(
+                "until: must be after since", errors=[{"field": "until", "message": "must be after since"}]
+            )
+        async with self.db.session(read_only=True) as session:
+            repo = PredictionRepository(session)
+            every = sorted(set(versions) | set(await repo.feedback_versions(spec.name)))
+            out = []
+            for version in every:
+                sums = await repo.feedback_sums(spec.name, version, last=last, since=since, until=until)
+                n, n_class, correct, log_loss, n_reg, abs_sum, sq_sum = sums
+                out.append(
+                    VersionQuality(
+                        version=version,
+                        labelled=n,
+                        accuracy=correct / n_class if n_class else None,
+                        log_loss=log_loss / n_class if n_class else None,
+                        mae=abs_sum / n_reg if n_reg else None,
+                        rmse=math.sqrt(sq_sum / n_reg) if n_reg else None,
+                    )
+                )
+        return out
