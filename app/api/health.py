@@ -3,6 +3,7 @@ deployment, not the API)."""
 
 from __future__ import annotations
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -14,6 +15,9 @@ from app.http.state import model_server_state_of, state_of
 from app.ml.manifest import ModelSpec
 from app.observability.metrics import exposition
 from app.schemas.common import problem_responses
+from app.services.quality import QualityService
+
+log = structlog.get_logger("app.api.health")
 
 router = APIRouter(tags=["health"])
 
@@ -92,7 +96,13 @@ def _models_status(models: list[ModelSpec], not_ready: list[str]) -> str:
 async def metrics(request: Request) -> Response:
     """GET /metrics (`METRICS_ENABLED`). Keep it off the public ingress: it names routes and load,
     not users."""
-    state_of(request).resources.sampler.sample()
+    resources = state_of(request).resources
+    resources.sampler.sample()
+    if resources.registry.ready:
+        try:
+            await QualityService(resources.db).sample(resources.registry)
+        except Exception:  # the rest of the metrics still answer while the database is away
+            log.warning("quality_sample_failed", exc_info=True)
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

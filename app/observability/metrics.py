@@ -169,6 +169,30 @@ def observe_job_states(counts: Mapping[str, int], queue_depth: int, oldest_age_s
     JOBS_OLDEST_QUEUED_AGE.set(oldest_age_s)
 
 
+# Live quality (docs/models.md): read from the database at each scrape by the worker scraped, over
+# each version's newest labelled rows; `livemostrecent` keeps that scrape's value, not a sum.
+MODEL_QUALITY = Gauge(
+    "model_quality",
+    "Live quality of a model version over its newest labelled rows (QUALITY_GAUGE_WINDOW), by figure: "
+    "accuracy and log_loss (classifiers), mae and rmse (regressors).",
+    ["model", "version", "figure"],
+    multiprocess_mode="livemostrecent",
+)
+MODEL_QUALITY_LABELLED = Gauge(
+    "model_quality_labelled_rows",
+    "Labelled rows behind model_quality (at most the window).",
+    ["model", "version"],
+    multiprocess_mode="livemostrecent",
+)
+
+
+def observe_quality(model: str, version: str, labelled: int, figures: Mapping[str, float | None]) -> None:
+    MODEL_QUALITY_LABELLED.labels(model, version).set(labelled)
+    for figure, value in figures.items():
+        if value is not None:
+            MODEL_QUALITY.labels(model, version, figure).set(value)
+
+
 # A callable returning {model name: queue depth}, registered by whoever owns the model pools.
 QueueDepthSource = Callable[[], Mapping[str, int]]
 

@@ -11,7 +11,13 @@ from datetime import datetime
 from app.core.errors import ValidationFailed
 from app.db.database import Database
 from app.ml.manifest import ModelSpec
+from app.ml.registry import ModelRegistry
+from app.observability import metrics
 from app.repositories.predictions import PredictionRepository
+
+# The window of the Prometheus gauges, and of `GET /models/{name}/quality` when it names none: each
+# version's newest labelled rows.
+QUALITY_GAUGE_WINDOW = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +72,17 @@ class QualityService:
                     )
                 )
         return out
+
+    async def sample(self, registry: ModelRegistry) -> None:
+        """The Prometheus gauges of every model's versions, over QUALITY_GAUGE_WINDOW (at a scrape)."""
+        for spec in registry.list():
+            figures = await self.quality(
+                spec, registry.versions(spec.name), last=QUALITY_GAUGE_WINDOW, since=None, until=None
+            )
+            for q in figures:
+                metrics.observe_quality(
+                    spec.name,
+                    q.version,
+                    q.labelled,
+                    {"accuracy": q.accuracy, "log_loss": q.log_loss, "mae": q.mae, "rmse": q.rmse},
+                )

@@ -50,7 +50,9 @@ async def _admin(app: Any, client: Any) -> tuple[dict[str, str], int]:
 
 @pytest.fixture
 async def served(database_url: str) -> Any:
-    async with running_app(database_url, ml_enabled=True, prediction_log_flush_ms=20) as (app, client):
+    async with running_app(
+        database_url, ml_enabled=True, prediction_log_flush_ms=20, metrics_enabled=True
+    ) as (app, client):
         yield app, client
 
 

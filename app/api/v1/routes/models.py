@@ -26,9 +26,7 @@ from app.schemas.prediction import (
     batch_response,
 )
 from app.services.inference import InferenceService
-
-# The window of `GET /models/{name}/quality` that names none: each version's newest labelled rows.
-DEFAULT_QUALITY_WINDOW = 1000
+from app.services.quality import QUALITY_GAUGE_WINDOW
 
 router = APIRouter(
     prefix=f"{PREFIX}/models", tags=["models"], responses=problem_responses(*AUTHENTICATED_ERRORS)
@@ -95,7 +93,7 @@ async def model_quality(
     `until`); a figure with no labelled row in it is null."""
     spec = inference.model(name)
     if last is None and since is None and until is None:
-        last = DEFAULT_QUALITY_WINDOW
+        last = QUALITY_GAUGE_WINDOW
     versions = await quality.quality(spec, inference.versions(spec.name), last=last, since=since, until=until)
     window = (
         f"last {last} labelled" if last is not None else f"predicted in [{since or '...'}, {until or '...'})"
