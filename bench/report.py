@@ -120,9 +120,15 @@ def model_targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | N
     tier = results.get("tier") or {}
     swap = results.get("swap") or {}
     jobs = results.get("jobs") or {}
+    quality = results.get("quality") or {}
     rows += [
         (r["metric"], r["target"], f"{r['value']} ({r['figures']})", r["met"])
-        for r in (*tier.get("targets", []), *swap.get("targets", []), *jobs.get("targets", []))
+        for r in (
+            *tier.get("targets", []),
+            *swap.get("targets", []),
+            *jobs.get("targets", []),
+            *quality.get("targets", []),
+        )
     ]
     if not rows:
         rows.append(
@@ -461,6 +467,14 @@ def render(results: dict[str, Any]) -> str:
             "## Batch jobs (bench/bench_jobs.py)",
             "",
             jobs.get("markdown") or f"*bench_jobs failed: {jobs.get('error')}*",
+            "",
+        ]
+    quality = results.get("quality")
+    if quality:
+        out += [
+            "## Live quality over the prediction log (bench/bench_quality.py)",
+            "",
+            quality.get("markdown") or f"*bench_quality failed: {quality.get('error')}*",
             "",
         ]
     if ANALYSIS.exists():

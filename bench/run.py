@@ -18,6 +18,7 @@ In one run, on this machine:
    it); then the model-serving figures (bench/bench_serving.py, bench/bench_models.py) and the two
    tiers' (bench/bench_tier.py: the model server and remote-only web workers), and predictions
    while a model version is swapped (bench/bench_swap.py: p99 against steady, failed requests);
+   live quality (bench/bench_quality.py: over a million labelled predictions on PostgreSQL),
    batch jobs (bench/bench_jobs.py: a job on a worker process against requests and the runtime
    alone, memory on a 1 GB CSV, submit to first row, SIGKILL mid-job; `--no-jobs` skips it).
 5. The container (bench/bench_container.py: builds the image with scripts/image.sh): its size, cold
@@ -289,6 +290,13 @@ def run_jobs_bench(quick: bool) -> dict[str, Any]:
     return _runner("jobs", "bench.bench_jobs", flags, RESULTS / "jobs.json")
 
 
+def run_quality_bench(quick: bool) -> dict[str, Any]:
+    """Live quality over a million labelled predictions on PostgreSQL (`python -m
+    bench.bench_quality`): bench/results/quality.json."""
+    flags = ["--quick"] if quick else []
+    return _runner("quality", "bench.bench_quality", flags, RESULTS / "quality.json")
+
+
 def run_pool_compare(profile: Profile) -> dict[str, Any]:
     """The hot paths' connection hand-out three ways, side by side (`python -m bench.pool_compare`,
     its own server per variant and round, its own database): bench/results/pool.json."""
@@ -315,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-swap", action="store_true", help="skip bench/bench_swap.py (predictions during a model swap)"
     )
     parser.add_argument("--no-jobs", action="store_true", help="skip bench/bench_jobs.py (batch jobs)")
+    parser.add_argument(
+        "--no-quality", action="store_true", help="skip bench/bench_quality.py (live quality on PostgreSQL)"
+    )
     parser.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     profile = Profile.make(args.quick)
@@ -349,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         results["swap"] = run_swap_bench(args.quick)
     if not args.no_jobs:
         results["jobs"] = run_jobs_bench(args.quick)
+    if not args.no_quality:
+        results["quality"] = run_quality_bench(args.quick)
     results["elapsed_s"] = round(time.perf_counter() - began, 1)
     out = args.out or RESULTS / "latest.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
