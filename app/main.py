@@ -49,11 +49,23 @@ from app.observability.metrics import InFlight, Sampler, observe_model_batch
 from app.services.api_keys import KeyRing
 from app.services.model_fleet import ModelFleet
 from app.services.prediction_log import PredictionLog
+from app.services.shadow import ShadowRunner
 
 log = structlog.get_logger("app")
 
 # Swagger UI and ReDoc assets shipped inside a PyPI package: the docs work with no internet.
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+
+def _signing_key(settings: Settings) -> str:
+    key, generated_at = settings.signing_key()
+    if generated_at:
+        log.warning(
+            "development_secret_key",
+            path=generated_at,
+            hint="set SECRET_KEY; production refuses to start without it",
+        )
+    return key
 
 
 @asynccontextmanager
@@ -63,13 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     the database goes away."""
     state = state_of(app)
     settings = state.settings
-    key, generated_at = settings.signing_key()
-    if generated_at:
-        log.warning(
-            "development_secret_key",
-            path=generated_at,
-            hint="set SECRET_KEY; production refuses to start without it",
-        )
+    key = _signing_key(settings)
     db = Database(create_engine(settings))
     hasher = PasswordHasher(settings)
     registry = ModelRegistry(registry_settings(settings), on_batch=observe_model_batch)
@@ -79,6 +85,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue_size=settings.prediction_log_queue_size,
         batch_size=settings.prediction_log_batch_size,
         flush_interval_s=settings.prediction_log_flush_ms / 1000,
+    )
+    shadows = ShadowRunner(
+        registry, prediction_log, queue_size=settings.shadow_queue_size, workers=settings.shadow_workers
     )
     limits = Limits(settings)
     keys = KeyRing(db, ApiKeyCodec(key), flush_interval_s=settings.api_key_usage_flush_seconds)
@@ -108,6 +117,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             registry=registry,
             fleet=fleet,
             prediction_log=prediction_log,
+            shadows=shadows,
             limits=limits,
             sampler=sampler,
             migration_head=head_revision(),
@@ -124,6 +134,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if jobs is not None:
             await jobs.close(timeout_s=float(settings.timeout_graceful_shutdown))
         await fleet.close()
+        await shadows.close()
         await registry.close()
         await prediction_log.close()
         await keys.close()

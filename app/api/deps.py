@@ -212,7 +212,12 @@ QualityServiceDep = Annotated[QualityService, Depends(get_quality)]
 
 async def get_inference(request: Request) -> InferenceService:
     resources = state_of(request).resources
-    return InferenceService(resources.registry, resources.prediction_log, lambda: until_disconnected(request))
+    return InferenceService(
+        resources.registry,
+        resources.prediction_log,
+        lambda: until_disconnected(request),
+        shadows=resources.shadows,
+    )
 
 
 async def until_disconnected(request: Request) -> None:

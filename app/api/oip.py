@@ -159,7 +159,9 @@ async def _infer(
     # Routed once: the rows are read, and the outputs named, for the version that serves them.
     served = inference.route(caller, name, version)
     spec = served.spec
-    result = await inference.run_rows(caller, served, _rows(body, spec), field="inputs.0.data")
+    rows = _rows(body, spec)
+    shadow = inference.shadow_of(name, version)
+    result = await inference.run_rows(caller, served, rows, field="inputs.0.data", shadow=shadow)
     count = len(result.predictions)
     available: dict[str, ResponseOutput] = {}
     classes = [p for p in result.predictions if isinstance(p, ClassPrediction)]

@@ -269,6 +269,16 @@ class Settings(BaseSettings):
         200, ge=1, description="Longest wait before a partial batch is written."
     )
 
+    shadow_queue_size: int = Field(
+        1000,
+        ge=1,
+        description="Copies of requests waiting for an alias's shadow (docs/models.md); beyond it "
+        "they are dropped, counted.",
+    )
+    shadow_workers: int = Field(
+        4, ge=1, le=64, description="Copies of requests a process runs on shadows at once."
+    )
+
     # --- batch jobs (docs/jobs.md) ---
     jobs_embedded_worker: bool | None = Field(
         None,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from app.services.api_keys import KeyRing
     from app.services.model_fleet import ModelFleet
     from app.services.prediction_log import PredictionLog
+    from app.services.shadow import ShadowRunner
 
 
 @dataclass(slots=True, eq=False)
@@ -37,6 +38,7 @@ class Resources:
     registry: ModelRegistry
     fleet: ModelFleet
     prediction_log: PredictionLog
+    shadows: ShadowRunner
     limits: Limits
     sampler: Sampler
     migration_head: str | None

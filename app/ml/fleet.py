@@ -10,7 +10,9 @@ the rules are the same whoever applies them:
 - every loaded model has a `default` alias, used by requests that name no version;
 - a split's weights are whole percentages adding up to 100;
 - an alias's name is never the name of a version of its model, in either order (a version named
-  like an alias would be shadowed by it on some routes and shadow it on others).
+  like an alias would be shadowed by it on some routes and shadow it on others);
+- an alias may carry a shadow: a loaded version, not one it routes to, that gets a copy of a whole
+  percent of its requests (its answers recorded, never returned: app.services.shadow).
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ class Split:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    version: str
+    percent: int  # of the alias's requests copied to it, 1..100
+
+
+@dataclass(frozen=True, slots=True)
 class Alias:
     """A name for one version of a model (`default`, `production`, ...), or for a weighted split
     between versions (a canary). Sticky splits send one caller to the same version every time."""
@@ -69,6 +77,7 @@ class Alias:
     sticky: bool = False
     changed_by: int | None = None
     changed_at: datetime | None = None
+    shadow: Shadow | None = None
 
     def __post_init__(self) -> None:
         versions = [s.version for s in self.splits]
@@ -76,6 +85,15 @@ class Alias:
             raise ValueError(f"an alias routes to 1 to {MAX_SPLITS} distinct versions")
         if sum(s.weight for s in self.splits) != 100 or any(s.weight < 1 for s in self.splits):
             raise ValueError("split weights must be whole percentages adding up to 100")
+        if self.shadow is not None and not 1 <= self.shadow.percent <= 100:
+            raise ValueError("a shadow takes a whole percentage of requests, 1 to 100")
+
+    def shadowed(self) -> bool:
+        """Whether one request's copy goes to the shadow (drawn per request)."""
+        shadow = self.shadow
+        return shadow is not None and (
+            shadow.percent >= 100 or random.randrange(100) < shadow.percent  # noqa: S311 - sampling
+        )
 
     @property
     def versions(self) -> tuple[str, ...]:
@@ -139,7 +157,11 @@ class FleetState:
     def unload(self, model: str, version: str) -> FleetState:
         if (model, version) not in self.loaded:
             raise VersionNotFound(model, version, self.versions(model))
-        users = [a.name for a in self.aliases_of(model) if version in a.versions]
+        users = [
+            a.name
+            for a in self.aliases_of(model)
+            if version in a.versions or (a.shadow is not None and a.shadow.version == version)
+        ]
         if users:
             raise StateConflict(
                 f"Version {version!r} of model {model!r} is routed to by alias "
@@ -167,7 +189,14 @@ class FleetState:
             raise StateConflict(
                 f"{alias.name!r} is a version of model {alias.model!r}; an alias needs another name."
             )
-        missing = [v for v in alias.versions if (alias.model, v) not in self.loaded]
+        shadow = alias.shadow
+        if shadow is not None and shadow.version in alias.versions:
+            raise StateConflict(
+                f"Version {shadow.version!r} is routed to by alias {alias.name!r}; a shadow is "
+                "another version, given a copy of the requests."
+            )
+        wanted = (*alias.versions, *((shadow.version,) if shadow is not None else ()))
+        missing = [v for v in wanted if (alias.model, v) not in self.loaded]
         if missing:
             raise StateConflict(
                 f"Version {missing[0]!r} of model {alias.model!r} is not loaded; load it before "
@@ -196,6 +225,9 @@ class FleetState:
                     "name": a.name,
                     "splits": [{"version": s.version, "weight": s.weight} for s in a.splits],
                     "sticky": a.sticky,
+                    "shadow": (
+                        {"version": a.shadow.version, "percent": a.shadow.percent} if a.shadow else None
+                    ),
                     "changed_by": a.changed_by,
                     "changed_at": a.changed_at.isoformat() if a.changed_at else None,
                 }
@@ -216,10 +248,15 @@ class FleetState:
                 bool(raw.get("sticky", False)),
                 raw.get("changed_by"),
                 datetime.fromisoformat(raw["changed_at"]) if raw.get("changed_at") else None,
+                _shadow(raw.get("shadow")),
             )
             aliases[(alias.model, alias.name)] = alias
         loaded = frozenset((raw["model"], raw["version"]) for raw in doc.get("loaded", []))
         return cls(revision, loaded, aliases, changed_by, changed_at)
+
+
+def _shadow(raw: Mapping[str, Any] | None) -> Shadow | None:
+    return Shadow(raw["version"], int(raw["percent"])) if raw else None
 
 
 def seed(manifest: Manifest) -> FleetState:

@@ -57,3 +57,12 @@ def to_predictions(spec: ModelSpec, outputs: np.ndarray) -> tuple[Prediction, ..
         ClassPrediction(labels[index], index, dict(zip(labels, row, strict=True)))
         for index, row in zip(indices, outputs.tolist(), strict=True)
     )
+
+
+def output_values(result: PredictionResult) -> list[object]:
+    """What the prediction log keeps of an answer, per row: a classifier's probabilities in label
+    order (its label is the first highest), a regressor's value."""
+    return [
+        list(p.probabilities.values()) if isinstance(p, ClassPrediction) else p.value
+        for p in result.predictions
+    ]

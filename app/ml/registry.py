@@ -194,6 +194,13 @@ class ModelRegistry:
             raise ModelsNotReady()
         return self._router.resolve(name, version, caller)
 
+    def shadow(self, name: str, version: str | None = None) -> Served | None:
+        """Where a copy of one request to `version` (a version or an alias; None: `default`) goes:
+        the alias's shadow, drawn at its percent, if loaded here (app.services.shadow)."""
+        if not self.ready:
+            return None
+        return self._router.shadow(name, version)
+
     def route(self, name: str, version: str | None = None, caller: int | None = None) -> ModelSpec:
         """The entry of the version `resolve` picks."""
         return self.resolve(name, version, caller).spec

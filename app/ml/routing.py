@@ -94,6 +94,16 @@ class Router:
         known = (*self.versions(name), *(a.name for a in self.aliases(name)))
         raise VersionNotFound(name, ref, known)
 
+    def shadow(self, name: str, ref: str | None) -> Served | None:
+        """The version a copy of this request goes to: the shadow of the alias `ref` names (None:
+        `default`), drawn at its percent, if it is loaded here; else None (a version named
+        directly has no shadow)."""
+        aliases = self.routes.get(name)
+        alias = aliases.get(ref or DEFAULT_ALIAS) if aliases is not None else None
+        if alias is None or alias.shadow is None or not alias.shadowed():
+            return None
+        return self.served.get((name, alias.shadow.version))
+
     def _unavailable(self, name: str, ref: str | None) -> ModelsNotReady:
         desired = self.desired
         if desired is None:

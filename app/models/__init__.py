@@ -5,7 +5,7 @@ from app.models.base import Base
 from app.models.item import Item
 from app.models.job import Job, JobInputSegment, JobResultChunk
 from app.models.model_state import ModelState, ModelStateChange
-from app.models.prediction import PredictionFeedback, PredictionRecord
+from app.models.prediction import PredictionFeedback, PredictionRecord, ShadowRecord
 from app.models.user import AuthSession, RefreshToken, User
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "PredictionFeedback",
     "PredictionRecord",
     "RefreshToken",
+    "ShadowRecord",
     "User",
 ]

@@ -68,3 +68,29 @@ class PredictionFeedback(Base):
     abs_error: Mapped[float | None] = mapped_column(Float, nullable=True)
     predicted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ShadowRecord(Base):
+    """A shadow's answer to a copy of one prediction's request (app.services.shadow), beside the
+    primary's record (`prediction_id`), with how far the two agreed."""
+
+    __tablename__ = "shadow_records"
+    __table_args__ = (
+        Index("ix_shadow_records_model_id", "model", "id"),
+        Index("ix_shadow_records_model_created_at", "model", "created_at"),
+        IDS_NEVER_REUSED,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(50))  # the primary's, which answered
+    shadow_version: Mapped[str] = mapped_column(String(50))
+    rows: Mapped[int] = mapped_column(Integer)
+    # Classifiers: rows whose labels were the same. Regressors: the sum of |shadow - primary|.
+    agreed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    abs_difference: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outputs: Mapped[Any] = mapped_column(JSON)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

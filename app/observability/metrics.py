@@ -169,6 +169,18 @@ def observe_job_states(counts: Mapping[str, int], queue_depth: int, oldest_age_s
     JOBS_OLDEST_QUEUED_AGE.set(oldest_age_s)
 
 
+# Shadow traffic (docs/models.md): copies of requests answered by an alias's shadow, and the copies
+# dropped (a full queue, the time limit, a failure), counted, never raised to the caller.
+SHADOW_PREDICTIONS = Counter(
+    "shadow_predictions_total", "Copies of requests a shadow answered.", ["model", "version"]
+)
+SHADOW_DROPPED = Counter(
+    "shadow_dropped_total",
+    "Copies of requests a shadow did not answer, by reason: queue-full, timeout, failed.",
+    ["model", "version", "reason"],
+)
+
+
 # Live quality (docs/models.md): read from the database at each scrape by the worker scraped, over
 # each version's newest labelled rows; `livemostrecent` keeps that scrape's value, not a sum.
 MODEL_QUALITY = Gauge(

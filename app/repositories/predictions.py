@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import PredictionFeedback, PredictionRecord
+from app.models import PredictionFeedback, PredictionRecord, ShadowRecord
 
 
 class PredictionRepository:
@@ -20,6 +20,42 @@ class PredictionRepository:
     async def add_many(self, rows: Sequence[dict[str, Any]]) -> None:
         """One multi-row INSERT for a whole batch of records."""
         await self.session.execute(insert(PredictionRecord), list(rows))
+
+    async def add_shadows(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self.session.execute(insert(ShadowRecord), list(rows))
+
+    async def shadow_sums(
+        self, model: str, *, last: int | None, since: datetime | None, until: datetime | None
+    ) -> list[tuple[Any, ...]]:
+        """Per (primary version, shadow version) over the model's newest `last` shadow records, or
+        those made in [since, until): records, rows, rows agreed, summed |difference|."""
+        window = select(
+            ShadowRecord.version,
+            ShadowRecord.shadow_version,
+            ShadowRecord.rows,
+            ShadowRecord.agreed,
+            ShadowRecord.abs_difference,
+        ).where(ShadowRecord.model == model)
+        if since is not None:
+            window = window.where(ShadowRecord.created_at >= since)
+        if until is not None:
+            window = window.where(ShadowRecord.created_at < until)
+        if last is not None:
+            window = window.order_by(ShadowRecord.id.desc()).limit(last)
+        rows = window.subquery()
+        query = (
+            select(
+                rows.c.version,
+                rows.c.shadow_version,
+                func.count(),
+                func.sum(rows.c.rows),
+                func.sum(rows.c.agreed),
+                func.sum(rows.c.abs_difference),
+            )
+            .group_by(rows.c.version, rows.c.shadow_version)
+            .order_by(rows.c.version, rows.c.shadow_version)
+        )
+        return [tuple(row) for row in (await self.session.execute(query)).all()]
 
     async def before(
         self, user_id: int | None, before_id: int | None, limit: int

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
-from app.ml.fleet import MAX_SPLITS, Alias
+from app.ml.fleet import MAX_SPLITS, Alias, Shadow
 from app.schemas.common import NOT_CONVERTED, RequestModel
 from app.schemas.oip import VERSION_PATTERN
 
@@ -19,14 +19,30 @@ class SplitIn(RequestModel):
     )
 
 
+class ShadowIn(RequestModel):
+    version: str = Field(pattern=VERSION_PATTERN, description="A loaded version the alias does not route to.")
+    percent: Annotated[int, Field(ge=1, le=100), NOT_CONVERTED] = Field(
+        description="Percent of the alias's requests whose copy it gets."
+    )
+
+    def shadow(self) -> Shadow:
+        return Shadow(self.version, self.percent)
+
+
 class AliasUpdate(RequestModel):
     """Either `version` (the alias points at it), or `split` (a canary: versions with weights in
-    whole percent adding up to 100)."""
+    whole percent adding up to 100); and, optionally, a `shadow`."""
 
     version: str | None = Field(None, pattern=VERSION_PATTERN)
     split: list[SplitIn] | None = Field(None, min_length=2, max_length=MAX_SPLITS)
     sticky: StrictBool = Field(
         False, description="A split sends each user (or key's owner) to the same version every time."
+    )
+    shadow: ShadowIn | None = Field(
+        None,
+        description="A version given a copy of a share of the alias's requests: its answers are "
+        "recorded beside the answer given, never returned, and never slow or fail the request "
+        "(docs/models.md, shadow traffic). Absent: no shadow (a shadow set before is cleared).",
     )
 
     @field_validator("split")
@@ -58,6 +74,11 @@ class SplitOut(BaseModel):
     weight: int
 
 
+class ShadowOut(BaseModel):
+    version: str
+    percent: int
+
+
 class AliasSummary(BaseModel):
     """An alias as anyone who may read the models sees it: where it sends requests, not who
     pointed it there (which admin did is for admins: `AliasPublic`)."""
@@ -66,15 +87,18 @@ class AliasSummary(BaseModel):
     name: str
     splits: list[SplitOut]
     sticky: bool
+    shadow: ShadowOut | None = Field(description="The version given a copy of its requests, if any.")
     changed_at: datetime | None
 
     @classmethod
     def of(cls, alias: Alias) -> AliasSummary:
+        shadow = alias.shadow
         return cls(
             model=alias.model,
             name=alias.name,
             splits=[SplitOut(version=s.version, weight=s.weight) for s in alias.splits],
             sticky=alias.sticky,
+            shadow=ShadowOut(version=shadow.version, percent=shadow.percent) if shadow else None,
             changed_at=alias.changed_at,
         )
 

@@ -222,8 +222,21 @@ class VersionQualityPublic(BaseModel):
     rmse: float | None = Field(None, description="Root mean squared error (regressors).")
 
 
+class ShadowAgreementPublic(BaseModel):
+    version: str = Field(description="The primary's version, which answered.")
+    shadow_version: str
+    compared: int = Field(description="Requests answered by both (in the window).")
+    rows: int
+    agreement: float | None = Field(None, description="Share of rows whose labels were alike (classifiers).")
+    mean_abs_difference: float | None = Field(None, description="Mean |shadow - primary| (regressors).")
+
+
 class ModelQuality(BaseModel):
     model: str
     task: Literal["classification", "regression"]
     window: str = Field(description="`last N labelled`, or the time range of the predictions.")
     versions: list[VersionQualityPublic]
+    shadows: list[ShadowAgreementPublic] = Field(
+        description="Each shadow against the primary on the same requests: over the newest N copies "
+        "answered, or those answered in the time range."
+    )

@@ -25,10 +25,11 @@ from app.core.ids import new_prediction_id
 from app.ml import errors as ml
 from app.ml.fleet import Alias, StateConflict, VersionNotFound
 from app.ml.manifest import ModelSpec
-from app.ml.predictions import ClassPrediction, PredictionResult
+from app.ml.predictions import PredictionResult, output_values
 from app.ml.registry import ModelRegistry, Served
 from app.observability import metrics
 from app.services.prediction_log import PredictionEvent, PredictionLog
+from app.services.shadow import ShadowCopy, ShadowRunner
 
 
 class ModelNotFound(NotFound):
@@ -135,10 +136,13 @@ class InferenceService:
         registry: ModelRegistry,
         prediction_log: PredictionLog | None,
         caller_gone: Callable[[], Awaitable[object]] | None = None,
+        *,
+        shadows: ShadowRunner | None = None,
     ) -> None:
         self.registry = registry
         self.log = prediction_log
         self.caller_gone = caller_gone
+        self.shadows = shadows
 
     @property
     def ready(self) -> bool:
@@ -190,32 +194,51 @@ class InferenceService:
         except ml.ModelError as exc:
             raise translate(exc) from None
 
+    def shadow_of(self, name: str, version: str | None = None) -> Served | None:
+        """Where a copy of this request goes (the alias's shadow, drawn at its percent), if any."""
+        return self.registry.shadow(name, version) if self.shadows is not None else None
+
     async def predict_rows(
         self, user_id: int, name: str, rows: Any, field: str = "rows", version: str | None = None
     ) -> PredictionResult:
         """`run_rows` on the version `route` picks. The result names the version that served it
         (an alias may split between versions)."""
-        return await self.run_rows(user_id, self.route(user_id, name, version), rows, field=field)
+        served = self.route(user_id, name, version)
+        return await self.run_rows(user_id, served, rows, field=field, shadow=self.shadow_of(name, version))
 
     async def predict_one(
         self, user_id: int, name: str, features: Any, version: str | None = None
     ) -> PredictionResult:
         """`run_one` on the version `route` picks."""
-        return await self.run_one(user_id, self.route(user_id, name, version), features)
+        served = self.route(user_id, name, version)
+        return await self.run_one(user_id, served, features, shadow=self.shadow_of(name, version))
 
     async def run_rows(
-        self, user_id: int, served: Served, rows: Any, field: str = "rows"
+        self, user_id: int, served: Served, rows: Any, field: str = "rows", *, shadow: Served | None = None
     ) -> PredictionResult:
         """A batch of rows on the version `route` returned for this request (routed once: a caller
-        that needs the version before it reads the rows, as /v2 infer, routes and then runs)."""
+        that needs the version before it reads the rows, as /v2 infer, routes and then runs); a
+        copy to `shadow` (`shadow_of`) once it has answered."""
         return await self._run(
-            user_id, served.spec, rows, lambda: self.registry.run(served, rows, field=field), batch=True
+            user_id,
+            served.spec,
+            rows,
+            lambda: self.registry.run(served, rows, field=field),
+            batch=True,
+            shadow=shadow,
         )
 
-    async def run_one(self, user_id: int, served: Served, features: Any) -> PredictionResult:
+    async def run_one(
+        self, user_id: int, served: Served, features: Any, *, shadow: Served | None = None
+    ) -> PredictionResult:
         """One row on the version `route` returned for this request."""
         return await self._run(
-            user_id, served.spec, features, lambda: self.registry.run_one(served, features), batch=False
+            user_id,
+            served.spec,
+            features,
+            lambda: self.registry.run_one(served, features),
+            batch=False,
+            shadow=shadow,
         )
 
     async def _run(
@@ -226,6 +249,7 @@ class InferenceService:
         call: Callable[[], Awaitable[PredictionResult]],
         *,
         batch: bool,
+        shadow: Served | None = None,
     ) -> PredictionResult:
         name = spec.name
         try:
@@ -255,9 +279,12 @@ class InferenceService:
                 outcome="ok",
                 inputs=(inputs if batch else [inputs]) if spec.log_inputs else None,
                 prediction_id=prediction_id,
-                outputs=logged_outputs(result),
+                outputs=output_values(result),
             )
         )
+        if shadow is not None and self.shadows is not None:
+            # After the answer is made: the shadow's queue takes a copy or drops it, never waits.
+            self.shadows.offer(ShadowCopy(shadow, inputs, not batch, result, prediction_id, user_id))
         return dataclasses.replace(result, prediction_id=prediction_id)
 
     async def _unless_caller_gone(self, name: str, work: Awaitable[PredictionResult]) -> PredictionResult:
@@ -279,15 +306,6 @@ class InferenceService:
             raise
         finally:
             watcher.cancel()
-
-
-def logged_outputs(result: PredictionResult) -> list[Any]:
-    """What the log keeps of an answer, per row: a classifier's probabilities in label order (its
-    label is the first highest), a regressor's value: what feedback is scored against."""
-    return [
-        list(p.probabilities.values()) if isinstance(p, ClassPrediction) else p.value
-        for p in result.predictions
-    ]
 
 
 async def _cancel_when(gone: Callable[[], Awaitable[object]], request: asyncio.Task[Any]) -> None:

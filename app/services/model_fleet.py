@@ -23,7 +23,7 @@ import structlog
 from app.core.errors import AppError
 from app.db.database import Database
 from app.ml import errors as ml
-from app.ml.fleet import Alias, FleetState, Split, StateConflict, VersionNotFound, seed
+from app.ml.fleet import Alias, FleetState, Shadow, Split, StateConflict, VersionNotFound, seed
 from app.ml.registry import ModelRegistry, VersionStatus
 from app.models import ModelStateChange
 from app.models.base import utcnow
@@ -168,9 +168,17 @@ class ModelFleet:
         )
 
     async def set_alias(
-        self, actor: int, name: str, alias: str, splits: Sequence[tuple[str, int]], *, sticky: bool
+        self,
+        actor: int,
+        name: str,
+        alias: str,
+        splits: Sequence[tuple[str, int]],
+        *,
+        sticky: bool,
+        shadow: Shadow | None = None,
     ) -> Alias:
-        """Point an alias at one version, or split it between versions by weight."""
+        """Point an alias at one version, or split it between versions by weight; `shadow`: a
+        version given a copy of a share of its requests (None: none)."""
         manifest = self.registry.manifest
         if not manifest.versions(name):
             raise translate(ml.ModelNotFound(name, manifest.names()))
@@ -178,21 +186,27 @@ class ModelFleet:
             raise translate(
                 StateConflict(f"{alias!r} is a version of model {name!r}; an alias needs another name.")
             )
-        for version, _ in splits:
+        for version in (*(v for v, _ in splits), *((shadow.version,) if shadow else ())):
             if manifest.find(name, version) is None:
                 raise translate(VersionNotFound(name, version, manifest.versions(name)))
         described = " ".join(f"{v}:{w}" for v, w in splits)
+        if sticky:
+            described += " sticky"
+        if shadow is not None:
+            described += f" shadow {shadow.version}:{shadow.percent}%"
 
         def apply(state: FleetState) -> FleetState:
-            target = Alias(name, alias, tuple(Split(v, w) for v, w in splits), sticky, actor, None)
+            target = Alias(name, alias, tuple(Split(v, w) for v, w in splits), sticky, actor, None, shadow)
             current = state.aliases.get((name, alias))
-            if current is not None and (current.splits, current.sticky) == (target.splits, target.sticky):
+            if current is not None and (current.splits, current.sticky, current.shadow) == (
+                target.splits,
+                target.sticky,
+                target.shadow,
+            ):
                 return state
             return state.set_alias(target)
 
-        state = await self._change(
-            actor, Change(f"alias {name}/{alias} -> {described}{' sticky' if sticky else ''}", apply)
-        )
+        state = await self._change(actor, Change(f"alias {name}/{alias} -> {described}", apply))
         return state.aliases[(name, alias)]
 
     async def delete_alias(self, actor: int, name: str, alias: str) -> FleetState:

@@ -69,6 +69,14 @@ class PredictionLog:
         """Queue a record without waiting; drop it (counted) when the queue is full."""
         row = asdict(event)
         row["created_at"] = utcnow()
+        self._put(row)
+
+    def record_shadow(self, row: dict[str, Any]) -> None:
+        """A shadow's answer (a `shadow_records` row: app.services.shadow), queued as a record is."""
+        row["created_at"] = utcnow()
+        self._put(row)
+
+    def _put(self, row: dict[str, Any]) -> None:
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
@@ -107,8 +115,14 @@ class PredictionLog:
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         try:
+            records = [row for row in batch if "shadow_version" not in row]
+            shadows = [row for row in batch if "shadow_version" in row]
             async with self._db.session() as session:
-                await PredictionRepository(session).add_many(batch)
+                repo = PredictionRepository(session)
+                if records:
+                    await repo.add_many(records)
+                if shadows:
+                    await repo.add_shadows(shadows)
                 await session.commit()
             self.written += len(batch)
         except Exception as exc:  # noqa: BLE001 - a lost log batch must never stop the writer

@@ -30,6 +30,16 @@ class VersionQuality:
     rmse: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowAgreement:
+    version: str  # the primary's
+    shadow_version: str
+    compared: int  # requests copied and answered by both
+    rows: int
+    agreement: float | None = None  # classifiers: share of rows whose labels were alike
+    mean_abs_difference: float | None = None  # regressors
+
+
 class QualityService:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -72,6 +82,27 @@ class QualityService:
                     )
                 )
         return out
+
+    async def shadows(
+        self, spec: ModelSpec, *, last: int | None, since: datetime | None, until: datetime | None
+    ) -> list[ShadowAgreement]:
+        """Each shadow against the primary on the same requests: the model's newest `last` shadow
+        records, or those made in [since, until)."""
+        async with self.db.session(read_only=True) as session:
+            sums = await PredictionRepository(session).shadow_sums(
+                spec.name, last=last, since=since, until=until
+            )
+        return [
+            ShadowAgreement(
+                version=version,
+                shadow_version=shadow_version,
+                compared=compared,
+                rows=rows,
+                agreement=agreed / rows if agreed is not None and rows else None,
+                mean_abs_difference=difference / rows if difference is not None and rows else None,
+            )
+            for version, shadow_version, compared, rows, agreed, difference in sums
+        ]
 
     async def sample(self, registry: ModelRegistry) -> None:
         """The Prometheus gauges of every model's versions, over QUALITY_GAUGE_WINDOW (at a scrape)."""

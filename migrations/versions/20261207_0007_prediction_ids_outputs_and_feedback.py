@@ -53,9 +53,34 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('outputs', sa.JSON(), nullable=True))
         batch_op.create_index('ix_prediction_records_prediction_id', ['prediction_id'], unique=True)
 
+    op.create_table('shadow_records',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('prediction_id', sa.Uuid(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('model', sa.String(length=100), nullable=False),
+    sa.Column('version', sa.String(length=50), nullable=False),
+    sa.Column('shadow_version', sa.String(length=50), nullable=False),
+    sa.Column('rows', sa.Integer(), nullable=False),
+    sa.Column('agreed', sa.Integer(), nullable=True),
+    sa.Column('abs_difference', sa.Float(), nullable=True),
+    sa.Column('outputs', sa.JSON(), nullable=False),
+    sa.Column('latency_ms', sa.Float(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_shadow_records_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_shadow_records')),
+    sqlite_autoincrement=True
+    )
+    with op.batch_alter_table('shadow_records', schema=None) as batch_op:
+        batch_op.create_index('ix_shadow_records_model_created_at', ['model', 'created_at'], unique=False)
+        batch_op.create_index('ix_shadow_records_model_id', ['model', 'id'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('shadow_records', schema=None) as batch_op:
+        batch_op.drop_index('ix_shadow_records_model_id')
+        batch_op.drop_index('ix_shadow_records_model_created_at')
+
+    op.drop_table('shadow_records')
     # Dropping a column rebuilds the table on SQLite: it keeps AUTOINCREMENT (migration 0005).
     with op.batch_alter_table(
         'prediction_records', schema=None, table_kwargs={'sqlite_autoincrement': True}

@@ -22,6 +22,7 @@ from app.schemas.prediction import (
     FeatureInfo,
     ModelInfo,
     ModelQuality,
+    ShadowAgreementPublic,
     VersionQualityPublic,
     batch_response,
 )
@@ -88,9 +89,11 @@ async def model_quality(
 ) -> ModelQuality:
     """For each version loaded here (and each that has feedback), what the truths sent back for its
     answers say (`POST /api/v1/predictions/{prediction_id}/feedback`): accuracy and log loss for a
-    classifier, MAE and RMSE for a regressor, with the number of labelled rows behind them. The
-    window: the newest `last` labelled rows of each version, or those predicted in [`since`,
-    `until`); a figure with no labelled row in it is null."""
+    classifier, MAE and RMSE for a regressor, with the number of labelled rows behind them; and
+    each shadow against the primary on the same requests (how often the labels agree, or the mean
+    absolute difference of values). The window: the newest `last` labelled rows of each version
+    (the newest `last` copies a shadow answered), or those predicted in [`since`, `until`); a figure
+    with no row in it is null."""
     spec = inference.model(name)
     if last is None and since is None and until is None:
         last = QUALITY_GAUGE_WINDOW
@@ -103,6 +106,10 @@ async def model_quality(
         task=spec.task,
         window=window,
         versions=[VersionQualityPublic.model_validate(v, from_attributes=True) for v in versions],
+        shadows=[
+            ShadowAgreementPublic.model_validate(a, from_attributes=True)
+            for a in await quality.shadows(spec, last=last, since=since, until=until)
+        ],
     )
 
 
@@ -157,7 +164,9 @@ async def set_alias(
     {"version": "2.0.0", "weight": 10}], "sticky": true}`. Every version must be loaded (409);
     weights are whole percent adding up to 100 (422). A worker moves the alias once it has loaded
     the versions, so a route never breaks; all follow within `MODEL_STATE_POLL_SECONDS`."""
-    return AliasPublic.of(await fleet.set_alias(admin.id, name, alias, body.splits(), sticky=body.sticky))
+    shadow = body.shadow.shadow() if body.shadow is not None else None
+    changed = await fleet.set_alias(admin.id, name, alias, body.splits(), sticky=body.sticky, shadow=shadow)
+    return AliasPublic.of(changed)
 
 
 @router.delete(

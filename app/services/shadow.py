@@ -1,0 +1,129 @@
+"""Shadow traffic (issue 24): a copy of a share of an alias's requests goes to another version, off
+the response path, and its answer is recorded beside the primary's, never returned.
+
+The caller's answer, latency and errors do not depend on the shadow: a copy is handed over with
+`put_nowait` after the primary has answered, to a bounded queue read by a few tasks of this
+process; a full queue, the time limit and any failure of the shadow drop the copy, counted
+(`shadow_dropped_total`) and never raised. The record (`shadow_records`) holds the shadow's
+outputs and how far they agreed with the primary's (labels alike, or the summed absolute
+difference of values); live quality sums them (app.services.quality).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from app.ml.errors import PredictionTimeout
+from app.ml.predictions import ClassPrediction, PredictionResult, RegressionPrediction, output_values
+from app.ml.registry import ModelRegistry, Served
+from app.observability import metrics
+from app.services.prediction_log import PredictionLog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowCopy:
+    served: Served
+    rows: Any  # the request's rows as sent (checked again against the shadow's features)
+    one: bool  # a single row of features (`run_one`), not a batch
+    primary: PredictionResult
+    prediction_id: uuid.UUID
+    user_id: int
+
+
+class ShadowRunner:
+    def __init__(
+        self, registry: ModelRegistry, prediction_log: PredictionLog, *, queue_size: int, workers: int
+    ) -> None:
+        self.registry = registry
+        self.log = prediction_log
+        self._queue: asyncio.Queue[ShadowCopy] = asyncio.Queue(maxsize=queue_size)
+        self._workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _start(self) -> None:
+        """Its tasks, at the first copy: a process whose aliases have no shadow runs none."""
+        self._tasks = [asyncio.create_task(self._work(), name=f"shadow-{i}") for i in range(self._workers)]
+
+    async def close(self) -> None:
+        """Stop; copies still queued or running are dropped (a shadow is best effort)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def offer(self, copy: ShadowCopy) -> None:
+        """Hand a copy over without waiting; a full queue drops it (counted)."""
+        if not self._tasks:
+            self._start()
+        try:
+            self._queue.put_nowait(copy)
+        except asyncio.QueueFull:
+            self._dropped(copy, "queue-full")
+
+    async def _work(self) -> None:
+        while True:
+            copy = await self._queue.get()
+            try:
+                await self._run(copy)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - whatever the shadow does, it stays the shadow's
+                self._dropped(copy, "failed")
+
+    async def _run(self, copy: ShadowCopy) -> None:
+        spec = copy.served.spec
+        started = time.perf_counter()
+        try:
+            # The model's own time limit (its batcher's), and a guard above it for a runtime or
+            # model server that hangs past it.
+            async with asyncio.timeout(spec.timeout_ms / 1000 * 3):
+                if copy.one:
+                    result = await self.registry.run_one(copy.served, copy.rows)
+                else:
+                    result = await self.registry.run(copy.served, copy.rows)
+        except (TimeoutError, PredictionTimeout):
+            self._dropped(copy, "timeout")
+            return
+        agreed, difference = _agreement(copy.primary, result)
+        self.log.record_shadow(
+            {
+                "prediction_id": copy.prediction_id,
+                "user_id": copy.user_id,
+                "model": spec.name,
+                "version": copy.primary.version,
+                "shadow_version": spec.version,
+                "rows": len(result.predictions),
+                "agreed": agreed,
+                "abs_difference": difference,
+                "outputs": output_values(result),
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
+        )
+        metrics.SHADOW_PREDICTIONS.labels(spec.name, spec.version).inc()
+
+    @staticmethod
+    def _dropped(copy: ShadowCopy, reason: str) -> None:
+        spec = copy.served.spec
+        metrics.SHADOW_DROPPED.labels(spec.name, spec.version, reason).inc()
+        log.debug("shadow_dropped", model=spec.name, version=spec.version, reason=reason)
+
+
+def _agreement(primary: PredictionResult, shadow: PredictionResult) -> tuple[int | None, float | None]:
+    """Rows whose labels were alike (classifiers), or the summed |shadow - primary| (regressors)."""
+    pairs = list(zip(primary.predictions, shadow.predictions, strict=True))
+    if all(isinstance(p, ClassPrediction) and isinstance(s, ClassPrediction) for p, s in pairs):
+        return sum(p.label == s.label for p, s in pairs), None  # type: ignore[union-attr]
+    if all(isinstance(p, RegressionPrediction) and isinstance(s, RegressionPrediction) for p, s in pairs):
+        return None, sum(abs(p.value - s.value) for p, s in pairs)  # type: ignore[union-attr]
+    raise ValueError("the shadow's task is not the primary's")
