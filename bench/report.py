@@ -121,6 +121,7 @@ def model_targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | N
     swap = results.get("swap") or {}
     jobs = results.get("jobs") or {}
     quality = results.get("quality") or {}
+    shadow = results.get("shadow") or {}
     rows += [
         (r["metric"], r["target"], f"{r['value']} ({r['figures']})", r["met"])
         for r in (
@@ -128,6 +129,7 @@ def model_targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | N
             *swap.get("targets", []),
             *jobs.get("targets", []),
             *quality.get("targets", []),
+            *shadow.get("targets", []),
         )
     ]
     if not rows:
@@ -467,6 +469,14 @@ def render(results: dict[str, Any]) -> str:
             "## Batch jobs (bench/bench_jobs.py)",
             "",
             jobs.get("markdown") or f"*bench_jobs failed: {jobs.get('error')}*",
+            "",
+        ]
+    shadow = results.get("shadow")
+    if shadow:
+        out += [
+            "## Shadow traffic (bench/bench_shadow.py)",
+            "",
+            shadow.get("markdown") or f"*bench_shadow failed: {shadow.get('error')}*",
             "",
         ]
     quality = results.get("quality")

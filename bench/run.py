@@ -18,7 +18,9 @@ In one run, on this machine:
    it); then the model-serving figures (bench/bench_serving.py, bench/bench_models.py) and the two
    tiers' (bench/bench_tier.py: the model server and remote-only web workers), and predictions
    while a model version is swapped (bench/bench_swap.py: p99 against steady, failed requests);
-   live quality (bench/bench_quality.py: over a million labelled predictions on PostgreSQL),
+   shadow traffic (bench/bench_shadow.py: p99 with a shadow of the same cost, a shadow missing its
+   time limit), live quality (bench/bench_quality.py: over a million labelled predictions on
+   PostgreSQL),
    batch jobs (bench/bench_jobs.py: a job on a worker process against requests and the runtime
    alone, memory on a 1 GB CSV, submit to first row, SIGKILL mid-job; `--no-jobs` skips it).
 5. The container (bench/bench_container.py: builds the image with scripts/image.sh): its size, cold
@@ -297,6 +299,13 @@ def run_quality_bench(quick: bool) -> dict[str, Any]:
     return _runner("quality", "bench.bench_quality", flags, RESULTS / "quality.json")
 
 
+def run_shadow_bench(quick: bool) -> dict[str, Any]:
+    """What a shadow costs the requests it copies (`python -m bench.bench_shadow`):
+    bench/results/shadow.json."""
+    flags = ["--quick"] if quick else []
+    return _runner("shadow", "bench.bench_shadow", flags, RESULTS / "shadow.json")
+
+
 def run_pool_compare(profile: Profile) -> dict[str, Any]:
     """The hot paths' connection hand-out three ways, side by side (`python -m bench.pool_compare`,
     its own server per variant and round, its own database): bench/results/pool.json."""
@@ -323,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-swap", action="store_true", help="skip bench/bench_swap.py (predictions during a model swap)"
     )
     parser.add_argument("--no-jobs", action="store_true", help="skip bench/bench_jobs.py (batch jobs)")
+    parser.add_argument(
+        "--no-shadow", action="store_true", help="skip bench/bench_shadow.py (shadow traffic)"
+    )
     parser.add_argument(
         "--no-quality", action="store_true", help="skip bench/bench_quality.py (live quality on PostgreSQL)"
     )
@@ -360,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         results["swap"] = run_swap_bench(args.quick)
     if not args.no_jobs:
         results["jobs"] = run_jobs_bench(args.quick)
+    if not args.no_shadow:
+        results["shadow"] = run_shadow_bench(args.quick)
     if not args.no_quality:
         results["quality"] = run_quality_bench(args.quick)
     results["elapsed_s"] = round(time.perf_counter() - began, 1)
