@@ -52,9 +52,10 @@ class QualityService:
         last: int | None,
         since: datetime | None,
         until: datetime | None,
+        with_feedback: bool = True,
     ) -> list[VersionQuality]:
-        """Each of `versions` (with those that have feedback) over the window: its newest `last`
-        labelled rows, or the rows predicted in [since, until)."""
+        """Each of `versions` (and, `with_feedback`, each other one that has feedback) over the
+        window: its newest `last` labelled rows, or the rows predicted in [since, until)."""
         if last is not None and (since is not None or until is not None):
             raise ValidationFailed(
                 "last: a window is the newest `last` labelled rows or a time range, not both",
@@ -66,7 +67,8 @@ class QualityService:
             )
         async with self.db.session(read_only=True) as session:
             repo = PredictionRepository(session)
-            every = sorted(set(versions) | set(await repo.feedback_versions(spec.name)))
+            others = await repo.feedback_versions(spec.name) if with_feedback else []
+            every = sorted(set(versions) | set(others))
             out = []
             for version in every:
                 sums = await repo.feedback_sums(spec.name, version, last=last, since=since, until=until)
@@ -108,7 +110,12 @@ class QualityService:
         """The Prometheus gauges of every model's versions, over QUALITY_GAUGE_WINDOW (at a scrape)."""
         for spec in registry.list():
             figures = await self.quality(
-                spec, registry.versions(spec.name), last=QUALITY_GAUGE_WINDOW, since=None, until=None
+                spec,
+                registry.versions(spec.name),
+                last=QUALITY_GAUGE_WINDOW,
+                since=None,
+                until=None,
+                with_feedback=False,  # the versions served here: a scrape reads a few index ranges
             )
             for q in figures:
                 metrics.observe_quality(

@@ -111,6 +111,13 @@ async def test_figures_match_a_hand_checked_set_over_each_window(served: Any) ->
         "since": T0.isoformat(), "until": before}, headers=admin), 422)  # fmt: skip
     assert backwards["errors"][0]["field"] == "until"
     assert_problem(await client.get("/api/v1/models/nope/quality", headers=admin), 404)
+    # A version no longer loaded here still shows, by its feedback.
+    await _labelled(app, admin_id, "iris", "0.9.0", [{"label": "setosa", "correct": 0, "log_loss": 1.0}])
+    shown = (await client.get("/api/v1/models/iris/quality", headers=admin)).json()["versions"]
+    assert [(v["version"], v["labelled"], v["accuracy"]) for v in shown] == [
+        ("0.9.0", 1, 0.0),
+        ("1.0.0", 4, 0.75),
+    ]
     not_admin = await user(client)
     assert_problem(await client.get("/api/v1/models/iris/quality", headers=not_admin), 403)
 
