@@ -770,6 +770,7 @@ class ResultsFile:
         self._began = time.perf_counter()
         self._load_before = os.getloadavg()[0]
         self.header: dict[str, Any] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": f"uv run python -m {module}{' --quick' if quick else ''}",
             "profile": profile.__dict__,
             "pinning": {"server": " ".join(server_pin) or "none", "load": " ".join(load_pin) or "none"},

@@ -470,6 +470,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             jobs.get("markdown") or f"*bench_jobs failed: {jobs.get('error')}*",
             "",
+            *_measured_on_its_own(jobs),
         ]
     shadow = results.get("shadow")
     if shadow:
@@ -478,6 +479,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             shadow.get("markdown") or f"*bench_shadow failed: {shadow.get('error')}*",
             "",
+            *_measured_on_its_own(shadow),
         ]
     quality = results.get("quality")
     if quality:
@@ -486,6 +488,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             quality.get("markdown") or f"*bench_quality failed: {quality.get('error')}*",
             "",
+            *_measured_on_its_own(quality),
         ]
     if ANALYSIS.exists():
         out += [ANALYSIS.read_text().strip(), ""]
@@ -544,6 +547,14 @@ def pool_section(pool: dict[str, Any]) -> list[str]:
         f"{pool['load_average'][0]:.1f} before, {pool['load_average'][1]:.1f} after.",
     ]
     return out
+
+
+def _measured_on_its_own(section: dict[str, Any]) -> list[str]:
+    """A runner's section measured in a sitting of its own (not by this `make bench`): when."""
+    when = section.get("when")
+    if not when or section.get("in_make_bench"):
+        return []
+    return [f"Measured {when}, by its runner alone (not in the run above).", ""]
 
 
 def write_report(results: dict[str, Any], docs: Path = DOCS) -> None:

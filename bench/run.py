@@ -258,6 +258,7 @@ def _runner(
     if not path.exists() or (done.returncode != 0 and not any_status):
         return {"error": f"{module} exited with {done.returncode}"}
     data: dict[str, Any] = json.loads(path.read_text())
+    data["in_make_bench"] = True  # measured in this run (bench/report.py says when one was not)
     return data
 
 
