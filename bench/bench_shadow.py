@@ -123,7 +123,11 @@ def run(profile: Profile, server_pin: list[str], load_pin: list[str], workdir: P
             for phase, version in (("none", None), ("same-cost", "2.0.0")):
                 shadow(port, token, version)
                 result = load.wrk(url, CONNECTIONS, profile.seconds, script)
-                print(f"  {phase}: p99 {result['p99_ms']} ms, {result['rps']:,.0f} req/s", flush=True)
+                print(
+                    f"  {phase}: p99 {result['p99_ms']} ms, {result['rps']:,.0f} req/s, "
+                    f"server CPU {result.get('server_cpu_us')} µs a request",
+                    flush=True,
+                )
                 phases[phase].append(result)
         shadow(port, token, "3.0.0")
         before = dropped(port, token)
@@ -156,7 +160,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"({CONNECTIONS} connections)",
             round(p99_same / p99_none, 2), "<= 1.2",
             f"{p99_same} / {p99_none} ms (medians of {len(same)}); {_median(same, 'rps'):,.0f} / "
-            f"{_median(none, 'rps'):,.0f} req/s",
+            f"{_median(none, 'rps'):,.0f} req/s; server CPU {_median(same, 'server_cpu_us'):,.0f} / "
+            f"{_median(none, 'server_cpu_us'):,.0f} µs a request",
         ),
         (
             "primary requests failed or slowed past their time limit while the shadow missed its own",

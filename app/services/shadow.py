@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -27,6 +27,9 @@ from app.observability import metrics
 from app.services.prediction_log import PredictionLog
 
 log = structlog.get_logger(__name__)
+
+# The most queued copies one task takes at once (then split by shadow and by its batch size).
+DRAIN_COPIES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,50 +76,81 @@ class ShadowRunner:
 
     async def _work(self) -> None:
         while True:
-            copy = await self._queue.get()
-            try:
-                await self._run(copy)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - whatever the shadow does, it stays the shadow's
-                self._dropped(copy, "failed")
+            copies = [await self._queue.get()]
+            # What else is queued goes with it: copies to one shadow run as one batch (a busy
+            # primary makes the queue longer, and each copy cheaper).
+            while len(copies) < DRAIN_COPIES and not self._queue.empty():
+                copies.append(self._queue.get_nowait())
+            groups: dict[int, list[ShadowCopy]] = {}
+            for copy in copies:
+                groups.setdefault(id(copy.served), []).append(copy)
+            for group in groups.values():
+                for batch in _batches(group):
+                    try:
+                        await self._run(batch)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - whatever the shadow does, it stays the shadow's
+                        for copy in batch:
+                            self._dropped(copy, "failed")
 
-    async def _run(self, copy: ShadowCopy) -> None:
-        spec = copy.served.spec
+    async def _run(self, batch: list[ShadowCopy]) -> None:
+        served = batch[0].served
+        spec = served.spec
+        rows = [row for copy in batch for row in ([copy.rows] if copy.one else copy.rows)]
         started = time.perf_counter()
         try:
             # The model's own time limit (its batcher's), and a guard above it for a runtime or
             # model server that hangs past it.
             async with asyncio.timeout(spec.timeout_ms / 1000 * 3):
-                if copy.one:
-                    result = await self.registry.run_one(copy.served, copy.rows)
-                else:
-                    result = await self.registry.run(copy.served, copy.rows)
+                result = await self.registry.run(served, rows)
         except (TimeoutError, PredictionTimeout):
-            self._dropped(copy, "timeout")
+            for copy in batch:
+                self._dropped(copy, "timeout")
             return
-        agreed, difference = _agreement(copy.primary, result)
-        self.log.record_shadow(
-            {
-                "prediction_id": copy.prediction_id,
-                "user_id": copy.user_id,
-                "model": spec.name,
-                "version": copy.primary.version,
-                "shadow_version": spec.version,
-                "rows": len(result.predictions),
-                "agreed": agreed,
-                "abs_difference": difference,
-                "outputs": output_values(result),
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            }
-        )
-        metrics.SHADOW_PREDICTIONS.labels(spec.name, spec.version).inc()
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        at = 0
+        for copy in batch:
+            n = len(copy.primary.predictions)
+            answered = replace(result, predictions=result.predictions[at : at + n])
+            at += n
+            agreed, difference = _agreement(copy.primary, answered)
+            self.log.record_shadow(
+                {
+                    "prediction_id": copy.prediction_id,
+                    "user_id": copy.user_id,
+                    "model": spec.name,
+                    "version": copy.primary.version,
+                    "shadow_version": spec.version,
+                    "rows": n,
+                    "agreed": agreed,
+                    "abs_difference": difference,
+                    "outputs": output_values(answered),
+                    "latency_ms": latency_ms,
+                }
+            )
+        metrics.SHADOW_PREDICTIONS.labels(spec.name, spec.version).inc(len(batch))
 
     @staticmethod
     def _dropped(copy: ShadowCopy, reason: str) -> None:
         spec = copy.served.spec
         metrics.SHADOW_DROPPED.labels(spec.name, spec.version, reason).inc()
         log.debug("shadow_dropped", model=spec.name, version=spec.version, reason=reason)
+
+
+def _batches(copies: list[ShadowCopy]) -> list[list[ShadowCopy]]:
+    """`copies` (to one shadow) in batches of at most its `max_batch_size` rows."""
+    most = copies[0].served.spec.batching.max_batch_size
+    out: list[list[ShadowCopy]] = [[]]
+    rows = 0
+    for copy in copies:
+        n = len(copy.primary.predictions)
+        if out[-1] and rows + n > most:
+            out.append([])
+            rows = 0
+        out[-1].append(copy)
+        rows += n
+    return out
 
 
 def _agreement(primary: PredictionResult, shadow: PredictionResult) -> tuple[int | None, float | None]:
