@@ -46,7 +46,8 @@ class PredictionFeedback(Base):
 
     __tablename__ = "prediction_feedback"
     __table_args__ = (
-        UniqueConstraint("record_id", "row", name="uq_prediction_feedback_record_id_row"),
+        # A row's truth once per version that answered it: the primary's, and each shadow's.
+        UniqueConstraint("record_id", "version", "row", name="uq_prediction_feedback_record_id_version_row"),
         # Live quality's windows: a version's newest rows, or those predicted in a time range.
         Index("ix_prediction_feedback_model_version_id", "model", "version", "id"),
         Index("ix_prediction_feedback_model_version_predicted_at", "model", "version", "predicted_at"),
@@ -77,6 +78,7 @@ class ShadowRecord(Base):
     __tablename__ = "shadow_records"
     __table_args__ = (
         Index("ix_shadow_records_model_id", "model", "id"),
+        Index("ix_shadow_records_prediction_id", "prediction_id"),
         Index("ix_shadow_records_model_created_at", "model", "created_at"),
         IDS_NEVER_REUSED,
     )

@@ -21,6 +21,12 @@ class PredictionRepository:
         """One multi-row INSERT for a whole batch of records."""
         await self.session.execute(insert(PredictionRecord), list(rows))
 
+    async def shadows_of(self, prediction_id: uuid.UUID) -> Sequence[ShadowRecord]:
+        rows = await self.session.scalars(
+            select(ShadowRecord).where(ShadowRecord.prediction_id == prediction_id)
+        )
+        return rows.all()
+
     async def add_shadows(self, rows: Sequence[dict[str, Any]]) -> None:
         await self.session.execute(insert(ShadowRecord), list(rows))
 

@@ -141,26 +141,19 @@ class FeedbackService:
             )
         spec = self._spec(record)
         rows = [self._score(spec, record.outputs[i], i, value) for i, value in enumerate(truth)]
-        now = utcnow()
-        await repo.add_feedback(
-            [
-                {
-                    "record_id": record.id,
-                    "user_id": record.user_id,
-                    "model": record.model,
-                    "version": record.version,
-                    "row": r.row,
-                    "label": r.truth if isinstance(r.truth, str) else None,
-                    "correct": None if r.correct is None else int(r.correct),
-                    "log_loss": r.log_loss,
-                    "value": None if isinstance(r.truth, str) else r.truth,
-                    "abs_error": r.abs_error,
-                    "predicted_at": record.created_at,
-                    "created_at": now,
-                }
-                for r in rows
-            ]
-        )
+        kept = _feedback_rows(record, record.version, rows)
+        # The same truth scores each shadow's answer to this request, where one was recorded
+        # (its version still loaded, and taking these labels): live quality per shadow.
+        for shadow in await repo.shadows_of(prediction_id):
+            try:
+                shadow_spec = self.registry.get(record.model, shadow.shadow_version)
+                scored = [
+                    self._score(shadow_spec, shadow.outputs[i], i, value) for i, value in enumerate(truth)
+                ]
+            except (ml.ModelError, VersionNotFound, ValidationFailed, IndexError):
+                continue
+            kept += _feedback_rows(record, shadow.shadow_version, scored)
+        await repo.add_feedback(kept)
         return Scored(prediction_id, record.model, record.version, rows)
 
     def _spec(self, record: PredictionRecord) -> ModelSpec:
@@ -200,6 +193,27 @@ class FeedbackService:
         return FeedbackExists(
             f"The truth for prediction {prediction_id} was sent already; it is kept as sent."
         )
+
+
+def _feedback_rows(record: PredictionRecord, version: str, rows: list[ScoredRow]) -> list[dict[str, Any]]:
+    now = utcnow()
+    return [
+        {
+            "record_id": record.id,
+            "user_id": record.user_id,
+            "model": record.model,
+            "version": version,
+            "row": r.row,
+            "label": r.truth if isinstance(r.truth, str) else None,
+            "correct": None if r.correct is None else int(r.correct),
+            "log_loss": r.log_loss,
+            "value": None if isinstance(r.truth, str) else r.truth,
+            "abs_error": r.abs_error,
+            "predicted_at": record.created_at,
+            "created_at": now,
+        }
+        for r in rows
+    ]
 
 
 def _invalid(field: str, message: str) -> ValidationFailed:

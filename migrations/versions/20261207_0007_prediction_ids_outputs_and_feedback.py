@@ -39,7 +39,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['record_id'], ['prediction_records.id'], name=op.f('fk_prediction_feedback_record_id_prediction_records'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_prediction_feedback_user_id_users'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_prediction_feedback')),
-    sa.UniqueConstraint('record_id', 'row', name='uq_prediction_feedback_record_id_row'),
+    sa.UniqueConstraint('record_id', 'version', 'row', name='uq_prediction_feedback_record_id_version_row'),
     sqlite_autoincrement=True
     )
     with op.batch_alter_table('prediction_feedback', schema=None) as batch_op:
@@ -73,10 +73,12 @@ def upgrade() -> None:
     with op.batch_alter_table('shadow_records', schema=None) as batch_op:
         batch_op.create_index('ix_shadow_records_model_created_at', ['model', 'created_at'], unique=False)
         batch_op.create_index('ix_shadow_records_model_id', ['model', 'id'], unique=False)
+        batch_op.create_index('ix_shadow_records_prediction_id', ['prediction_id'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('shadow_records', schema=None) as batch_op:
+        batch_op.drop_index('ix_shadow_records_prediction_id')
         batch_op.drop_index('ix_shadow_records_model_id')
         batch_op.drop_index('ix_shadow_records_model_created_at')
 

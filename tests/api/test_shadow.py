@@ -81,6 +81,16 @@ async def test_a_shadow_answers_a_copy_of_every_request_beside_the_primary(serve
     }  # fmt: skip
     scraped = (await client.get("/metrics")).text
     assert _counter(scraped, "shadow_predictions_total", model="iris", version="2.0.0") == 3
+    # The truth sent for a prediction scores the shadow's answer too: live quality per shadow.
+    sent = await client.post(
+        f"/api/v1/predictions/{answers[1]['prediction_id']}/feedback",
+        json={"truth": ["setosa", "virginica"]},
+        headers=admin,
+    )
+    assert sent.status_code == 201, sent.text
+    versions = {v["version"]: v for v in (await _quality(client, admin))["versions"]}
+    assert versions["1.0.0"]["labelled"] == versions["2.0.0"]["labelled"] == 2
+    assert versions["2.0.0"]["accuracy"] == versions["1.0.0"]["accuracy"] == 0.5
     # A version named directly has no shadow.
     ok(await client.post(f"{MODELS}/iris/versions/1.0.0/predict", json={"rows": [IRIS_ROW]}, headers=admin))
     await asyncio.sleep(0.3)
