@@ -447,49 +447,8 @@ def render(results: dict[str, Any]) -> str:
             models["markdown"],
             "",
         ]
-    tier = results.get("tier")
-    if tier:
-        out += [
-            "## Two tiers: the model server and remote-only web workers (bench/bench_tier.py)",
-            "",
-            tier.get("markdown") or f"*bench_tier failed: {tier.get('error')}*",
-            "",
-        ]
-    swap = results.get("swap")
-    if swap:
-        out += [
-            "## Predictions while a model version is swapped (bench/bench_swap.py)",
-            "",
-            swap.get("markdown") or f"*bench_swap failed: {swap.get('error')}*",
-            "",
-        ]
-    jobs = results.get("jobs")
-    if jobs:
-        out += [
-            "## Batch jobs (bench/bench_jobs.py)",
-            "",
-            jobs.get("markdown") or f"*bench_jobs failed: {jobs.get('error')}*",
-            "",
-            *_measured_on_its_own(jobs),
-        ]
-    shadow = results.get("shadow")
-    if shadow:
-        out += [
-            "## Shadow traffic (bench/bench_shadow.py)",
-            "",
-            shadow.get("markdown") or f"*bench_shadow failed: {shadow.get('error')}*",
-            "",
-            *_measured_on_its_own(shadow),
-        ]
-    quality = results.get("quality")
-    if quality:
-        out += [
-            "## Live quality over the prediction log (bench/bench_quality.py)",
-            "",
-            quality.get("markdown") or f"*bench_quality failed: {quality.get('error')}*",
-            "",
-            *_measured_on_its_own(quality),
-        ]
+    for key, title in RUNNER_SECTIONS:
+        out += _runner_section(title, key, results.get(key))
     if ANALYSIS.exists():
         out += [ANALYSIS.read_text().strip(), ""]
     out += [
@@ -547,6 +506,29 @@ def pool_section(pool: dict[str, Any]) -> list[str]:
         f"{pool['load_average'][0]:.1f} before, {pool['load_average'][1]:.1f} after.",
     ]
     return out
+
+
+# The sections a runner of its own fills (bench/bench_<key>.py), in the report's order.
+RUNNER_SECTIONS = (
+    ("tier", "Two tiers: the model server and remote-only web workers"),
+    ("swap", "Predictions while a model version is swapped"),
+    ("jobs", "Batch jobs"),
+    ("shadow", "Shadow traffic"),
+    ("quality", "Live quality over the prediction log"),
+)
+
+
+def _runner_section(title: str, key: str, section: dict[str, Any] | None) -> list[str]:
+    """A runner's markdown under its heading (or that it failed), and when it ran if on its own."""
+    if not section:
+        return []
+    return [
+        f"## {title} (bench/bench_{key}.py)",
+        "",
+        section.get("markdown") or f"*bench_{key} failed: {section.get('error')}*",
+        "",
+        *_measured_on_its_own(section),
+    ]
 
 
 def _measured_on_its_own(section: dict[str, Any]) -> list[str]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Select, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import PredictionFeedback, PredictionRecord, ShadowRecord
+
+_Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 
 
 class PredictionRepository:
@@ -42,13 +44,9 @@ class PredictionRepository:
             ShadowRecord.agreed,
             ShadowRecord.abs_difference,
         ).where(ShadowRecord.model == model)
-        if since is not None:
-            window = window.where(ShadowRecord.created_at >= since)
-        if until is not None:
-            window = window.where(ShadowRecord.created_at < until)
-        if last is not None:
-            window = window.order_by(ShadowRecord.id.desc()).limit(last)
-        rows = window.subquery()
+        rows = _windowed(
+            window, ShadowRecord.id, ShadowRecord.created_at, last=last, since=since, until=until
+        ).subquery()
         query = (
             select(
                 rows.c.version,
@@ -124,13 +122,14 @@ class PredictionRepository:
         window = select(
             PredictionFeedback.correct, PredictionFeedback.log_loss, PredictionFeedback.abs_error
         ).where(PredictionFeedback.model == model, PredictionFeedback.version == version)
-        if since is not None:
-            window = window.where(PredictionFeedback.predicted_at >= since)
-        if until is not None:
-            window = window.where(PredictionFeedback.predicted_at < until)
-        if last is not None:
-            window = window.order_by(PredictionFeedback.id.desc()).limit(last)
-        rows = window.subquery()
+        rows = _windowed(
+            window,
+            PredictionFeedback.id,
+            PredictionFeedback.predicted_at,
+            last=last,
+            since=since,
+            until=until,
+        ).subquery()
         query = select(
             func.count(),
             func.count(rows.c.correct),
@@ -141,3 +140,23 @@ class PredictionRepository:
             func.sum(rows.c.abs_error * rows.c.abs_error),
         )
         return tuple((await self.session.execute(query)).one())
+
+
+def _windowed(
+    query: _Query,
+    id_column: Any,
+    time_column: Any,
+    *,
+    last: int | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> _Query:
+    """Live quality's window on `query`: its rows made in [since, until), and of those the newest
+    `last` by id."""
+    if since is not None:
+        query = query.where(time_column >= since)
+    if until is not None:
+        query = query.where(time_column < until)
+    if last is not None:
+        query = query.order_by(id_column.desc()).limit(last)
+    return query
