@@ -187,11 +187,14 @@ def cmd_models_add(args: argparse.Namespace) -> int:
             trusted_types=args.trust,
             description=args.description,
             aliases=aliases,
+            reference=Path(args.reference) if args.reference else None,
         )
     except ModelLoadError as exc:
         print(f"cannot serve {exc}", file=sys.stderr)
         return 2
     kind = f"{len(spec.labels)} classes" if spec.task == "classification" else "a regressor"
+    if spec.reference is not None:
+        kind += f", a reference of {spec.reference.rows} rows"
     print(
         f"added {spec.name} {spec.version} ({spec.format}, {len(spec.features)} features, {kind}) "
         f"as {model_dir / str(spec.file)}; serve it without a restart: POST "
@@ -268,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--labels", help="comma-separated class names in output order (default: the model's)")
     add.add_argument("--trust", action="append", default=[], help="a skops type to trust (repeat)")
     add.add_argument("--description", default="")
+    add.add_argument(
+        "--reference",
+        help="a CSV of training or validation rows (header: the feature names) the version's drift "
+        "is measured against (docs/models.md)",
+    )
     add.add_argument("--model-dir", help="default: ML_MODEL_DIR")
     add.set_defaults(func=cmd_models_add)
     args = parser.parse_args(argv)

@@ -157,11 +157,8 @@ def _run_jobs_here(settings: Settings, db: Database, registry: ModelRegistry, jo
     return runner
 
 
-def _queue_depths(registry: ModelRegistry) -> dict[str, int]:
-    depths: dict[str, int] = {}
-    for (name, _), m in registry.metrics().items():
-        depths[name] = depths.get(name, 0) + m.queue_depth
-    return depths
+def _queue_depths(registry: ModelRegistry) -> dict[tuple[str, str], int]:
+    return {key: m.queue_depth for key, m in registry.metrics().items()}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -38,6 +38,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+if __package__ in (None, ""):  # run as a file (`make models`): the project on the path, for app.ml
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.ml.drift import make_reference
+from app.ml.manifest import Task
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "ml_models"
 SEED = 0
@@ -90,27 +95,27 @@ def _split(ds: Dataset, *, stratify: bool) -> tuple[np.ndarray, np.ndarray, np.n
     return parts[0], parts[1], parts[2], parts[3]
 
 
-def train_iris() -> tuple[LogisticRegression, dict[str, float]]:
+def train_iris() -> tuple[LogisticRegression, dict[str, float], np.ndarray]:
     x_train, x_test, y_train, y_test = _split(iris_data(), stratify=True)
     # Solved to 1e-10, not lbfgs's default 1e-4: the optimum, not where the solver stopped, so the
     # coefficients are the same on any CPU (at 1e-4 they differed by 1e-4 between this machine's
     # BLAS kernels and the ones that trained the committed file, and tests/ml/test_parity.py failed).
     clf = LogisticRegression(max_iter=10_000, tol=1e-10, random_state=SEED).fit(x_train, y_train)
-    return clf, {"test_accuracy": round(float(accuracy_score(y_test, clf.predict(x_test))), 4)}
+    return clf, {"test_accuracy": round(float(accuracy_score(y_test, clf.predict(x_test))), 4)}, x_train
 
 
-def train_breast_cancer() -> tuple[RandomForestClassifier, dict[str, float]]:
+def train_breast_cancer() -> tuple[RandomForestClassifier, dict[str, float], np.ndarray]:
     x_train, x_test, y_train, y_test = _split(breast_cancer_data(), stratify=True)
     # 100 shallow trees: a realistic "heavy" scikit-learn model whose file stays well under 2 MB.
     clf = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=SEED, n_jobs=1)
     clf.fit(x_train, y_train)
-    return clf, {"test_accuracy": round(float(accuracy_score(y_test, clf.predict(x_test))), 4)}
+    return clf, {"test_accuracy": round(float(accuracy_score(y_test, clf.predict(x_test))), 4)}, x_train
 
 
-def train_diabetes() -> tuple[Pipeline, dict[str, float]]:
+def train_diabetes() -> tuple[Pipeline, dict[str, float], np.ndarray]:
     x_train, x_test, y_train, y_test = _split(diabetes_data(), stratify=False)
     reg = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=1.0))]).fit(x_train, y_train)
-    return reg, {"test_r2": round(float(r2_score(y_test, reg.predict(x_test))), 4)}
+    return reg, {"test_r2": round(float(r2_score(y_test, reg.predict(x_test))), 4)}, x_train
 
 
 def onnx_bytes(
@@ -203,6 +208,14 @@ def _features(names: list[str]) -> list[dict[str, str]]:
     return [{"name": name, "type": "float"} for name in names]
 
 
+def reference(
+    task: Task, labels: list[str], rows: np.ndarray, score: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, Any]:
+    """A bundled model's reference for drift (app.ml.drift): its training rows and its answers to
+    them, binned as `models add --reference` bins a sample."""
+    return make_reference(task, labels, rows, score(rows)).model_dump(mode="json")
+
+
 def build(out_dir: Path) -> dict[str, Any]:
     """Train every model, write its file into `out_dir`, and return the manifest (also written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +227,7 @@ def build(out_dir: Path) -> dict[str, Any]:
         entries.append(entry)
 
     iris = iris_data()
-    iris_clf, iris_metrics = train_iris()
+    iris_clf, iris_metrics, iris_rows = train_iris()
     emit(
         {
             "name": "iris",
@@ -232,13 +245,14 @@ def build(out_dir: Path) -> dict[str, Any]:
             "log_inputs": True,
             "trusted_types": [],
             "metrics": iris_metrics,
+            "reference": reference("classification", iris.labels, iris_rows, iris_clf.predict_proba),
             "description": "Iris species from flower measurements in cm (logistic regression, ONNX).",
         },
         onnx_bytes(iris_clf, len(iris.features), name="iris", version="1.0.0", classifier=True),
     )
 
     cancer = breast_cancer_data()
-    cancer_clf, cancer_metrics = train_breast_cancer()
+    cancer_clf, cancer_metrics, cancer_rows = train_breast_cancer()
     cancer_data, trusted = skops_bytes(cancer_clf)
     emit(
         {
@@ -258,6 +272,7 @@ def build(out_dir: Path) -> dict[str, Any]:
             "log_inputs": False,
             "trusted_types": trusted,
             "metrics": cancer_metrics,
+            "reference": reference("classification", cancer.labels, cancer_rows, cancer_clf.predict_proba),
             "description": (
                 "Breast mass malignant/benign from 30 cell-nucleus measurements "
                 "(scikit-learn random forest, 100 trees, skops, process pool)."
@@ -267,7 +282,7 @@ def build(out_dir: Path) -> dict[str, Any]:
     )
 
     diabetes = diabetes_data()
-    diabetes_reg, diabetes_metrics = train_diabetes()
+    diabetes_reg, diabetes_metrics, diabetes_rows = train_diabetes()
     emit(
         {
             "name": "diabetes",
@@ -285,6 +300,9 @@ def build(out_dir: Path) -> dict[str, Any]:
             "log_inputs": False,
             "trusted_types": [],
             "metrics": diabetes_metrics,
+            "reference": reference(
+                "regression", [], diabetes_rows, lambda x: diabetes_reg.predict(x).reshape(-1, 1)
+            ),
             "description": (
                 "Disease progression one year after baseline from age, sex, BMI, blood pressure "
                 "and six blood serum measurements (standard scaler + ridge regression, ONNX)."
@@ -304,12 +322,17 @@ def build(out_dir: Path) -> dict[str, Any]:
 
 
 def dump_manifest(manifest: dict[str, Any]) -> str:
-    """Indented JSON with each feature, and each short list, on one line: easy to edit by hand."""
+    """Indented JSON with each feature, and each list, on one line: easy to edit by hand."""
     text = json.dumps(manifest, indent=2)
     # {"name": ..., "type": ...} objects and lists of short strings/numbers collapse to one line.
     text = re.sub(r"\{\n\s+(\"name\": \"[^\"]*\"),\n\s+(\"type\": \"[^\"]*\")\n\s+\}", r"{\1, \2}", text)
     text = re.sub(
         r"\[\n\s+((?:\"[^\"\n]*\",?\n\s+)*\"[^\"\n]*\")\n\s+\]",
+        lambda m: "[" + ", ".join(part.strip().rstrip(",") for part in m.group(1).split("\n")) + "]",
+        text,
+    )
+    text = re.sub(  # and lists of numbers (a reference's edges and fractions)
+        r"\[\n\s+((?:-?[0-9][0-9.eE+-]*,\n\s+)*-?[0-9][0-9.eE+-]*)\n\s+\]",
         lambda m: "[" + ", ".join(part.strip().rstrip(",") for part in m.group(1).split("\n")) + "]",
         text,
     )
@@ -349,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-TRAINERS: dict[str, Callable[[], tuple[Any, dict[str, float]]]] = {
+TRAINERS: dict[str, Callable[[], tuple[Any, dict[str, float], np.ndarray]]] = {
     "iris": train_iris,
     "breast_cancer": train_breast_cancer,
     "diabetes": train_diabetes,

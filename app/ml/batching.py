@@ -44,8 +44,9 @@ from app.ml.runtimes.base import Runtime
 
 log = logging.getLogger(__name__)
 
-# Called after every runtime call: (model name, rows in the batch, requests in the batch, seconds).
-BatchObserver = Callable[[str, int, int, float], None]
+# Called after every runtime call: (model name, version, rows in the batch, requests in the batch,
+# seconds).
+BatchObserver = Callable[[str, str, int, int, float], None]
 
 
 @dataclass(slots=True)
@@ -86,9 +87,16 @@ class MicroBatcher:
     """One model's queue and dispatcher; `submit` returns the runtime's output rows for a request."""
 
     def __init__(
-        self, name: str, runtime: Runtime, config: BatchingConfig, on_batch: BatchObserver | None = None
+        self,
+        name: str,
+        runtime: Runtime,
+        config: BatchingConfig,
+        on_batch: BatchObserver | None = None,
+        *,
+        version: str = "",
     ) -> None:
         self.name = name
+        self.version = version
         self.config = config
         self.stats = BatcherStats()
         self._runtime = runtime
@@ -317,6 +325,6 @@ class MicroBatcher:
         self._batch_seconds = seconds if stats.batches == 1 else 0.8 * self._batch_seconds + 0.2 * seconds
         if self._on_batch is not None:
             try:
-                self._on_batch(self.name, rows, requests, seconds)
+                self._on_batch(self.name, self.version, rows, requests, seconds)
             except Exception:  # a metrics hook must never break serving
                 log.exception("model %s: batch observer failed", self.name)

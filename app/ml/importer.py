@@ -10,12 +10,13 @@ one). A name, version or file that cannot be served is refused with one line say
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from app.ml import worker
+from app.ml.drift import make_reference
 from app.ml.errors import ModelLoadError
 from app.ml.formats import RUNTIMES, RuntimeKind, by_suffix
-from app.ml.manifest import MANIFEST_NAME, Manifest, ModelSpec, load_manifest
+from app.ml.manifest import MANIFEST_NAME, Manifest, ModelSpec, Reference, load_manifest
 from app.ml.names import name_problem, version_problem
-from app.ml.runtimes.base import Found, ThreadContext, implementation, in_processes, in_threads
+from app.ml.runtimes.base import Found, ThreadContext, ThreadRuntime, implementation, in_processes, in_threads
 
 # A new file's mode (the manifest and a replaced file keep theirs): readable by a service that
 # runs as another user than the one who added the model.
@@ -39,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "max_queue": 512,
     "log_inputs": False,
 }
+# A reference sample smaller than this has no meaningful deciles.
+MIN_REFERENCE_ROWS = 100
 
 
 def add_model(
@@ -52,10 +56,13 @@ def add_model(
     trusted_types: Sequence[str] = (),
     description: str = "",
     aliases: Collection[str] = (),
+    reference: Path | None = None,
 ) -> ModelSpec:
     """Inspect, run once, copy and enter `source` in `model_dir`'s manifest; the new entry.
     `aliases`: the model's aliases in the fleet's stored state (the manifest holds none), which no
-    version may be named like: `/versions/{ref}` names either."""
+    version may be named like: `/versions/{ref}` names either. `reference`: a CSV file of sample
+    rows (training or validation), its header naming every feature, scored by the model to make
+    the entry's reference (drift: app.ml.drift)."""
     where = str(source)
     _check_names(name, version, labels, where)
     if version in aliases:
@@ -106,7 +113,11 @@ def add_model(
         spec = ModelSpec.model_validate(entry)
     except ValueError as exc:
         raise ModelLoadError(where, _first_error(exc)) from None
-    _run_once(spec, kind, data, source, found)
+    score = _run_once(spec, kind, data, source, found)
+    if reference is not None:
+        rows = _reference_rows(reference, names)
+        entry["reference"] = _reference(spec, score, rows, str(reference)).model_dump(mode="json")
+        spec = ModelSpec.model_validate(entry)
     # Appended to the manifest as written: the model's other versions stay listed (a fresh
     # deployment serves the first; a running one loads this one when an admin asks,
     # app.services.model_fleet), and so do entries this version of the code sets aside.
@@ -165,14 +176,20 @@ def _feature_names(found: Found, given: Sequence[str] | None, where: str) -> tup
     return tuple(f"x{i}" for i in range(found.width))
 
 
-def _run_once(spec: ModelSpec, kind: RuntimeKind, data: bytes, source: Path, found: Found) -> None:
+def _run_once(
+    spec: ModelSpec, kind: RuntimeKind, data: bytes, source: Path, found: Found
+) -> Callable[[np.ndarray], np.ndarray]:
     """One row of zeros through what will serve it (a thread kind's runtime as built for the
     registry, a process kind's object as a worker process computes with it): a mismatch fails
-    here, not at start-up or at a request."""
+    here, not at start-up or at a request. Returns what scored it, for the reference rows."""
     if kind.executor == "thread":
         with ThreadPoolExecutor(1) as pool:
-            in_threads(kind).build(spec, data, str(source), ThreadContext(pool, 1))  # runs a zero row
-        return
+            runtime = in_threads(kind).build(
+                spec, data, str(source), ThreadContext(pool, 1)
+            )  # runs a zero row
+        if not isinstance(runtime, ThreadRuntime):  # pragma: no cover - every thread kind is one
+            raise TypeError(f"{kind.format}: not a ThreadRuntime")
+        return runtime.compute
     model = found.model if found.model is not None else in_processes(kind).load(data, spec.trusted_types)
     zeros = np.zeros((1, len(spec.features)), dtype=np.float32)
     try:
@@ -184,6 +201,52 @@ def _run_once(spec: ModelSpec, kind: RuntimeKind, data: bytes, source: Path, fou
         raise ModelLoadError(
             str(source), f"a test prediction has shape {out.shape[1:]}, expected ({expected},)"
         )
+    return lambda x: worker.compute(model, x, spec.task)
+
+
+def _reference_rows(path: Path, names: Sequence[str]) -> np.ndarray:
+    """A CSV file's rows in feature order: its header names every feature (other columns are
+    ignored), each of its values a number."""
+    where = str(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.reader(file)
+            header = next(reader, [])
+            missing = [name for name in names if name not in header]
+            if missing:
+                raise ModelLoadError(where, f"--reference: the header names no column {missing[0]!r}")
+            columns = [header.index(name) for name in names]
+            rows = []
+            for line, record in enumerate(reader, start=2):
+                try:
+                    rows.append([float(record[c]) for c in columns])
+                except (ValueError, IndexError):
+                    raise ModelLoadError(where, f"--reference: line {line} is not a row of numbers") from None
+    except OSError as exc:
+        raise ModelLoadError(where, f"--reference: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ModelLoadError(where, "--reference: not a UTF-8 CSV file") from None
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
+
+
+def _reference(
+    spec: ModelSpec, score: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, where: str
+) -> Reference:
+    """The version's reference: `rows` and the model's answers to them, binned (app.ml.drift)."""
+    if rows.ndim != 2 or rows.shape[1] != len(spec.features):
+        raise ModelLoadError(where, f"--reference: rows of {len(spec.features)} features are needed")
+    if len(rows) < MIN_REFERENCE_ROWS:
+        raise ModelLoadError(
+            where, f"--reference: {len(rows)} rows; at least {MIN_REFERENCE_ROWS} make its deciles"
+        )
+    if not np.isfinite(rows).all():
+        raise ModelLoadError(where, "--reference: every value must be a finite number")
+    x = rows.astype(np.float32)
+    try:
+        outputs = score(x)
+    except Exception as exc:  # noqa: BLE001 - the model could not score the sample
+        raise ModelLoadError(where, f"--reference: the model could not score the rows: {exc}") from None
+    return make_reference(spec.task, spec.labels, x, outputs)
 
 
 def _copy(data: bytes, target: Path, where: str) -> bool:

@@ -219,7 +219,9 @@ class Loader:
             hard_timeout_factor=self.settings.hard_timeout_factor,
             enabled=self.settings.batching_enabled,
         )
-        served = Served(spec, runtime, MicroBatcher(spec.name, runtime, config, self._on_batch))
+        served = Served(
+            spec, runtime, MicroBatcher(spec.name, runtime, config, self._on_batch, version=spec.version)
+        )
         served.batcher.start()
         return served
 

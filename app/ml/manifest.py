@@ -85,6 +85,33 @@ class RemoteSpec(_Frozen):
         return path if self.version is None else f"{path}/versions/{self.version}"
 
 
+class Histogram(_Frozen):
+    """A distribution over bins: `edges` cut a number line into len(edges) + 1 bins (a value equal
+    to an edge falls in the bin above it); no edges: one bin per label, in label order."""
+
+    edges: tuple[float, ...] = ()
+    fractions: tuple[float, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Histogram:
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges must be strictly increasing")
+        if self.edges and len(self.fractions) != len(self.edges) + 1:
+            raise ValueError("fractions must be one more than edges")
+        if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-3:
+            raise ValueError("fractions must be shares that sum to 1")
+        return self
+
+
+class Reference(_Frozen):
+    """What a version's inputs and answers looked like on a sample of training or validation rows
+    (`models add --reference`; app.ml.drift): live windows are compared with it (drift)."""
+
+    rows: int = Field(ge=1, description="Rows of the sample the histograms were made from.")
+    features: tuple[Histogram, ...] = Field(min_length=1, description="One per feature, in order.")
+    prediction: Histogram = Field(description="Labels answered (classifiers) or values (regressors).")
+
+
 class ModelSpec(_Frozen):
     """One served model: what it computes, where its file is (or which server runs it), and how."""
 
@@ -107,6 +134,7 @@ class ModelSpec(_Frozen):
     log_inputs: bool = Field(description="Whether the prediction log may store the input rows.")
     trusted_types: tuple[str, ...] = Field(default=(), description="skops types to trust on load.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Held-out scores, informative.")
+    reference: Reference | None = Field(default=None, description="For drift (app.ml.drift).")
     description: str = ""
 
     @field_validator("file")
@@ -145,6 +173,8 @@ class ModelSpec(_Frozen):
             raise ValueError("a classifier needs at least two labels")
         if self.task == "regression" and self.labels:
             raise ValueError("a regressor has no labels")
+        if self.reference is not None:
+            self._check_reference(self.reference)
         if self.executor == "remote":
             if self.remote is None:
                 raise ValueError("a remote model needs `remote` (url, model, output)")
@@ -168,6 +198,17 @@ class ModelSpec(_Frozen):
             takes = [k.title for k in RUNTIMES.values() if k.trusts_types]
             raise ValueError(f"trusted_types only applies to {' and '.join(takes) or 'no'} files")
         return self
+
+    def _check_reference(self, reference: Reference) -> None:
+        if len(reference.features) != len(self.features):
+            raise ValueError("reference.features must have one histogram per feature")
+        if any(not h.edges and len(h.fractions) != 1 for h in reference.features):
+            raise ValueError("reference.features: a histogram needs edges (or is one bin)")
+        answers = reference.prediction
+        if self.task == "classification" and (answers.edges or len(answers.fractions) != len(self.labels)):
+            raise ValueError("reference.prediction of a classifier has one fraction per label, no edges")
+        if self.task == "regression" and not answers.edges and len(answers.fractions) != 1:
+            raise ValueError("reference.prediction of a regressor needs edges (or is one bin)")
 
     @property
     def feature_names(self) -> tuple[str, ...]:

@@ -41,6 +41,10 @@ class PredictionResult:
     # The id of the answer's record in the prediction log (set by the service that logs it; None
     # where nothing is logged: the model server).
     prediction_id: uuid.UUID | None = None
+    # The rows as the model took them (rows, features) and its raw answers (rows, k): drift's
+    # counts are made of them off the response path (app.ml.drift). None where not kept.
+    inputs: np.ndarray | None = None
+    outputs: np.ndarray | None = None
 
 
 def to_predictions(spec: ModelSpec, outputs: np.ndarray) -> tuple[Prediction, ...]:

@@ -252,4 +252,6 @@ class ModelRegistry:
             spec.task,
             to_predictions(spec, outputs),
             (time.perf_counter() - started) * 1000,
+            inputs=x,
+            outputs=outputs,
         )

@@ -5,13 +5,14 @@ from app.models.base import Base
 from app.models.item import Item
 from app.models.job import Job, JobInputSegment, JobResultChunk
 from app.models.model_state import ModelState, ModelStateChange
-from app.models.prediction import PredictionFeedback, PredictionRecord, ShadowRecord
+from app.models.prediction import DriftCount, PredictionFeedback, PredictionRecord, ShadowRecord
 from app.models.user import AuthSession, RefreshToken, User
 
 __all__ = [
     "ApiKey",
     "AuthSession",
     "Base",
+    "DriftCount",
     "Item",
     "Job",
     "JobInputSegment",

@@ -87,46 +87,47 @@ DB_POOL_SIZE = Gauge(
 # --- the model layer's API -------------------------------------------------------------------------
 MODEL_PREDICTIONS = Counter(
     "model_predictions_total",
-    "Rows predicted, by model.",
-    ["model"],
+    "Rows predicted, by model version.",
+    ["model", "version"],
 )
 MODEL_BATCHES = Counter(
     "model_batches_total",
-    "Runtime calls (batches) made, by model.",
-    ["model"],
+    "Runtime calls (batches) made, by model version.",
+    ["model", "version"],
 )
 MODEL_LATENCY = Histogram(
     "model_batch_duration_seconds",
-    "Time of one runtime call (one batch), by model.",
-    ["model"],
+    "Time of one runtime call (one batch), by model version.",
+    ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 MODEL_BATCH_SIZE = Histogram(
     "model_batch_size",
-    "Rows per runtime call, by model.",
-    ["model"],
+    "Rows per runtime call, by model version.",
+    ["model", "version"],
     buckets=BATCH_SIZE_BUCKETS,
 )
 MODEL_QUEUE_DEPTH = Gauge(
     "model_queue_depth",
-    "Requests waiting in a model's batching queue, all workers together.",
-    ["model"],
+    "Requests waiting in a model version's batching queue, all workers together.",
+    ["model", "version"],
     multiprocess_mode="livesum",
 )
 MODEL_REJECTED = Counter(
     "model_requests_rejected_total",
-    "Prediction requests refused, by model and reason (queue full, timeout, failure).",
-    ["model", "reason"],
+    "Prediction requests refused, by model version and reason (queue full, timeout, failure).",
+    ["model", "reason", "version"],
 )
 
 
-def observe_model_batch(model: str, rows: int, requests: int, seconds: float) -> None:
-    """Record one runtime call. Matches app.ml's `BatchObserver(name, rows, requests, seconds)`."""
+def observe_model_batch(model: str, version: str, rows: int, requests: int, seconds: float) -> None:
+    """Record one runtime call. Matches app.ml's `BatchObserver(name, version, rows, requests,
+    seconds)`."""
     del requests  # rows are what the model computed; requests per batch show in the HTTP metrics
-    MODEL_PREDICTIONS.labels(model).inc(rows)
-    MODEL_BATCHES.labels(model).inc()
-    MODEL_LATENCY.labels(model).observe(seconds)
-    MODEL_BATCH_SIZE.labels(model).observe(rows)
+    MODEL_PREDICTIONS.labels(model, version).inc(rows)
+    MODEL_BATCHES.labels(model, version).inc()
+    MODEL_LATENCY.labels(model, version).observe(seconds)
+    MODEL_BATCH_SIZE.labels(model, version).observe(rows)
 
 
 PREDICTION_LOG_DROPPED = Counter(
@@ -135,9 +136,9 @@ PREDICTION_LOG_DROPPED = Counter(
 )
 
 
-def observe_model_rejected(model: str, reason: str) -> None:
+def observe_model_rejected(model: str, version: str, reason: str) -> None:
     """Count a refused prediction request (`reason`: "overloaded", "timeout", "failed", ...)."""
-    MODEL_REJECTED.labels(model, reason).inc()
+    MODEL_REJECTED.labels(model, reason, version).inc()
 
 
 # Batch jobs (docs/jobs.md). The state gauges are read from the database (the same answer from
@@ -198,6 +199,39 @@ MODEL_QUALITY_LABELLED = Gauge(
 )
 
 
+MODEL_DRIFT = Gauge(
+    "model_drift_psi",
+    "Population Stability Index of a model version's input feature over its newest rows "
+    "(QUALITY_GAUGE_WINDOW) against its reference; over 0.2 is a shift worth acting on (app.ml.drift).",
+    ["model", "version", "feature"],
+    multiprocess_mode="livemostrecent",
+)
+MODEL_PREDICTION_DRIFT = Gauge(
+    "model_prediction_drift_psi",
+    "Population Stability Index of a model version's answers (labels or values) over its newest rows "
+    "(QUALITY_GAUGE_WINDOW) against those it gave its reference sample.",
+    ["model", "version"],
+    multiprocess_mode="livemostrecent",
+)
+MODEL_DRIFT_ROWS = Gauge(
+    "model_drift_rows",
+    "Rows behind model_drift_psi (the newest minutes holding QUALITY_GAUGE_WINDOW rows asked about).",
+    ["model", "version"],
+    multiprocess_mode="livemostrecent",
+)
+
+
+def observe_drift(
+    model: str, version: str, rows: int, features: Mapping[str, float | None], prediction: float | None
+) -> None:
+    MODEL_DRIFT_ROWS.labels(model, version).set(rows)
+    for feature, value in features.items():
+        if value is not None:
+            MODEL_DRIFT.labels(model, version, feature).set(value)
+    if prediction is not None:
+        MODEL_PREDICTION_DRIFT.labels(model, version).set(prediction)
+
+
 def observe_quality(model: str, version: str, labelled: int, figures: Mapping[str, float | None]) -> None:
     MODEL_QUALITY_LABELLED.labels(model, version).set(labelled)
     for figure, value in figures.items():
@@ -205,8 +239,8 @@ def observe_quality(model: str, version: str, labelled: int, figures: Mapping[st
             MODEL_QUALITY.labels(model, version, figure).set(value)
 
 
-# A callable returning {model name: queue depth}, registered by whoever owns the model pools.
-QueueDepthSource = Callable[[], Mapping[str, int]]
+# A callable returning {(model name, version): queue depth}, registered by whoever owns the models.
+QueueDepthSource = Callable[[], Mapping[tuple[str, str], int]]
 
 
 class InFlight:
@@ -304,8 +338,8 @@ class Sampler:
             DB_POOL_OVERFLOW.set(max(0, overflow()))
             DB_POOL_SIZE.set(self.pool_size)
         for source in self.queue_depth_sources:
-            for model, depth in source().items():
-                MODEL_QUEUE_DEPTH.labels(model).set(depth)
+            for (model, version), depth in source().items():
+                MODEL_QUEUE_DEPTH.labels(model, version).set(depth)
 
     async def run(self, interval: float = 1.0) -> None:
         """Sample until cancelled (multiprocess mode: other workers' scrapes read these files)."""

@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import PredictionFeedback, PredictionRecord, ShadowRecord
+from app.models import DriftCount, PredictionFeedback, PredictionRecord, ShadowRecord
 
 _Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 
@@ -140,6 +141,61 @@ class PredictionRepository:
             func.sum(rows.c.abs_error * rows.c.abs_error),
         )
         return tuple((await self.session.execute(query)).one())
+
+    async def add_drift_counts(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows added to each (model, version, minute, feature, bin)'s count: an upsert, as another
+        process counts the same minutes. In key order, so two writers never take the same rows'
+        locks in opposite orders (a deadlock on PostgreSQL)."""
+        dialect = self.session.get_bind().dialect.name
+        statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(DriftCount)
+        statement = statement.on_conflict_do_update(
+            index_elements=[
+                DriftCount.model,
+                DriftCount.version,
+                DriftCount.minute,
+                DriftCount.feature,
+                DriftCount.bin,
+            ],
+            set_={"rows": DriftCount.rows + statement.excluded.rows},
+        )
+        key = ("model", "version", "minute", "feature", "bin")
+        await self.session.execute(statement, sorted(rows, key=lambda row: tuple(row[k] for k in key)))
+
+    async def drift_start(self, model: str, version: str, last: int, *, counted: int) -> datetime | None:
+        """The newest minute from which on `version` was asked about at least `last` rows, as
+        the counts of feature `counted` say (None: fewer than that in all)."""
+        per_minute = (
+            select(DriftCount.minute, func.sum(DriftCount.rows).label("rows"))
+            .where(DriftCount.model == model, DriftCount.version == version, DriftCount.feature == counted)
+            .group_by(DriftCount.minute)
+            .subquery()
+        )
+        running = select(
+            per_minute.c.minute,
+            func.sum(per_minute.c.rows).over(order_by=per_minute.c.minute.desc()).label("running"),
+        ).subquery()
+        query = (
+            select(running.c.minute)
+            .where(running.c.running >= last)
+            .order_by(running.c.minute.desc())
+            .limit(1)
+        )
+        minute: datetime | None = await self.session.scalar(query)
+        return minute
+
+    async def drift_sums(
+        self, model: str, version: str, *, since: datetime | None, until: datetime | None
+    ) -> list[tuple[int, int, int]]:
+        """(feature, bin, rows) of one version's counts in the minutes [since, until)."""
+        query = select(DriftCount.feature, DriftCount.bin, func.sum(DriftCount.rows)).where(
+            DriftCount.model == model, DriftCount.version == version
+        )
+        if since is not None:
+            query = query.where(DriftCount.minute >= since)
+        if until is not None:
+            query = query.where(DriftCount.minute < until)
+        rows = await self.session.execute(query.group_by(DriftCount.feature, DriftCount.bin))
+        return [(int(feature), int(bin_), int(n)) for feature, bin_, n in rows]
 
 
 def _windowed(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 
+from app.ml.drift import DRIFT_THRESHOLD
 from app.ml.manifest import Executor
 from app.ml.predictions import ClassPrediction, Prediction, PredictionResult
 from app.schemas.common import RequestModel, ResponseModel
@@ -211,6 +212,21 @@ class BulkFeedbackResult(BaseModel):
 # --- live quality -----------------------------------------------------------------------------------
 
 
+class ShiftPublic(BaseModel):
+    name: str = Field(description="The feature's name, or `prediction` for the answers.")
+    psi: float | None = Field(description="Population Stability Index against the reference; null: no rows.")
+    drifted: bool | None = Field(description="Whether psi is over 0.2, a shift worth acting on.")
+
+
+class DriftPublic(BaseModel):
+    method: Literal["psi"] = "psi"
+    threshold: float = Field(DRIFT_THRESHOLD, description="psi over it: drifted.")
+    rows: int = Field(description="Rows asked about in the window.")
+    since: datetime | None = Field(description="The window's first minute (null: from the first row).")
+    features: list[ShiftPublic]
+    prediction: ShiftPublic = Field(description="The answers: labels (classifiers) or values (regressors).")
+
+
 class VersionQualityPublic(BaseModel):
     version: str
     labelled: int = Field(description="Rows with a truth behind the figures (in the window).")
@@ -220,6 +236,9 @@ class VersionQualityPublic(BaseModel):
     )
     mae: float | None = Field(None, description="Mean absolute error (regressors).")
     rmse: float | None = Field(None, description="Root mean squared error (regressors).")
+    drift: DriftPublic | None = Field(
+        None, description="Against the version's reference; null where it is not loaded here or has none."
+    )
 
 
 class ShadowAgreementPublic(BaseModel):

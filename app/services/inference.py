@@ -28,7 +28,7 @@ from app.ml.manifest import ModelSpec
 from app.ml.predictions import PredictionResult, output_values
 from app.ml.registry import ModelRegistry, Served
 from app.observability import metrics
-from app.services.prediction_log import PredictionEvent, PredictionLog
+from app.services.prediction_log import PredictionEvent, PredictionLog, asked_of
 from app.services.shadow import ShadowCopy, ShadowRunner
 
 
@@ -253,7 +253,7 @@ class InferenceService:
     ) -> PredictionResult:
         name = spec.name
         try:
-            result = await self._unless_caller_gone(name, call())
+            result = await self._unless_caller_gone(spec, call())
         except ml.ModelError as exc:
             error = translate(exc)
             # Bad input and unknown models are the client's mistake, not a prediction: not logged.
@@ -261,7 +261,7 @@ class InferenceService:
                 exc,
                 ml.InvalidInput | ml.BatchTooLarge | ml.ModelNotFound | ml.ModelsNotReady | VersionNotFound,
             ):
-                metrics.observe_model_rejected(name, error.code)
+                metrics.observe_model_rejected(name, spec.version, error.code)
                 rows = len(inputs) if batch and isinstance(inputs, list) else 1
                 if self.log is not None:
                     self.log.record(PredictionEvent(user_id, spec.name, spec.version, rows, 0.0, error.code))
@@ -280,6 +280,7 @@ class InferenceService:
                 inputs=(inputs if batch else [inputs]) if spec.log_inputs else None,
                 prediction_id=prediction_id,
                 outputs=output_values(result),
+                asked=asked_of(spec, result),
             )
         )
         if shadow is not None and self.shadows is not None:
@@ -287,7 +288,9 @@ class InferenceService:
             self.shadows.offer(ShadowCopy(shadow, inputs, not batch, result, prediction_id, user_id))
         return dataclasses.replace(result, prediction_id=prediction_id)
 
-    async def _unless_caller_gone(self, name: str, work: Awaitable[PredictionResult]) -> PredictionResult:
+    async def _unless_caller_gone(
+        self, spec: ModelSpec, work: Awaitable[PredictionResult]
+    ) -> PredictionResult:
         """`work`, unless the caller goes away first: then this request's task is cancelled where
         it waits (the model layer takes a cancelled request out of its queue, app.ml.batching) and
         `CallerGone` raised. One watcher task per prediction, nothing else: the prediction runs in
@@ -301,7 +304,7 @@ class InferenceService:
         except asyncio.CancelledError:
             # Ours (the caller left), and nobody else's (a server shutting down): a CallerGone.
             if watcher.done() and not watcher.cancelled() and request.uncancel() == 0:
-                metrics.observe_model_rejected(name, CallerGone.code)
+                metrics.observe_model_rejected(spec.name, spec.version, CallerGone.code)
                 raise CallerGone from None
             raise
         finally:

@@ -10,15 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any
 
+import numpy as np
 import structlog
 
 from app.core.errors import Forbidden
 from app.core.security import Principal
 from app.db.database import Database
+from app.ml.drift import bin_counts
+from app.ml.manifest import ModelSpec
+from app.ml.predictions import PredictionResult
 from app.models import PredictionRecord
 from app.models.base import utcnow
 from app.observability import metrics
@@ -28,6 +34,17 @@ from app.services.pagination import decode_cursor, keyset_page
 log = structlog.get_logger(__name__)
 
 _STOP: dict[str, Any] = {}  # queued by close(); identity marks the end of the records
+_ASKED = "asked"  # a queued row's key for its Asked, taken off before the row is written
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """A version's rows and its answers to them, counted for drift (app.ml.drift) by the writer,
+    off the response path, where the version's entry has a reference."""
+
+    spec: ModelSpec
+    inputs: np.ndarray
+    outputs: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +58,17 @@ class PredictionEvent:
     inputs: Any | None = None
     prediction_id: uuid.UUID | None = None
     outputs: Any | None = None
+    asked: Asked | None = None
+
+
+def asked_of(spec: ModelSpec, result: PredictionResult) -> Asked | None:
+    """What drift counts of a result: None where the version has no reference."""
+    if spec.reference is None or result.inputs is None or result.outputs is None:
+        return None
+    return Asked(spec, result.inputs, result.outputs)
+
+
+_COLUMNS = tuple(f.name for f in fields(PredictionEvent) if f.name != "asked")
 
 
 class PredictionLog:
@@ -67,9 +95,17 @@ class PredictionLog:
 
     def record(self, event: PredictionEvent) -> None:
         """Queue a record without waiting; drop it (counted) when the queue is full."""
-        row = asdict(event)
+        row = {name: getattr(event, name) for name in _COLUMNS}
         row["created_at"] = utcnow()
+        if event.asked is not None and event.asked.spec.reference is not None:
+            row[_ASKED] = event.asked
         self._put(row)
+
+    def count(self, asked: Asked) -> None:
+        """Rows a version answered that no record of this log stands for (a shadow's copies),
+        counted for drift as a record's are."""
+        if asked.spec.reference is not None:
+            self._put({_ASKED: asked})
 
     def record_shadow(self, row: dict[str, Any]) -> None:
         """A shadow's answer (a `shadow_records` row: app.services.shadow), queued as a record is."""
@@ -114,6 +150,14 @@ class PredictionLog:
             await self._write(batch)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
+        asked = [row.pop(_ASKED) for row in batch if _ASKED in row]
+        batch = [row for row in batch if row]
+        if batch:
+            await self._write_records(batch)
+        if asked:
+            await self._write_counts(asked)
+
+    async def _write_records(self, batch: list[dict[str, Any]]) -> None:
         try:
             records = [row for row in batch if "shadow_version" not in row]
             shadows = [row for row in batch if "shadow_version" in row]
@@ -129,6 +173,19 @@ class PredictionLog:
             self.failed += len(batch)
             log.warning("prediction_log_write_failed", records=len(batch), error=type(exc).__name__)
 
+    async def _write_counts(self, asked: list[Asked]) -> None:
+        """Drift's counts of this batch's rows, added to the minute's, in their own transaction:
+        if it fails, the records are written all the same (only the counts are lost, and warned
+        of)."""
+        minute = utcnow().replace(second=0, microsecond=0)
+        try:
+            rows = _drift_rows(asked, minute)
+            async with self._db.session() as session:
+                await PredictionRepository(session).add_drift_counts(rows)
+                await session.commit()
+        except Exception as exc:  # noqa: BLE001 - as a lost log batch, it must never stop the writer
+            log.warning("drift_counts_write_failed", versions=len(asked), error=type(exc).__name__)
+
     async def close(self, timeout_s: float = 10.0) -> None:
         """Write everything queued so far, then stop the writer (cancelled after `timeout_s`)."""
         task, self._task = self._task, None
@@ -141,6 +198,22 @@ class PredictionLog:
         except TimeoutError:
             task.cancel()
             log.warning("prediction_log_close_timeout", pending=self._queue.qsize())
+
+
+def _drift_rows(asked: list[Asked], minute: datetime) -> list[dict[str, Any]]:
+    """`drift_counts` rows for one minute: each version's rows binned at once (app.ml.drift)."""
+    by_version: dict[tuple[str, str], list[Asked]] = defaultdict(list)
+    for a in asked:
+        by_version[a.spec.name, a.spec.version].append(a)
+    out: list[dict[str, Any]] = []
+    for (model, version), group in by_version.items():
+        x = np.concatenate([a.inputs for a in group])
+        y = np.concatenate([a.outputs for a in group])
+        out.extend(
+            {"model": model, "version": version, "minute": minute, "feature": f, "bin": b, "rows": n}
+            for f, b, n in bin_counts(group[0].spec, x, y)
+        )
+    return out
 
 
 class PredictionHistory:

@@ -24,7 +24,7 @@ from app.ml.errors import PredictionTimeout
 from app.ml.predictions import ClassPrediction, PredictionResult, RegressionPrediction, output_values
 from app.ml.registry import ModelRegistry, Served
 from app.observability import metrics
-from app.services.prediction_log import PredictionLog
+from app.services.prediction_log import PredictionLog, asked_of
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +109,9 @@ class ShadowRunner:
                 self._dropped(copy, "timeout")
             return
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        asked = asked_of(spec, result)
+        if asked is not None:
+            self.log.count(asked)  # the shadow's drift: the rows it was asked about, its answers
         at = 0
         for copy in batch:
             n = len(copy.primary.predictions)

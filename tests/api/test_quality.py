@@ -3,10 +3,12 @@ rows, checked against figures worked out by hand; the window as the newest N or 
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import text
 
@@ -100,8 +102,12 @@ async def test_figures_match_a_hand_checked_set_over_each_window(served: Any) ->
     empty = (
         await client.get("/api/v1/models/iris/quality", params={"until": T0.isoformat()}, headers=admin)
     ).json()
-    assert empty["versions"] == [{"version": "1.0.0", "labelled": 0, "accuracy": None, "log_loss": None,
-                                  "mae": None, "rmse": None}]  # fmt: skip
+    nothing = empty["versions"][0]
+    assert {k: v for k, v in nothing.items() if k != "drift"} == {"version": "1.0.0", "labelled": 0,
+        "accuracy": None, "log_loss": None, "mae": None, "rmse": None}  # fmt: skip
+    drift = nothing["drift"]
+    assert drift["rows"] == 0
+    assert all(shift["psi"] is None for shift in [*drift["features"], drift["prediction"]])
 
     both = assert_problem(await client.get("/api/v1/models/iris/quality", params={
         "last": 5, "since": T0.isoformat()}, headers=admin), 422)  # fmt: skip
@@ -134,3 +140,73 @@ async def test_feedback_sent_through_the_api_moves_the_figures(served: Any) -> N
     assert quality["labelled"] == 2
     assert quality["accuracy"] == pytest.approx(0.5)
     assert quality["log_loss"] == pytest.approx(sum(r["log_loss"] for r in sent.json()["rows"]) / 2)
+
+
+async def test_drift_flags_the_shifted_feature_either_way_and_not_the_others(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Iris rows drawn from its own data (fixed seed) in one hour, then with petal_length moved up
+    1.5 cm in the next, and sepal_width down 1 cm in the one after (the log's clock set to each
+    hour): each hour's window against the bundled model's reference, made from its training rows."""
+    from sklearn.datasets import load_iris
+
+    from app.services import prediction_log
+
+    app, client = served
+    admin, _ = await _admin(app, client)
+    rows = np.random.default_rng(7).choice(load_iris().data, size=640)
+    hours = {"unshifted": (None, 0.0), "petal_length up": (2, 1.5), "sepal_width down": (1, -1.0)}
+    for hour, (column, shift) in enumerate(hours.values()):
+        moved = rows.copy()
+        if column is not None:
+            moved[:, column] += shift
+        monkeypatch.setattr(
+            prediction_log, "utcnow", lambda hour=hour: T0 + timedelta(hours=hour, seconds=30)
+        )
+        for start in range(0, len(moved), 64):
+            batch = moved[start : start + 64].round(2).tolist()
+            ok = await client.post("/api/v1/models/iris/predict", json={"rows": batch}, headers=admin)
+            assert ok.status_code == 200, ok.text
+        await _drift_of_hour(client, admin, hour, rows=640)  # written before the clock moves on
+
+    flagged = {}
+    for hour, name in enumerate(hours):
+        drift = await _drift_of_hour(client, admin, hour, rows=640)
+        assert drift["method"] == "psi"
+        flagged[name] = sorted(shift["name"] for shift in drift["features"] if shift["drifted"])
+        if name == "unshifted":
+            assert all(shift["psi"] < 0.1 for shift in [*drift["features"], drift["prediction"]]), drift
+    assert flagged == {
+        "unshifted": [],
+        "petal_length up": ["petal_length"],
+        "sepal_width down": ["sepal_width"],
+    }
+
+    # The newest 640 rows: the last hour's minute alone; the newest 641: the two last hours'.
+    newest = (await client.get("/api/v1/models/iris/quality", params={"last": 640}, headers=admin)).json()
+    assert newest["versions"][0]["drift"]["rows"] == 640
+    assert newest["versions"][0]["drift"]["since"] == (T0 + timedelta(hours=2)).isoformat().replace(
+        "+00:00", "Z"
+    )
+    two = (await client.get("/api/v1/models/iris/quality", params={"last": 641}, headers=admin)).json()
+    assert two["versions"][0]["drift"]["rows"] == 1280
+
+    # The gauges a dashboard reads (over the newest 1,000 rows: the two last hours).
+    scraped = (await client.get("/metrics")).text
+    assert 'model_drift_psi{feature="sepal_width",model="iris",version="1.0.0"}' in scraped
+    assert 'model_prediction_drift_psi{model="iris",version="1.0.0"}' in scraped
+    assert 'model_drift_rows{model="iris",version="1.0.0"} 1280.0' in scraped
+
+
+async def _drift_of_hour(client: Any, admin: dict[str, str], hour: int, *, rows: int) -> Any:
+    """The drift of iris 1.0.0 in the hour T0 + `hour`, once its `rows` are written (within 10 s)."""
+    window = {"since": (T0 + timedelta(hours=hour)).isoformat(),
+              "until": (T0 + timedelta(hours=hour + 1)).isoformat()}  # fmt: skip
+    for _ in range(200):
+        quality = (await client.get("/api/v1/models/iris/quality", params=window, headers=admin)).json()
+        drift = quality["versions"][0]["drift"]
+        if drift["rows"] >= rows:
+            assert drift["rows"] == rows
+            return drift
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{rows} rows not counted in hour {hour}: {drift}")

@@ -110,7 +110,7 @@ async def test_a_shadow_that_fails_or_hangs_changes_nothing_for_the_caller(
         raise RuntimeError("the shadow's model broke")
 
     async def hangs(*_: Any) -> Any:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(2.0)  # past the shadow's limit (3 x 300 ms), as a hung run its hard limit ends
 
     for behaviour, reason in ((fails, "failed"), (hangs, "timeout")):
         monkeypatch.setattr(shadow.runtime, "run", behaviour)

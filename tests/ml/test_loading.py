@@ -139,7 +139,9 @@ async def test_garbage_with_a_matching_hash_is_refused_too(
 @pytest.mark.asyncio
 async def test_model_and_manifest_disagreeing_on_features_is_refused(make_model_dir: MakeModelDir) -> None:
     def drop_a_feature(manifest: dict[str, Any]) -> None:
-        model_entry(manifest, "iris")["features"].pop()
+        entry = model_entry(manifest, "iris")
+        entry["features"].pop()
+        entry["reference"]["features"].pop()  # the manifest stays valid: the model file disagrees
 
     status = await _start_without(make_model_dir(drop_a_feature), "iris")
     assert "iris.onnx" in status.reason
@@ -151,7 +153,9 @@ async def test_skops_model_and_manifest_disagreeing_on_labels_is_refused(
     make_model_dir: MakeModelDir,
 ) -> None:
     def three_labels(manifest: dict[str, Any]) -> None:
-        model_entry(manifest, "breast_cancer")["labels"].append("unsure")
+        entry = model_entry(manifest, "breast_cancer")
+        entry["labels"].append("unsure")
+        entry["reference"]["prediction"]["fractions"].append(0.0)  # valid: the model file disagrees
 
     status = await _start_without(make_model_dir(three_labels), "breast_cancer")
     assert "breast_cancer.skops" in status.reason

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,15 +42,25 @@ async def test_an_added_onnx_and_skops_model_are_served_like_the_bundled_ones(
     assert flowers.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
     assert flowers.executor == "thread"
     assert [f.name for f in flowers.features] == ["x0", "x1", "x2", "x3"]  # ONNX names none
+    from sklearn.datasets import load_breast_cancer
+
+    cancer = load_breast_cancer()
+    names = [f"x{i}" for i in range(cancer.data.shape[1])]
+    rows = tmp_path / "cancer.csv"
+    rows.write_text(",".join(names) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in cancer.data))
     tumours = add_model(
         model_dir,
         MODEL_DIR / "breast_cancer.skops",
         name="tumours",
         version="1.1",
         trusted_types=["sklearn.tree._tree.Tree"],
+        reference=rows,  # scored as a worker process scores
     )
     assert tumours.executor == "process"
     assert tumours.labels == ("0", "1")  # the estimator's classes_, as it carries them
+    assert tumours.reference is not None
+    # 212 malignant (0) and 357 benign (1) in the data; the forest answers nearly all as such.
+    assert tumours.reference.prediction.fractions == pytest.approx([212 / 569, 357 / 569], abs=0.02)
     assert [(m.name, m.version) for m in load_manifest(model_dir).models] == [
         ("iris", "1.0.0"),
         ("breast_cancer", "1.0.0"),
@@ -165,6 +176,8 @@ def test_the_command_adds_a_model_or_refuses_with_one_line(
             "3",
             "--features",
             "a,b,c,d",
+            "--reference",
+            str(_iris_csv(tmp_path / "rows.csv", "d,c,b,a")),  # by name, in any order
         ],
         cwd=ROOT,
         capture_output=True,
@@ -172,12 +185,17 @@ def test_the_command_adds_a_model_or_refuses_with_one_line(
         check=False,
     )
     assert added.returncode == 0, added.stderr
-    assert "added petals 3 (onnx, 4 features, 3 classes)" in added.stdout
+    assert "added petals 3 (onnx, 4 features, 3 classes, a reference of 150 rows)" in added.stdout
     entry = next(
         m for m in json.loads((model_dir / "manifest.json").read_text())["models"] if m["name"] == "petals"
     )
     assert [f["name"] for f in entry["features"]] == ["a", "b", "c", "d"]
     assert entry["labels"] == ["0", "1", "2"]  # the ONNX classifier's own class labels
+    # Iris's 150 rows: 50 of each species, answered as such but for a few; feature a (the file's
+    # last column) is sepal length, its deciles cut from 4.8 cm.
+    assert entry["reference"]["rows"] == 150
+    assert entry["reference"]["prediction"]["fractions"] == pytest.approx([1 / 3] * 3, abs=0.03)
+    assert entry["reference"]["features"][0]["edges"][0] == 4.8
 
     bad = tmp_path / "model.joblib"
     bad.write_bytes(b"not a model")
@@ -335,3 +353,42 @@ def test_an_entry_set_aside_stays_listed_when_a_model_is_added(make_model_dir: M
     manifest = load_manifest(model_dir)
     assert [r.key for r in manifest.rejected] == [("iris", "7 beta")]
     assert manifest.versions("iris") == ("1.0.0", "2.0.0")
+
+
+def _iris_csv(path: Path, header: str) -> Path:
+    """Iris's rows as a CSV whose columns `header` names (sepal length last)."""
+    from sklearn.datasets import load_iris
+
+    rows = load_iris().data[:, ::-1]
+    path.write_text(header + "\n" + "".join(",".join(map(str, row)) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "refusal"),
+    [
+        ("a,b,c\n1,2,3\n", "the header names no column 'd'"),
+        ("a,b,c,d\n" + "1,2,3,4\n" * 99, "99 rows; at least 100"),
+        ("a,b,c,d\n" + "1,2,3,4\n" * 100 + "1,2,x,4\n", "line 102 is not a row of numbers"),
+        ("a,b,c,d\n" + "1,2,3,nan\n" * 100, "every value must be a finite number"),
+    ],
+    ids=["a missing column", "too few rows", "not a number", "not finite"],
+)
+def test_a_reference_that_cannot_be_used_is_refused_and_nothing_changes(
+    make_model_dir: MakeModelDir, tmp_path: Path, content: str, refusal: str
+) -> None:
+    model_dir = make_model_dir()
+    before = (model_dir / "manifest.json").read_bytes()
+    rows = tmp_path / "rows.csv"
+    rows.write_text(content)
+    with pytest.raises(ModelLoadError, match=re.escape(refusal)):
+        add_model(
+            model_dir,
+            MODEL_DIR / "iris.onnx",
+            name="petals",
+            version="3",
+            features=list("abcd"),
+            reference=rows,
+        )
+    assert (model_dir / "manifest.json").read_bytes() == before
+    assert not (model_dir / "p-3.onnx").exists()

@@ -33,7 +33,7 @@ async def _predict_all(
 async def test_classifier_matches_scikit_learn_on_whole_dataset(
     registry: ModelRegistry, train_models: ModuleType, name: str
 ) -> None:
-    estimator, _ = train_models.TRAINERS[name]()
+    estimator, *_ = train_models.TRAINERS[name]()
     data = train_models.DATASETS[name]()
     served = [p for p in await _predict_all(registry, name, data.x) if isinstance(p, ClassPrediction)]
     assert len(served) == len(data.x)
@@ -55,7 +55,7 @@ async def test_classifier_matches_scikit_learn_on_whole_dataset(
 async def test_regressor_matches_scikit_learn_on_whole_dataset(
     registry: ModelRegistry, train_models: ModuleType
 ) -> None:
-    estimator, _ = train_models.train_diabetes()
+    estimator, *_ = train_models.train_diabetes()
     data = train_models.diabetes_data()
     served = [
         p for p in await _predict_all(registry, "diabetes", data.x) if isinstance(p, RegressionPrediction)

@@ -51,19 +51,25 @@ async def test_metrics_can_be_switched_off(database_url: str) -> None:
 
 def test_model_layer_api_records_predictions_latency_batch_size_and_queue() -> None:
     model = "iris-test-metrics"
-    metrics.observe_model_batch(model, 16, 3, 0.004)
-    metrics.observe_model_batch(model, 4, 4, 0.002)
-    metrics.observe_model_rejected(model, "overloaded")
+    metrics.observe_model_batch(model, "1.0.0", 16, 3, 0.004)
+    metrics.observe_model_batch(model, "1.0.0", 4, 4, 0.002)
+    metrics.observe_model_batch(model, "2.0.0", 1, 1, 0.001)  # another version: its own series
+    metrics.observe_model_rejected(model, "1.0.0", "overloaded")
     sampler = metrics.Sampler(metrics.InFlight(), pool=None, pool_size=0)
-    sampler.queue_depth_sources.append(lambda: {model: 7})
+    sampler.queue_depth_sources.append(lambda: {(model, "1.0.0"): 7})
     sampler.sample()
     text = metrics.exposition().decode()
-    assert _value(text, f'model_predictions_total{{model="{model}"}}') == 20
-    assert _value(text, f'model_batches_total{{model="{model}"}}') == 2
-    assert _value(text, f'model_batch_size_bucket{{le="16.0",model="{model}"}}') == 2
-    assert _value(text, f'model_batch_duration_seconds_count{{model="{model}"}}') == 2
-    assert _value(text, f'model_queue_depth{{model="{model}"}}') == 7
-    assert _value(text, f'model_requests_rejected_total{{model="{model}",reason="overloaded"}}') == 1
+    v1 = f'model="{model}",version="1.0.0"'
+    assert _value(text, f"model_predictions_total{{{v1}}}") == 20
+    assert _value(text, f'model_predictions_total{{model="{model}",version="2.0.0"}}') == 1
+    assert _value(text, f"model_batches_total{{{v1}}}") == 2
+    assert _value(text, f'model_batch_size_bucket{{le="16.0",{v1}}}') == 2
+    assert _value(text, f"model_batch_duration_seconds_count{{{v1}}}") == 2
+    assert _value(text, f"model_queue_depth{{{v1}}}") == 7
+    assert (
+        _value(text, f'model_requests_rejected_total{{model="{model}",reason="overloaded",version="1.0.0"}}')
+        == 1
+    )
 
 
 def test_prepare_multiprocess_dir_removes_a_previous_runs_files(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from tests.security.conftest import serve
 @pytest.mark.parametrize(
     ("headers", "fragment"),
     [
-        ({f"x-h{i}": "v" for i in range(5_000)}, "more than 100 header fields"),
+        ({f"x-h{i}": "v" for i in range(500)}, "more than 100 header fields"),
         ({"x-big": "v" * 200_000}, "larger than 32768 bytes"),
         ({f"x-h{i}": "v" * 400 for i in range(90)}, "larger than 32768 bytes"),  # many, each small
     ],

@@ -94,8 +94,8 @@ async def test_an_unreachable_server_is_a_503_trips_the_breaker_and_is_used_agai
         assert readiness.json()["models"] == "3 loaded; not answering: breast_cancer"
         metrics = (await client.get("/metrics")).text
         assert (
-            'model_requests_rejected_total{model="breast_cancer",reason="model-server-unavailable"}'
-            in metrics
+            'model_requests_rejected_total{model="breast_cancer",reason="model-server-unavailable",'
+            'version="1.0.0"}' in metrics
         )
 
         # The server comes up on that address: the web tier uses it again, no restart.
@@ -143,7 +143,10 @@ async def test_a_misbehaving_server_is_a_named_gateway_error(
             assert said in oip.json()["error"]
             assert (await client.post("/api/v1/predict", json=IRIS, headers=headers)).status_code == 200
             metrics = (await client.get("/metrics")).text
-            assert f'model_requests_rejected_total{{model="breast_cancer",reason="{kind}"}}' in metrics
+            assert (
+                f'model_requests_rejected_total{{model="breast_cancer",reason="{kind}",version="1.0.0"}}'
+                in metrics
+            )
 
 
 async def test_wrong_shapes_and_unknown_versions_from_mlserver_are_502(

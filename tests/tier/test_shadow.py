@@ -1,6 +1,7 @@
 """Shadow traffic through the model tier (issue 24): a web tier whose models are all on a real
 model server sends a copy of each request to the alias's shadow, on that server too, and records
-its answers beside the primary's; the caller hears the primary only."""
+its answers beside the primary's; the caller hears the primary only. Drift counts the rows each
+version was asked about, the shadow's copies among them."""
 
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ async def test_a_shadow_on_the_model_server_answers_a_copy_of_each_request(tmp_p
         assert pair["shadow_version"] == "2.0.0"
         assert pair["rows"] == REQUESTS * len(IRIS_ROWS)
         assert pair["agreement"] == 1.0
+        # Drift counts both: the primary's rows asked, and the copies the shadow answered.
+        asked = REQUESTS * len(IRIS_ROWS)
+
+        async def drift_counted() -> bool:
+            quality = (await web.get("/api/v1/models/iris/quality", headers=tiers.admin)).json()
+            return [(v["version"], (v["drift"] or {}).get("rows")) for v in quality["versions"]] == [
+                ("1.0.0", asked),
+                ("2.0.0", asked),
+            ]
+
+        await eventually(drift_counted, 10.0, "drift counted for the primary and the shadow")
         # Both versions are the model server's: the web tier runs no model of its own.
         info = await web.get("/api/v1/models/iris", headers=tiers.user)
         assert info.json()["executor"] == "remote", info.text

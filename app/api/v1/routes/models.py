@@ -91,13 +91,17 @@ async def model_quality(
     answers say (`POST /api/v1/predictions/{prediction_id}/feedback`): accuracy and log loss for a
     classifier, MAE and RMSE for a regressor, with the number of labelled rows behind them; and
     each shadow against the primary on the same requests (how often the labels agree, or the mean
-    absolute difference of values). The window: the newest `last` labelled rows of each version
-    (the newest `last` copies a shadow answered), or those predicted in [`since`, `until`); a figure
+    absolute difference of values); and, for each version loaded here whose entry has a reference,
+    its drift: the Population Stability Index of each feature and of its answers against its
+    reference sample (over 0.2: `drifted`). The window: the newest `last` labelled rows of each
+    version (the newest `last` copies a shadow answered; for drift, the newest minutes that hold its
+    `last` newest rows), or those predicted in [`since`, `until`) (drift: to the minute); a figure
     with no row in it is null."""
     spec = inference.model(name)
     if last is None and since is None and until is None:
         last = QUALITY_GAUGE_WINDOW
-    versions = await quality.quality(spec, inference.versions(spec.name), last=last, since=since, until=until)
+    served = [inference.model(spec.name, version) for version in inference.versions(spec.name)]
+    versions = await quality.quality(spec.name, served, last=last, since=since, until=until)
     window = (
         f"last {last} labelled" if last is not None else f"predicted in [{since or '...'}, {until or '...'})"
     )
