@@ -5,11 +5,12 @@
 
 A database of its own (`mlservice_bench_quality`, re-created every run) gets 1,000,000 iris
 prediction records of the bench user over 30 days, half of them served by version 1.0.0 and half by
-2.0.0, each with its truth (a tenth of them wrong), written by SQL (`generate_series`), then
-VACUUM ANALYZE. One web process (pinned to the server core) answers; the bench user is made an
-admin. Timed from the client, each after a warm-up call, median of several: the window of all
-1,000,000 (a time range over the 30 days), the newest 1,000,000 labelled rows (`last`), and the
-default window (each version's newest 1,000).
+2.0.0, each with its truth (a tenth of them wrong), and the drift counts they leave (each
+ten-minute period, each version, each of the 4 features' 10 bins and the 3 labels: 371,520 rows),
+written by SQL (`generate_series`), then VACUUM ANALYZE. One web process (pinned to the server
+core) answers; the bench user is made an admin. Timed from the client, each after a warm-up call,
+median of several: the window of all 1,000,000 (a time range over the 30 days), the newest
+1,000,000 labelled rows (`last`), and the default window (each version's newest 1,000).
 """
 
 from __future__ import annotations
@@ -86,7 +87,20 @@ def populate(database_url: str, n: int) -> float:
                 FROM prediction_records
                 """
             )
-            for table in ("prediction_records", "prediction_feedback"):
+            # Drift's counts as those predictions leave them: each ten-minute period of the 30 days,
+            # for each version, every bin of iris's 4 features (10 each) and of its answers (-1: 3
+            # labels), as the ~116 predictions of each version in a period fill them.
+            await conn.execute(
+                """
+                INSERT INTO drift_counts (model, version, period, feature, bin, rows)
+                SELECT 'iris', v, date_bin('10 minutes', now(), 'epoch') - make_interval(mins => 10 * p),
+                       f, b, CASE WHEN f = -1 THEN 39 ELSE 12 END
+                FROM generate_series(0, 4319) AS p, unnest(ARRAY['1.0.0', '2.0.0']) AS v,
+                     generate_series(-1, 3) AS f, generate_series(0, 9) AS b
+                WHERE f <> -1 OR b < 3
+                """
+            )
+            for table in ("prediction_records", "prediction_feedback", "drift_counts"):
                 await conn.execute(f"VACUUM (ANALYZE) {table}")
         finally:
             await conn.close()
@@ -115,6 +129,7 @@ def timed(port: int, token: str, query: str, runs: int) -> dict[str, Any]:
         "max_s": round(max(seconds), 4),
         "labelled": {v["version"]: v["labelled"] for v in body["versions"]},
         "accuracy": {v["version"]: v["accuracy"] for v in body["versions"]},
+        "drift_rows": {v["version"]: (v["drift"] or {}).get("rows") for v in body["versions"]},
     }
     print(f"  {out}", flush=True)
     return out

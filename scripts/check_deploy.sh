@@ -208,7 +208,8 @@ check_compose() {
     SECRET_KEY=check-deploy-dummy-secret-key-0123456789abcdef \
     POSTGRES_PASSWORD=check-deploy-dummy-password \
     MODEL_SERVER_TOKEN=check-deploy-dummy-model-server-token-0123456789 \
-        "$VENV_BIN/docker-compose" --env-file /dev/null -f "$COMPOSE_FILE" config -q
+    GRAFANA_ADMIN_PASSWORD=check-deploy-dummy-grafana-password \
+        "$VENV_BIN/docker-compose" --env-file /dev/null -f "$COMPOSE_FILE" --profile monitoring config -q
 }
 
 # The api must get longer than its own graceful-shutdown window before Docker sends SIGKILL.
@@ -217,7 +218,9 @@ check_compose_grace() {
     rendered=$(SECRET_KEY=check-deploy-dummy-secret-key-0123456789abcdef \
         POSTGRES_PASSWORD=check-deploy-dummy-password \
         MODEL_SERVER_TOKEN=check-deploy-dummy-model-server-token-0123456789 \
-        "$VENV_BIN/docker-compose" --env-file /dev/null -f "$COMPOSE_FILE" config --format json \
+        GRAFANA_ADMIN_PASSWORD=check-deploy-dummy-grafana-password \
+        "$VENV_BIN/docker-compose" --env-file /dev/null -f "$COMPOSE_FILE" --profile monitoring config \
+        --format json \
         2>/dev/null) || { echo "$COMPOSE_FILE does not render (see the config check)"; return 1; }
     "$PY" -c '
 import json, re, sys
@@ -233,6 +236,12 @@ for name in ("api", "model-server"):
         sys.exit(f"{name} stop_grace_period {grace:g}s <= TIMEOUT_GRACEFUL_SHUTDOWN {drain}s")
 if services["model-server"].get("ports"):
     sys.exit("model-server publishes a port: keep the model tier off the host network")
+# The monitoring profile: every file it mounts is in the repository.
+import os
+for name in ("prometheus", "grafana"):
+    for volume in services[name]["volumes"]:
+        if volume["type"] == "bind" and not os.path.exists(volume["source"]):
+            sys.exit(name + " mounts " + volume["source"] + ", which is not in the repository")
 ' <<<"$rendered"
 }
 
@@ -253,7 +262,7 @@ done
 run_check "$K8S_DIR consistency (kustomization, image, grace period, selectors)" check_k8s_consistency
 
 run_check "docker-compose -f $COMPOSE_FILE config -q" check_compose
-run_check "$COMPOSE_FILE api/model-server stop_grace_period > TIMEOUT_GRACEFUL_SHUTDOWN, no model-server port" check_compose_grace
+run_check "$COMPOSE_FILE api/model-server stop_grace_period > TIMEOUT_GRACEFUL_SHUTDOWN, no model-server port, monitoring mounts present" check_compose_grace
 
 if [[ $failed -gt 0 ]]; then
     echo "check_deploy: $failed of $checks checks FAILED"

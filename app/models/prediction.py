@@ -100,14 +100,14 @@ class ShadowRecord(Base):
 
 class DriftCount(Base):
     """Rows a version was asked about, per feature and bin of its reference (app.ml.drift), summed
-    by minute: a window's drift is a sum over these, never a read of the log's rows."""
+    by ten-minute period: a window's drift is a sum over these, never a read of the log's rows."""
 
     __tablename__ = "drift_counts"
 
     model: Mapped[str] = mapped_column(String(100), primary_key=True)
     version: Mapped[str] = mapped_column(String(50), primary_key=True)
-    # The minute the rows were logged in (UTC, seconds zero).
-    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    # The start of the period the rows were logged in (UTC; app.ml.drift.PERIOD_MINUTES long).
+    period: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     # The feature's index in the version's manifest entry; -1: the answers.
     feature: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     bin: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)

@@ -232,6 +232,24 @@ def observe_drift(
         MODEL_PREDICTION_DRIFT.labels(model, version).set(prediction)
 
 
+MODEL_SHADOW_AGREEMENT = Gauge(
+    "model_shadow_agreement",
+    "A shadow against the primary on the same requests, over the model's newest shadow records "
+    "(QUALITY_GAUGE_WINDOW): the share of rows whose labels were alike (classifiers) or the mean "
+    "|shadow - primary| (regressors), by figure.",
+    ["figure", "model", "shadow_version", "version"],
+    multiprocess_mode="livemostrecent",
+)
+
+
+def observe_shadow(
+    model: str, version: str, shadow_version: str, figures: Mapping[str, float | None]
+) -> None:
+    for figure, value in figures.items():
+        if value is not None:
+            MODEL_SHADOW_AGREEMENT.labels(figure, model, shadow_version, version).set(value)
+
+
 def observe_quality(model: str, version: str, labelled: int, figures: Mapping[str, float | None]) -> None:
     MODEL_QUALITY_LABELLED.labels(model, version).set(labelled)
     for figure, value in figures.items():

@@ -143,8 +143,8 @@ class PredictionRepository:
         return tuple((await self.session.execute(query)).one())
 
     async def add_drift_counts(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Rows added to each (model, version, minute, feature, bin)'s count: an upsert, as another
-        process counts the same minutes. In key order, so two writers never take the same rows'
+        """Rows added to each (model, version, period, feature, bin)'s count: an upsert, as another
+        process counts the same periods. In key order, so two writers never take the same rows'
         locks in opposite orders (a deadlock on PostgreSQL)."""
         dialect = self.session.get_bind().dialect.name
         statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(DriftCount)
@@ -152,48 +152,54 @@ class PredictionRepository:
             index_elements=[
                 DriftCount.model,
                 DriftCount.version,
-                DriftCount.minute,
+                DriftCount.period,
                 DriftCount.feature,
                 DriftCount.bin,
             ],
             set_={"rows": DriftCount.rows + statement.excluded.rows},
         )
-        key = ("model", "version", "minute", "feature", "bin")
+        key = ("model", "version", "period", "feature", "bin")
         await self.session.execute(statement, sorted(rows, key=lambda row: tuple(row[k] for k in key)))
 
     async def drift_start(self, model: str, version: str, last: int, *, counted: int) -> datetime | None:
-        """The newest minute from which on `version` was asked about at least `last` rows, as
-        the counts of feature `counted` say (None: fewer than that in all)."""
-        per_minute = (
-            select(DriftCount.minute, func.sum(DriftCount.rows).label("rows"))
-            .where(DriftCount.model == model, DriftCount.version == version, DriftCount.feature == counted)
-            .group_by(DriftCount.minute)
-            .subquery()
-        )
-        running = select(
-            per_minute.c.minute,
-            func.sum(per_minute.c.rows).over(order_by=per_minute.c.minute.desc()).label("running"),
-        ).subquery()
-        query = (
-            select(running.c.minute)
-            .where(running.c.running >= last)
-            .order_by(running.c.minute.desc())
-            .limit(1)
-        )
-        minute: datetime | None = await self.session.scalar(query)
-        return minute
+        """The newest period from which on `version` was asked about at least `last` rows, as
+        the counts of feature `counted` say (None: fewer than that in all). Read newest first, a
+        batch of periods at a time (64, then twice as many each time): one short backward range of
+        the primary key for the usual window, never every period of a long-lived version."""
+        total, before, batch = 0, None, 64
+        while True:
+            query = (
+                select(DriftCount.period, func.sum(DriftCount.rows))
+                .where(
+                    DriftCount.model == model, DriftCount.version == version, DriftCount.feature == counted
+                )
+                .group_by(DriftCount.period)
+                .order_by(DriftCount.period.desc())
+                .limit(batch)
+            )
+            if before is not None:
+                query = query.where(DriftCount.period < before)
+            periods = (await self.session.execute(query)).all()
+            for period, rows in periods:
+                total += int(rows)
+                if total >= last:
+                    found: datetime = period
+                    return found
+            if len(periods) < batch:
+                return None
+            before, batch = periods[-1][0], batch * 2
 
     async def drift_sums(
         self, model: str, version: str, *, since: datetime | None, until: datetime | None
     ) -> list[tuple[int, int, int]]:
-        """(feature, bin, rows) of one version's counts in the minutes [since, until)."""
+        """(feature, bin, rows) of one version's counts in the periods that start in [since, until)."""
         query = select(DriftCount.feature, DriftCount.bin, func.sum(DriftCount.rows)).where(
             DriftCount.model == model, DriftCount.version == version
         )
         if since is not None:
-            query = query.where(DriftCount.minute >= since)
+            query = query.where(DriftCount.period >= since)
         if until is not None:
-            query = query.where(DriftCount.minute < until)
+            query = query.where(DriftCount.period < until)
         rows = await self.session.execute(query.group_by(DriftCount.feature, DriftCount.bin))
         return [(int(feature), int(bin_), int(n)) for feature, bin_, n in rows]
 

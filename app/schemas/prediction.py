@@ -222,7 +222,9 @@ class DriftPublic(BaseModel):
     method: Literal["psi"] = "psi"
     threshold: float = Field(DRIFT_THRESHOLD, description="psi over it: drifted.")
     rows: int = Field(description="Rows asked about in the window.")
-    since: datetime | None = Field(description="The window's first minute (null: from the first row).")
+    since: datetime | None = Field(
+        description="The start of the window's first ten-minute period (null: from the first row)."
+    )
     features: list[ShiftPublic]
     prediction: ShiftPublic = Field(description="The answers: labels (classifiers) or values (regressors).")
 

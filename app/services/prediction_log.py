@@ -13,7 +13,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ import structlog
 from app.core.errors import Forbidden
 from app.core.security import Principal
 from app.db.database import Database
-from app.ml.drift import bin_counts
+from app.ml.drift import PERIOD_MINUTES, bin_counts
 from app.ml.manifest import ModelSpec
 from app.ml.predictions import PredictionResult
 from app.models import PredictionRecord
@@ -150,14 +149,13 @@ class PredictionLog:
             await self._write(batch)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
+        """Records, shadows' answers and drift's counts of one batch, in one transaction (one
+        commit per batch: on SQLite, every commit holds the one writer lock)."""
         asked = [row.pop(_ASKED) for row in batch if _ASKED in row]
         batch = [row for row in batch if row]
-        if batch:
-            await self._write_records(batch)
-        if asked:
-            await self._write_counts(asked)
-
-    async def _write_records(self, batch: list[dict[str, Any]]) -> None:
+        counts = _drift_counts(asked)
+        if not batch and not counts:
+            return
         try:
             records = [row for row in batch if "shadow_version" not in row]
             shadows = [row for row in batch if "shadow_version" in row]
@@ -167,24 +165,13 @@ class PredictionLog:
                     await repo.add_many(records)
                 if shadows:
                     await repo.add_shadows(shadows)
+                if counts:
+                    await repo.add_drift_counts(counts)
                 await session.commit()
             self.written += len(batch)
         except Exception as exc:  # noqa: BLE001 - a lost log batch must never stop the writer
             self.failed += len(batch)
             log.warning("prediction_log_write_failed", records=len(batch), error=type(exc).__name__)
-
-    async def _write_counts(self, asked: list[Asked]) -> None:
-        """Drift's counts of this batch's rows, added to the minute's, in their own transaction:
-        if it fails, the records are written all the same (only the counts are lost, and warned
-        of)."""
-        minute = utcnow().replace(second=0, microsecond=0)
-        try:
-            rows = _drift_rows(asked, minute)
-            async with self._db.session() as session:
-                await PredictionRepository(session).add_drift_counts(rows)
-                await session.commit()
-        except Exception as exc:  # noqa: BLE001 - as a lost log batch, it must never stop the writer
-            log.warning("drift_counts_write_failed", versions=len(asked), error=type(exc).__name__)
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Write everything queued so far, then stop the writer (cancelled after `timeout_s`)."""
@@ -200,19 +187,29 @@ class PredictionLog:
             log.warning("prediction_log_close_timeout", pending=self._queue.qsize())
 
 
-def _drift_rows(asked: list[Asked], minute: datetime) -> list[dict[str, Any]]:
-    """`drift_counts` rows for one minute: each version's rows binned at once (app.ml.drift)."""
+def _drift_counts(asked: list[Asked]) -> list[dict[str, Any]]:
+    """`drift_counts` rows for this period: each version's rows binned at once (app.ml.drift).
+    Nothing if binning fails: the records are written all the same (the counts are lost, warned
+    of)."""
+    if not asked:
+        return []
+    now = utcnow()
+    period = now.replace(minute=now.minute - now.minute % PERIOD_MINUTES, second=0, microsecond=0)
     by_version: dict[tuple[str, str], list[Asked]] = defaultdict(list)
     for a in asked:
         by_version[a.spec.name, a.spec.version].append(a)
     out: list[dict[str, Any]] = []
-    for (model, version), group in by_version.items():
-        x = np.concatenate([a.inputs for a in group])
-        y = np.concatenate([a.outputs for a in group])
-        out.extend(
-            {"model": model, "version": version, "minute": minute, "feature": f, "bin": b, "rows": n}
-            for f, b, n in bin_counts(group[0].spec, x, y)
-        )
+    try:
+        for (model, version), group in by_version.items():
+            x = np.concatenate([a.inputs for a in group])
+            y = np.concatenate([a.outputs for a in group])
+            out.extend(
+                {"model": model, "version": version, "period": period, "feature": f, "bin": b, "rows": n}
+                for f, b, n in bin_counts(group[0].spec, x, y)
+            )
+    except Exception as exc:  # noqa: BLE001 - drift is best effort; the log is not
+        log.warning("drift_counts_failed", versions=len(by_version), error=type(exc).__name__)
+        return []
     return out
 
 

@@ -34,7 +34,7 @@ class Shift:
 @dataclass(frozen=True, slots=True)
 class Drift:
     rows: int  # rows asked about in the window
-    since: datetime | None  # the window's first minute (None: since the first row)
+    since: datetime | None  # the window's first period (None: since the first row)
     features: list[Shift]
     prediction: Shift
 
@@ -76,7 +76,8 @@ class QualityService:
     ) -> list[VersionQuality]:
         """Each version of `served` (and, `with_feedback`, each other one that has feedback) over
         the window: its newest `last` labelled rows, or the rows predicted in [since, until). Its
-        drift over the minutes that hold its newest `last` rows asked about, or [since, until)."""
+        drift over the ten-minute periods that hold its newest `last` rows asked about, or those
+        that start in [since, until)."""
         if last is not None and (since is not None or until is not None):
             raise ValidationFailed(
                 "last: a window is the newest `last` labelled rows or a time range, not both",
@@ -130,7 +131,8 @@ class QualityService:
         ]
 
     async def sample(self, registry: ModelRegistry) -> None:
-        """The Prometheus gauges of every model's versions, over QUALITY_GAUGE_WINDOW (at a scrape)."""
+        """The Prometheus gauges of every model's versions and shadows, over QUALITY_GAUGE_WINDOW
+        (at a scrape)."""
         for spec in registry.list():
             figures = await self.quality(
                 spec.name,
@@ -155,6 +157,13 @@ class QualityService:
                         {shift.name: shift.psi for shift in q.drift.features},
                         q.drift.prediction.psi,
                     )
+            for a in await self.shadows(spec, last=QUALITY_GAUGE_WINDOW, since=None, until=None):
+                metrics.observe_shadow(
+                    spec.name,
+                    a.version,
+                    a.shadow_version,
+                    {"agreement": a.agreement, "mean_abs_difference": a.mean_abs_difference},
+                )
 
 
 async def _drift(
@@ -167,7 +176,7 @@ async def _drift(
 ) -> Drift | None:
     """A served version's drift over the window: its counts summed by SQL, then one PSI per
     feature and for the answers (app.ml.drift). A window of the newest `last` rows is the fewest
-    newest minutes that hold them."""
+    newest periods that hold them."""
     if spec is None or spec.reference is None:
         return None
     if last is not None:

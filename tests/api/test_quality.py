@@ -182,7 +182,7 @@ async def test_drift_flags_the_shifted_feature_either_way_and_not_the_others(
         "sepal_width down": ["sepal_width"],
     }
 
-    # The newest 640 rows: the last hour's minute alone; the newest 641: the two last hours'.
+    # The newest 640 rows: the last hour's period alone; the newest 641: the two last hours'.
     newest = (await client.get("/api/v1/models/iris/quality", params={"last": 640}, headers=admin)).json()
     assert newest["versions"][0]["drift"]["rows"] == 640
     assert newest["versions"][0]["drift"]["since"] == (T0 + timedelta(hours=2)).isoformat().replace(
@@ -210,3 +210,47 @@ async def _drift_of_hour(client: Any, admin: dict[str, str], hour: int, *, rows:
             return drift
         await asyncio.sleep(0.05)
     raise AssertionError(f"{rows} rows not counted in hour {hour}: {drift}")
+
+
+async def test_the_newest_n_rows_of_drift_are_found_across_many_periods(served: Any) -> None:
+    """300 periods of counts, 3 rows each: the newest N rows start at the period they reach, read
+    a batch of periods at a time (64, 128, ...), and N beyond them all is every period."""
+    app, _ = served
+    periods = [T0 + timedelta(minutes=10 * p) for p in range(300)]
+    async with state_of(app).resources.db.session() as session:
+        repo = PredictionRepository(session)
+        await repo.add_drift_counts([
+            {"model": "m", "version": "1", "period": period, "feature": -1, "bin": b, "rows": 1}
+            for period in periods for b in range(3)
+        ])  # fmt: skip
+        await session.commit()
+        for last, start in ((1, 299), (3, 299), (4, 298), (600, 100), (900, 0)):
+            assert await repo.drift_start("m", "1", last, counted=-1) == periods[start], last
+        assert await repo.drift_start("m", "1", 901, counted=-1) is None
+        # Added again: the counts add up (another worker's rows for the same period).
+        again = {"model": "m", "version": "1", "period": periods[-1], "feature": -1, "bin": 0, "rows": 5}
+        await repo.add_drift_counts([again])
+        await session.commit()
+        assert await repo.drift_start("m", "1", 8, counted=-1) == periods[-1]
+        newest = await repo.drift_sums("m", "1", since=periods[-1], until=None)
+        assert sorted(newest) == [(-1, 0, 6), (-1, 1, 1), (-1, 2, 1)]
+
+
+async def test_drift_that_cannot_be_counted_loses_no_record(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import prediction_log
+
+    def broken(*_: Any) -> Any:
+        raise ValueError("a reference that does not fit")
+
+    monkeypatch.setattr(prediction_log, "bin_counts", broken)
+    app, client = served
+    admin, _ = await _admin(app, client)
+    answer = await client.post("/api/v1/models/iris/predict", json={"rows": IRIS}, headers=admin)
+    assert answer.status_code == 200, answer.text
+    sent = await _feedback(client, admin, answer.json()["prediction_id"], ["setosa", "virginica"])
+    assert sent.status_code == 201, sent.text  # the record was written
+    quality = (await client.get("/api/v1/models/iris/quality", headers=admin)).json()["versions"][0]
+    assert quality["labelled"] == 2
+    assert quality["drift"]["rows"] == 0

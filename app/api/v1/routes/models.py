@@ -94,8 +94,9 @@ async def model_quality(
     absolute difference of values); and, for each version loaded here whose entry has a reference,
     its drift: the Population Stability Index of each feature and of its answers against its
     reference sample (over 0.2: `drifted`). The window: the newest `last` labelled rows of each
-    version (the newest `last` copies a shadow answered; for drift, the newest minutes that hold its
-    `last` newest rows), or those predicted in [`since`, `until`) (drift: to the minute); a figure
+    version (the newest `last` copies a shadow answered; for drift, the newest ten-minute periods
+    that hold its `last` newest rows), or those predicted in [`since`, `until`) (drift: the periods
+    that start in it); a figure
     with no row in it is null."""
     spec = inference.model(name)
     if last is None and since is None and until is None:
