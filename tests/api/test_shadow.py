@@ -200,3 +200,49 @@ async def test_a_shadow_takes_about_its_percent_of_requests(served: App) -> None
     scraped = (await client.get("/metrics")).text
     copies = _counter(scraped, "shadow_predictions_total", model="iris", version="2.0.0")
     assert 10 <= copies <= 50, copies  # 60 draws at 50%: outside this, 1 in 2 million
+
+
+async def test_a_shadow_unloaded_while_its_copies_wait_changes_nothing_for_the_caller(
+    database_url: str,
+    make_model_dir: MakeModelDir,  # noqa: F811 - the fixture
+) -> None:
+    """Copies held in the shadow (one running, three queued) when the alias lets it go and it is
+    unloaded: the callers are answered by 1.0.0 throughout, and each copy is dropped, counted."""
+    model_dir = lifecycle_dir(make_model_dir, timeout_ms=300)
+    async with lifecycle_app(database_url, model_dir, metrics_enabled=True, shadow_workers=1) as (
+        app,
+        client,
+    ):
+        admin = await make_user(app, client, "admin@example.com", admin=True)
+        await load(client, admin, "2.0.0")
+        ok(await set_alias(client, admin, "default", SHADOWED))
+        shadow = state_of(app).resources.registry.resolve("iris", "2.0.0")
+        release = asyncio.Event()
+
+        async def held(*_: Any) -> Any:
+            await release.wait()
+            raise RuntimeError("released")
+
+        shadow.runtime.run = held  # type: ignore[method-assign]
+        for _ in range(4):
+            ok(await client.post("/api/v1/predict", json={"features": IRIS_ROW}, headers=admin))
+        ok(await set_alias(client, admin, "default", {"version": "1.0.0"}))
+        unloading = asyncio.create_task(
+            client.post(f"{REPOSITORY}/iris/versions/2.0.0/unload", headers=admin)
+        )
+        for _ in range(3):
+            answer = ok(await client.post("/api/v1/predict", json={"features": IRIS_ROW}, headers=admin))
+            assert answer["version"] == "1.0.0"
+        release.set()
+        ok(await unloading)
+
+        async def all_dropped() -> bool:
+            scraped = (await client.get("/metrics")).text
+            dropped = sum(
+                _counter(scraped, "shadow_dropped_total", model="iris", reason=reason, version="2.0.0")
+                for reason in ("failed", "timeout", "queue-full")
+            )
+            return dropped == 4
+
+        await eventually(all_dropped, 10.0, "the four copies dropped, counted")
+        assert (await _quality(client, admin))["shadows"] == []
