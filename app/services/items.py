@@ -66,7 +66,7 @@ class ItemService:
         # One INSERT: committed (on its own) before the response is built.
         access = Access(caller)
         try:
-            async with self.db.statements() as statements:
+            async with self.db.statements(write=True) as statements:
                 return await ItemRepository(statements).add_as(access, values)
         except NoCaller:
             raise access.refusal() from None
@@ -91,7 +91,7 @@ class ItemService:
     async def delete(self, caller: Principal, item_id: int) -> None:
         """Only the owner may delete an item, admins included."""
         user = await authenticate(self.db, caller)
-        async with self.db.statements() as statements:
+        async with self.db.statements(write=True) as statements:
             deleted = await ItemRepository(statements).delete(item_id, user.id)
         if not deleted:
             raise ItemNotFound

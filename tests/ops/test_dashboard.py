@@ -100,11 +100,21 @@ async def test_every_panel_query_returns_series_from_a_real_prometheus(
     make_model_dir: MakeModelDir,  # noqa: F811 - the fixture
 ) -> None:
     def edit(manifest: dict[str, Any]) -> None:
-        iris = model_entry(manifest, "iris")
-        manifest["models"].append({**copy.deepcopy(iris), "version": "2.0.0"})
-        model_entry(manifest, "diabetes")["max_queue"] = 1  # a burst is refused: errors to show
+        iris, diabetes = model_entry(manifest, "iris"), model_entry(manifest, "diabetes")
+        # Failures whatever the machine's load: iris 3.0.0 takes diabetes's ten features, so each
+        # copy of an iris request it shadows is dropped (it cannot score it); `broken`'s one
+        # version is on a model server that is down, so each request to it is refused (503).
+        other = {"features": diabetes["features"], "task": "regression", "labels": [], "reference": None}
+        local = ("format", "file", "sha256", "trusted_types")
+        down = {k: v for k, v in copy.deepcopy(diabetes).items() if k not in local}
+        remote = {"url": f"http://127.0.0.1:{free_port()}", "model": "diabetes", "output": "prediction"}
+        manifest["models"] += [
+            {**copy.deepcopy(iris), "version": "2.0.0"},
+            {**copy.deepcopy(diabetes), "name": "iris", "version": "3.0.0", **other},
+            {**down, "name": "broken", "executor": "remote", "remote": remote},
+        ]
 
-    model_dir = make_model_dir(edit, only=("iris", "diabetes"))
+    model_dir = make_model_dir(edit, only=("iris", "diabetes", "broken"))
     port = free_port()
     # A SQLite file, whichever pass runs it: what the dashboard shows does not depend on the database.
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
@@ -115,8 +125,6 @@ async def test_every_panel_query_returns_series_from_a_real_prometheus(
         ML_MODEL_DIR=str(model_dir),
         METRICS_ENABLED="true",
         PREDICTION_LOG_FLUSH_MS="20",
-        SHADOW_QUEUE_SIZE="1",  # a burst drops copies: the dropped series to show
-        SHADOW_WORKERS="1",
     )
     server = start_server(env, tmp_path / "server.log")
     prometheus = _start_prometheus(tmp_path, port)
@@ -238,14 +246,17 @@ async def _traffic(client: httpx.AsyncClient, env: dict[str, str]) -> None:
     assert promoted.returncode == 0, promoted.stderr.decode()
     token = await client.post("/api/v1/auth/token", data={"username": email, "password": PASSWORD})
     admin = {"Authorization": f"Bearer {token.json()['access_token']}"}
-    loaded = await client.post("/api/v1/model-repository/iris/versions/2.0.0/load", headers=admin)
-    assert loaded.status_code == 200, loaded.text
-    shadowed = await client.put(
-        "/api/v1/models/iris/aliases/default",
-        json={"version": "1.0.0", "shadow": {"version": "2.0.0", "percent": 100}},
-        headers=admin,
-    )
-    assert shadowed.status_code == 200, shadowed.text
+    for model, version in (("iris", "2.0.0"), ("iris", "3.0.0")):
+        loaded = await client.post(f"/api/v1/model-repository/{model}/versions/{version}/load", headers=admin)
+        assert loaded.status_code == 200, loaded.text
+    # `default` shadowed by 2.0.0 (the same model: they agree); `down` by 3.0.0, which drops each copy.
+    for alias, shadow in (("default", "2.0.0"), ("down", "3.0.0")):
+        shadowed = await client.put(
+            f"/api/v1/models/iris/aliases/{alias}",
+            json={"version": "1.0.0", "shadow": {"version": shadow, "percent": 100}},
+            headers=admin,
+        )
+        assert shadowed.status_code == 200, shadowed.text
 
     from sklearn.datasets import load_diabetes, load_iris
 
@@ -262,14 +273,13 @@ async def _traffic(client: httpx.AsyncClient, env: dict[str, str]) -> None:
             answer = await client.post(f"/api/v1/models/{model}/predict", json={"rows": rows}, headers=admin)
             assert answer.status_code == 200, answer.text
             await _feedback(client, admin, answer.json()["prediction_id"], [truth(i) for i in picked])
-    # Bursts: iris's shadow queue (one copy) drops copies; diabetes's queue (one request) refuses.
-    burst = [
-        client.post(f"/api/v1/models/{m}/predict", json={"rows": [d[0].tolist()]}, headers=admin)
-        for m, d in (("iris", iris.data), ("diabetes", diabetes.data))
-        for _ in range(30)
-    ]
-    statuses = [r.status_code for r in await asyncio.gather(*burst)]
-    assert 503 in statuses, statuses
+    for _ in range(3):
+        row = {"rows": [iris.data[0].tolist()]}
+        answered = await client.post("/api/v1/models/iris/versions/down/predict", json=row, headers=admin)
+        assert answered.status_code == 200, answered.text  # 1.0.0 answers; 3.0.0's copy is dropped
+        row = {"rows": [diabetes.data[0].tolist()]}
+        refused = await client.post("/api/v1/models/broken/predict", json=row, headers=admin)
+        assert refused.status_code == 503, refused.text
 
 
 async def _feedback(
