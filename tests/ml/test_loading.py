@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.ml.errors import ModelLoadError, ModelNotFound, ModelsNotReady
+from app.ml.errors import ModelLoadError, ModelNotFound, ModelsNotReady, PredictionTimeout
 from app.ml.fleet import seed
 from app.ml.manifest import ModelSpec, load_manifest
 from app.ml.registry import ModelRegistry, VersionStatus
@@ -45,7 +45,13 @@ async def _start_without(model_dir: Path, name: str) -> VersionStatus:
         assert set(registry.loaded()) == others
         for other in others:
             spec = registry.get(other)
-            await registry.predict_one(other, [0.0] * len(spec.features))
+            for attempt in range(3):  # served is what is asked; on a starved machine a first
+                try:  # answer through a process pool can miss its 2 s limit (CI, 2026-12-07)
+                    await registry.predict_one(other, [0.0] * len(spec.features))
+                    break
+                except PredictionTimeout:
+                    if attempt == 2:
+                        raise
         with pytest.raises((ModelsNotReady, ModelNotFound)):
             await registry.predict_one(name, IRIS_ROW)
         # Readiness stands on what is served: one model set aside does not take the rest out.
