@@ -67,8 +67,13 @@ class FuzzTarget:
     headers: dict[str, str] = field(default_factory=dict)
 
     def reset(self) -> None:
-        """Empty tables and a freshly registered, logged-in user: the state every scenario starts from."""
+        """Empty tables, fresh rate-limit counters and a freshly registered, logged-in user: the
+        state every scenario starts from. The counters too: hypothesis replays a failing scenario,
+        and with the earlier scenarios' counts in the limiter the replay met other 429s, drew
+        other steps and ended in `FlakyStrategyDefinition` (twice under load, 2026-12-07), hiding
+        the failure it was replaying."""
         asyncio.run(_empty_tables(self.database_url))
+        state_of(self.app).resources.limits = Limits(state_of(self.app).settings)
         self.email = f"fuzz-{uuid.uuid4().hex[:8]}@example.com"
         self.headers = {}
         registered = self._harness_post(
