@@ -57,11 +57,17 @@ def _shares(counts: np.ndarray) -> tuple[float, ...]:
 def make_reference(task: Task, labels: Sequence[str], x: np.ndarray, outputs: np.ndarray) -> Reference:
     """The reference of rows `x` (rows, features) and the model's `outputs` for them (rows, k)."""
     if task == "classification":
-        answers = Histogram(fractions=_shares(np.bincount(np.argmax(outputs, axis=1), minlength=len(labels))))
+        answers = Histogram(fractions=_shares(_labels(outputs, len(labels))))
     else:
         answers = histogram(outputs[:, 0])
     features = tuple(histogram(x[:, j]) for j in range(x.shape[1]))
     return Reference(rows=len(x), features=features, prediction=answers)
+
+
+def _labels(outputs: np.ndarray, n: int) -> np.ndarray:
+    """Rows per label answered: the first highest probability, as a classifier's answer is read."""
+    counts: np.ndarray = np.bincount(np.argmax(outputs, axis=1), minlength=n)
+    return counts
 
 
 def _bins(edges: Sequence[float], values: np.ndarray) -> np.ndarray:
@@ -82,7 +88,7 @@ def bin_counts(spec: ModelSpec, x: np.ndarray, outputs: np.ndarray) -> list[tupl
     for j, h in enumerate(reference.features):
         out.extend((j, b, int(n)) for b, n in enumerate(_bins(h.edges, x[:, j])) if n)
     if spec.task == "classification":
-        answered = np.bincount(np.argmax(outputs, axis=1), minlength=len(spec.labels))
+        answered = _labels(outputs, len(spec.labels))
     else:
         answered = _bins(reference.prediction.edges, outputs[:, 0])
     out.extend((ANSWERS, b, int(n)) for b, n in enumerate(answered) if n)

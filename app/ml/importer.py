@@ -184,9 +184,8 @@ def _run_once(
     here, not at start-up or at a request. Returns what scored it, for the reference rows."""
     if kind.executor == "thread":
         with ThreadPoolExecutor(1) as pool:
-            runtime = in_threads(kind).build(
-                spec, data, str(source), ThreadContext(pool, 1)
-            )  # runs a zero row
+            # Built as the registry builds it, which runs a row of zeros.
+            runtime = in_threads(kind).build(spec, data, str(source), ThreadContext(pool, 1))
         if not isinstance(runtime, ThreadRuntime):  # pragma: no cover - every thread kind is one
             raise TypeError(f"{kind.format}: not a ThreadRuntime")
         return runtime.compute
@@ -232,9 +231,8 @@ def _reference_rows(path: Path, names: Sequence[str]) -> np.ndarray:
 def _reference(
     spec: ModelSpec, score: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, where: str
 ) -> Reference:
-    """The version's reference: `rows` and the model's answers to them, binned (app.ml.drift)."""
-    if rows.ndim != 2 or rows.shape[1] != len(spec.features):
-        raise ModelLoadError(where, f"--reference: rows of {len(spec.features)} features are needed")
+    """The version's reference: `rows` (`_reference_rows`: one column per feature) and the model's
+    answers to them, binned (app.ml.drift)."""
     if len(rows) < MIN_REFERENCE_ROWS:
         raise ModelLoadError(
             where, f"--reference: {len(rows)} rows; at least {MIN_REFERENCE_ROWS} make its deciles"

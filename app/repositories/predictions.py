@@ -148,17 +148,10 @@ class PredictionRepository:
         locks in opposite orders (a deadlock on PostgreSQL)."""
         dialect = self.session.get_bind().dialect.name
         statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(DriftCount)
+        key = ("model", "version", "period", "feature", "bin")  # the primary key
         statement = statement.on_conflict_do_update(
-            index_elements=[
-                DriftCount.model,
-                DriftCount.version,
-                DriftCount.period,
-                DriftCount.feature,
-                DriftCount.bin,
-            ],
-            set_={"rows": DriftCount.rows + statement.excluded.rows},
+            index_elements=list(key), set_={"rows": DriftCount.rows + statement.excluded.rows}
         )
-        key = ("model", "version", "period", "feature", "bin")
         await self.session.execute(statement, sorted(rows, key=lambda row: tuple(row[k] for k in key)))
 
     async def drift_start(self, model: str, version: str, last: int, *, counted: int) -> datetime | None:

@@ -39,7 +39,7 @@ _ASKED = "asked"  # a queued row's key for its Asked, taken off before the row i
 @dataclass(frozen=True, slots=True)
 class Asked:
     """A version's rows and its answers to them, counted for drift (app.ml.drift) by the writer,
-    off the response path, where the version's entry has a reference."""
+    off the response path; made by `asked_of`, only where the version's entry has a reference."""
 
     spec: ModelSpec
     inputs: np.ndarray
@@ -96,15 +96,14 @@ class PredictionLog:
         """Queue a record without waiting; drop it (counted) when the queue is full."""
         row = {name: getattr(event, name) for name in _COLUMNS}
         row["created_at"] = utcnow()
-        if event.asked is not None and event.asked.spec.reference is not None:
+        if event.asked is not None:
             row[_ASKED] = event.asked
         self._put(row)
 
     def count(self, asked: Asked) -> None:
         """Rows a version answered that no record of this log stands for (a shadow's copies),
         counted for drift as a record's are."""
-        if asked.spec.reference is not None:
-            self._put({_ASKED: asked})
+        self._put({_ASKED: asked})
 
     def record_shadow(self, row: dict[str, Any]) -> None:
         """A shadow's answer (a `shadow_records` row: app.services.shadow), queued as a record is."""

@@ -52,6 +52,23 @@ def _counter(scraped: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+async def _held_shadow(app: Any, client: Any) -> tuple[dict[str, str], asyncio.Event]:
+    """An admin, and 2.0.0 loaded and shadowing `default` with its runtime held: each batch waits
+    until the event is set, then raises."""
+    admin = await make_user(app, client, "admin@example.com", admin=True)
+    await load(client, admin, "2.0.0")
+    ok(await set_alias(client, admin, "default", SHADOWED))
+    shadow = state_of(app).resources.registry.resolve("iris", "2.0.0")
+    release = asyncio.Event()
+
+    async def held(*_: Any) -> Any:
+        await release.wait()
+        raise RuntimeError("released")
+
+    shadow.runtime.run = held  # type: ignore[method-assign]
+    return admin, release
+
+
 async def test_a_shadow_answers_a_copy_of_every_request_beside_the_primary(served: App) -> None:
     app, client = served
     admin = await make_user(app, client, "admin@example.com", admin=True)
@@ -140,17 +157,7 @@ async def test_a_full_shadow_queue_drops_copies_and_never_waits(
         app,
         client,
     ):
-        admin = await make_user(app, client, "admin@example.com", admin=True)
-        await load(client, admin, "2.0.0")
-        ok(await set_alias(client, admin, "default", SHADOWED))
-        shadow = state_of(app).resources.registry.resolve("iris", "2.0.0")
-        release = asyncio.Event()
-
-        async def held(*_: Any) -> Any:
-            await release.wait()
-            raise RuntimeError("released")
-
-        shadow.runtime.run = held  # type: ignore[method-assign]
+        admin, release = await _held_shadow(app, client)
         for _ in range(6):
             ok(await client.post("/api/v1/predict", json={"features": IRIS_ROW}, headers=admin))
         scraped = (await client.get("/metrics")).text
@@ -214,15 +221,7 @@ async def test_a_shadow_unloaded_while_its_copies_wait_changes_nothing_for_the_c
         app,
         client,
     ):
-        admin = await make_user(app, client, "admin@example.com", admin=True)
-        await load(client, admin, "2.0.0")
-        ok(await set_alias(client, admin, "default", SHADOWED))
-        shadow = state_of(app).resources.registry.resolve("iris", "2.0.0")
-        release = asyncio.Event()
-
-        async def held(*_: Any) -> Any:
-            await release.wait()
-            raise RuntimeError("released")
+        admin, release = await _held_shadow(app, client)
 
         async def counted() -> dict[str, float]:
             """This version's shadow counters (the process's: other tests' counts are in them too)."""
@@ -237,7 +236,6 @@ async def test_a_shadow_unloaded_while_its_copies_wait_changes_nothing_for_the_c
             return seen
 
         before = await counted()
-        shadow.runtime.run = held  # type: ignore[method-assign]
         for _ in range(4):
             ok(await client.post("/api/v1/predict", json={"features": IRIS_ROW}, headers=admin))
         ok(await set_alias(client, admin, "default", {"version": "1.0.0"}))

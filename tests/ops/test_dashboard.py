@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.api.test_feedback import _feedback
 from tests.conftest import PASSWORD
 from tests.faults.server import ROOT, free_port, server_env, start_server
 from tests.ml.conftest import MakeModelDir, make_model_dir, model_entry  # noqa: F401 - the fixture
@@ -272,7 +273,8 @@ async def _traffic(client: httpx.AsyncClient, env: dict[str, str]) -> None:
             rows = data[picked].round(4).tolist()
             answer = await client.post(f"/api/v1/models/{model}/predict", json={"rows": rows}, headers=admin)
             assert answer.status_code == 200, answer.text
-            await _feedback(client, admin, answer.json()["prediction_id"], [truth(i) for i in picked])
+            sent = await _feedback(client, admin, answer.json()["prediction_id"], [truth(i) for i in picked])
+            assert sent.status_code == 201, sent.text
     for _ in range(3):
         row = {"rows": [iris.data[0].tolist()]}
         answered = await client.post("/api/v1/models/iris/versions/down/predict", json=row, headers=admin)
@@ -280,17 +282,3 @@ async def _traffic(client: httpx.AsyncClient, env: dict[str, str]) -> None:
         row = {"rows": [diabetes.data[0].tolist()]}
         refused = await client.post("/api/v1/models/broken/predict", json=row, headers=admin)
         assert refused.status_code == 503, refused.text
-
-
-async def _feedback(
-    client: httpx.AsyncClient, headers: dict[str, str], prediction_id: str, truth: list[Any]
-) -> None:
-    for _ in range(100):
-        sent = await client.post(
-            f"/api/v1/predictions/{prediction_id}/feedback", json={"truth": truth}, headers=headers
-        )
-        if sent.status_code == 201:
-            return
-        assert sent.status_code == 409, sent.text  # the record still on its way to the log
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"feedback for {prediction_id} never recorded")
